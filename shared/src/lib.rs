@@ -1,0 +1,14 @@
+//! The contract between the mcpgw control plane and data plane.
+//!
+//! The planes share nothing at run time but the snapshot file. This crate owns its types and their
+//! validation ([`snapshot`], [`server`]), the atomic file I/O ([`snapshot_file`]), and the API-key format
+//! and hashing ([`api_key`]). It must not know about HTTP, SQL or MCP.
+
+pub mod api_key;
+pub mod server;
+pub mod settings;
+pub mod snapshot;
+pub mod snapshot_file;
+
+pub use server::{ServerSpec, Transport};
+pub use snapshot::{Snapshot, SnapshotError};

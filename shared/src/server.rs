@@ -1,0 +1,451 @@
+//! One upstream MCP server inside an MCP config: how to reach it and the policies that guard it.
+//!
+//! Field names follow the Python gateway's `enkrypt_mcp_config.json` where it has one (`server_name`,
+//! `config`, `tools`, `denied_tools`, `input_guardrails_policy`, ...) so that its users recognise them
+//! and can import their files. The same type travels in the admin API, the database and the snapshot.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Detectors that run locally with no network.
+pub const BUILTIN_DETECTORS: &[&str] = &["injection_attack", "pii", "keyword_detector", "sponge_attack"];
+/// Detectors that need a remote model provider.
+pub const REMOTE_DETECTORS: &[&str] = &["toxicity", "nsfw", "bias", "topic_detector", "policy_violation"];
+
+/// A validation failure, naming the field so a person can fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// Whether a server, config or project name is usable as an identifier: `[A-Za-z0-9_-]{1,64}`.
+/// Server names additionally must not contain `__`, so that `server__tool` splits unambiguously.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// How the gateway reaches an upstream server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Transport {
+    /// A child process speaking MCP on stdin/stdout.
+    Stdio {
+        command: String,
+        #[serde(default)]
+        args: Vec<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
+    },
+    /// A streamable HTTP MCP endpoint.
+    Http {
+        url: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+    },
+}
+
+/// Accepts `{"type": "stdio"|"http", ...}`, and also the Python gateway's untyped shapes
+/// (`{command, args, env}` or `{url, headers, transport?}`), deciding by the fields present.
+impl<'de> Deserialize<'de> for Transport {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            #[serde(rename = "type")]
+            kind: Option<String>,
+            command: Option<String>,
+            #[serde(default)]
+            args: Vec<String>,
+            #[serde(default)]
+            env: BTreeMap<String, String>,
+            cwd: Option<String>,
+            url: Option<String>,
+            #[serde(default)]
+            headers: BTreeMap<String, String>,
+            /// Python gateway: `streamable_http` (kept for compatibility; `sse` is refused).
+            transport: Option<String>,
+        }
+        use serde::de::Error;
+        let raw = Raw::deserialize(d)?;
+        let kind = match (raw.kind.as_deref(), &raw.command, &raw.url) {
+            (Some("stdio"), _, _) | (None, Some(_), None) => "stdio",
+            (Some("http" | "streamable_http" | "streamable-http"), _, _) | (None, None, Some(_)) => "http",
+            (Some(other), _, _) => {
+                return Err(D::Error::custom(format!("unknown transport type `{other}`; use `stdio` or `http`")));
+            }
+            (None, Some(_), Some(_)) => {
+                return Err(D::Error::custom("give either `command` (stdio) or `url` (http), not both"));
+            }
+            (None, None, None) => return Err(D::Error::custom("a server needs `command` (stdio) or `url` (http)")),
+        };
+        if let Some(t) = raw.transport.as_deref()
+            && !matches!(t, "streamable_http" | "streamable-http" | "http")
+        {
+            return Err(D::Error::custom(format!("transport `{t}` is not supported; use streamable HTTP")));
+        }
+        Ok(if kind == "stdio" {
+            if raw.url.is_some() || !raw.headers.is_empty() {
+                return Err(D::Error::custom("a stdio server takes no `url` or `headers`"));
+            }
+            Transport::Stdio { command: raw.command.unwrap_or_default(), args: raw.args, env: raw.env, cwd: raw.cwd }
+        } else {
+            if raw.command.is_some() || !raw.args.is_empty() || !raw.env.is_empty() || raw.cwd.is_some() {
+                return Err(D::Error::custom("an http server takes no `command`, `args`, `env` or `cwd`"));
+            }
+            Transport::Http { url: raw.url.unwrap_or_default(), headers: raw.headers }
+        })
+    }
+}
+
+/// A tools allowlist: a list of names, or the Python gateway's map of name -> description.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ToolList(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for ToolList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            List(Vec<String>),
+            Map(BTreeMap<String, serde_json::Value>),
+        }
+        Ok(ToolList(match Raw::deserialize(d)? {
+            Raw::List(v) => v,
+            Raw::Map(m) => m.into_keys().collect(),
+        }))
+    }
+}
+
+/// Extra options of a guardrail policy. Unknown options are kept (imported policies keep their meaning).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AdditionalConfig {
+    /// Replace PII in arguments by placeholders before the upstream sees them; restore them in results.
+    #[serde(default)]
+    pub pii_redaction: bool,
+    /// Keywords for `keyword_detector` (matched case-insensitively).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keywords: Vec<String>,
+    /// Regular expressions for `keyword_detector`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<String>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// An input or output guardrail policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailPolicy {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Name of a remote policy (Python gateway: `policy_name` / `guardrail_name`).
+    #[serde(default, alias = "guardrail_name", skip_serializing_if = "Option::is_none")]
+    pub policy_name: Option<String>,
+    /// Detectors whose findings refuse the call; the others only warn.
+    #[serde(default)]
+    pub block: Vec<String>,
+    #[serde(default)]
+    pub additional_config: AdditionalConfig,
+    /// On a guardrail error or timeout, let the call through instead of refusing it.
+    #[serde(default)]
+    pub fail_open: bool,
+}
+
+/// Rug-pull protection mode for a server's tool definitions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinningMode {
+    Off,
+    #[default]
+    TrustOnFirstUse,
+    Strict,
+}
+
+/// Timeouts in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default = "default_connect_ms")]
+    pub connect_ms: u64,
+    #[serde(default = "default_discovery_ms")]
+    pub discovery_ms: u64,
+    #[serde(default = "default_call_ms")]
+    pub call_ms: u64,
+    /// Per-tool override of `call_ms`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tools: BTreeMap<String, u64>,
+}
+
+fn default_connect_ms() -> u64 {
+    10_000
+}
+fn default_discovery_ms() -> u64 {
+    30_000
+}
+fn default_call_ms() -> u64 {
+    60_000
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect_ms: default_connect_ms(),
+            discovery_ms: default_discovery_ms(),
+            call_ms: default_call_ms(),
+            tools: BTreeMap::new(),
+        }
+    }
+}
+
+/// Largest timeout accepted (one hour): bigger values are almost always a unit mistake.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// One upstream server of an MCP config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    #[serde(alias = "name")]
+    pub server_name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Transport: `{type: stdio, command, args, env, cwd}` or `{type: http, url, headers}`.
+    pub config: Transport,
+    /// Allowlist of upstream tool names; empty means every discovered tool.
+    #[serde(default)]
+    pub tools: ToolList,
+    /// Glob patterns (`*`, `?`) of tool names that are never exposed, applied after the allowlist.
+    #[serde(default)]
+    pub denied_tools: Vec<String>,
+    #[serde(default, alias = "input_guardrails_config")]
+    pub input_guardrails_policy: GuardrailPolicy,
+    #[serde(default, alias = "output_guardrails_config")]
+    pub output_guardrails_policy: GuardrailPolicy,
+    /// Scan the server's self-description for poisoning before exposing it.
+    #[serde(default)]
+    pub enable_server_info_validation: bool,
+    /// Scan every tool definition for poisoning before exposing it.
+    #[serde(default)]
+    pub enable_tool_guardrails: bool,
+    #[serde(default)]
+    pub pinning: PinningMode,
+    /// OAuth settings for reaching the upstream (Python gateway field names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_config: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Give each client session its own upstream process (for servers that keep per-session state).
+    #[serde(default)]
+    pub per_session: bool,
+}
+
+impl ServerSpec {
+    /// Checks every field; returns all problems at once so a person can fix them in one go.
+    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let mut errs = Vec::new();
+        if !is_valid_name(&self.server_name) || self.server_name.contains("__") {
+            errs.push(FieldError::new(
+                "server_name",
+                "must be 1-64 characters of letters, digits, `_` or `-`, without `__`",
+            ));
+        }
+        if self.description.len() > 4096 {
+            errs.push(FieldError::new("description", "must be at most 4096 characters"));
+        }
+        match &self.config {
+            Transport::Stdio { command, env, .. } => {
+                if command.trim().is_empty() {
+                    errs.push(FieldError::new("config.command", "a stdio server needs a command"));
+                }
+                for k in env.keys() {
+                    if k.is_empty() || k.contains('=') || k.contains('\0') {
+                        errs.push(FieldError::new("config.env", format!("invalid variable name `{k}`")));
+                    }
+                }
+            }
+            Transport::Http { url, headers } => {
+                if !is_http_url(url) {
+                    errs.push(FieldError::new(
+                        "config.url",
+                        "an http server needs an http:// or https:// URL with a host",
+                    ));
+                }
+                for k in headers.keys() {
+                    if k.is_empty() || !k.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+                        errs.push(FieldError::new("config.headers", format!("invalid header name `{k}`")));
+                    }
+                }
+            }
+        }
+        for t in &self.tools.0 {
+            if t.is_empty() || t.len() > 128 {
+                errs.push(FieldError::new("tools", "tool names must be 1-128 characters"));
+            }
+        }
+        for p in &self.denied_tools {
+            if p.is_empty() {
+                errs.push(FieldError::new("denied_tools", "patterns must not be empty"));
+            }
+        }
+        validate_policy("input_guardrails_policy", &self.input_guardrails_policy, &mut errs);
+        validate_policy("output_guardrails_policy", &self.output_guardrails_policy, &mut errs);
+        let t = &self.timeouts;
+        for (name, v) in [("connect_ms", t.connect_ms), ("discovery_ms", t.discovery_ms), ("call_ms", t.call_ms)]
+            .into_iter()
+            .chain(t.tools.iter().map(|(k, v)| (k.as_str(), *v)))
+        {
+            if v == 0 || v > MAX_TIMEOUT_MS {
+                errs.push(FieldError::new(
+                    format!("timeouts.{name}"),
+                    format!("must be between 1 and {MAX_TIMEOUT_MS} ms"),
+                ));
+            }
+        }
+        if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+}
+
+fn validate_policy(field: &str, p: &GuardrailPolicy, errs: &mut Vec<FieldError>) {
+    for d in &p.block {
+        if REMOTE_DETECTORS.contains(&d.as_str()) {
+            errs.push(FieldError::new(
+                format!("{field}.block"),
+                format!("detector `{d}` needs a remote guardrail provider, and none is configured"),
+            ));
+        } else if !BUILTIN_DETECTORS.contains(&d.as_str()) {
+            errs.push(FieldError::new(
+                format!("{field}.block"),
+                format!("unknown detector `{d}`; known: {}", BUILTIN_DETECTORS.join(", ")),
+            ));
+        }
+    }
+    for pat in &p.additional_config.patterns {
+        if let Err(e) = regex::Regex::new(pat) {
+            errs.push(FieldError::new(
+                format!("{field}.additional_config.patterns"),
+                format!("invalid regex `{pat}`: {e}"),
+            ));
+        }
+    }
+}
+
+/// A minimal, dependency-free check for `http(s)://host[...]`.
+pub fn is_http_url(url: &str) -> bool {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(rest) => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            !host.is_empty() && !host.starts_with(':') && !url.chars().any(|c| c.is_whitespace() || c.is_control())
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: serde_json::Value) -> Result<ServerSpec, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+
+    #[test]
+    fn stdio_server_in_python_shape() {
+        let s = parse(json!({
+            "server_name": "echo", "description": "Echo",
+            "config": {"command": "python", "args": ["echo.py"], "env": {"A": "1"}},
+            "tools": {"echo": "Echo a message"},
+            "input_guardrails_policy": {"enabled": true, "policy_name": "p", "block": ["pii"],
+                "additional_config": {"pii_redaction": true}}
+        }))
+        .unwrap();
+        assert!(matches!(&s.config, Transport::Stdio { command, .. } if command == "python"));
+        assert_eq!(s.tools.0, vec!["echo"]);
+        assert!(s.input_guardrails_policy.additional_config.pii_redaction);
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn http_server_typed_and_untyped() {
+        let typed =
+            parse(json!({"server_name": "a", "config": {"type": "http", "url": "https://x.example/mcp"}})).unwrap();
+        let untyped = parse(
+            json!({"server_name": "a", "config": {"url": "https://x.example/mcp", "transport": "streamable_http"}}),
+        )
+        .unwrap();
+        assert_eq!(typed.config, untyped.config);
+        typed.validate().unwrap();
+    }
+
+    #[test]
+    fn serialised_form_round_trips() {
+        let s = parse(json!({"server_name": "a", "config": {"command": "x"}})).unwrap();
+        let back: ServerSpec = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(s, back);
+    }
+
+    #[test]
+    fn ambiguous_or_unknown_transports_are_refused() {
+        assert!(parse(json!({"server_name": "a", "config": {"command": "x", "url": "http://h"}})).is_err());
+        assert!(parse(json!({"server_name": "a", "config": {}})).is_err());
+        assert!(parse(json!({"server_name": "a", "config": {"type": "carrier-pigeon"}})).is_err());
+        assert!(parse(json!({"server_name": "a", "config": {"url": "http://h", "transport": "sse"}})).is_err());
+        assert!(parse(json!({"server_name": "a", "config": {"command": "x", "bogus": 1}})).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(parse(json!({"server_name": "a", "config": {"command": "x"}, "toolz": []})).is_err());
+    }
+
+    #[test]
+    fn validation_reports_each_problem() {
+        let s = parse(json!({
+            "server_name": "bad name", "config": {"type": "stdio", "command": " "},
+            "input_guardrails_policy": {"block": ["nope", "toxicity"]},
+            "timeouts": {"call_ms": 0}
+        }))
+        .unwrap();
+        let errs = s.validate().unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"server_name"));
+        assert!(fields.contains(&"config.command"));
+        assert!(fields.contains(&"input_guardrails_policy.block"));
+        assert!(fields.contains(&"timeouts.call_ms"));
+        assert!(errs.iter().any(|e| e.message.contains("remote guardrail provider")));
+    }
+
+    #[test]
+    fn names_and_urls() {
+        assert!(is_valid_name("github-tools_2"));
+        assert!(!is_valid_name(""));
+        assert!(!is_valid_name(&"a".repeat(65)));
+        assert!(!is_valid_name("a/b"));
+        let dunder = parse(json!({"server_name": "a__b", "config": {"command": "x"}})).unwrap();
+        assert!(dunder.validate().is_err());
+        assert!(is_http_url("http://127.0.0.1:9/mcp"));
+        assert!(!is_http_url("ftp://h"));
+        assert!(!is_http_url("http://"));
+        assert!(!is_http_url("https:// h"));
+    }
+
+    #[test]
+    fn bad_regex_is_reported() {
+        let s = parse(json!({"server_name": "a", "config": {"command": "x"},
+            "output_guardrails_policy": {"additional_config": {"patterns": ["("]}}}))
+        .unwrap();
+        assert!(s.validate().is_err());
+    }
+}
