@@ -34,6 +34,7 @@ pub fn is_valid_name(name: &str) -> bool {
 }
 
 /// How the gateway reaches an upstream server.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Transport {
@@ -129,6 +130,7 @@ impl<'de> Deserialize<'de> for ToolList {
 }
 
 /// Extra options of a guardrail policy. Unknown options are kept (imported policies keep their meaning).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AdditionalConfig {
     /// Replace PII in arguments by placeholders before the upstream sees them; restore them in results.
@@ -141,10 +143,12 @@ pub struct AdditionalConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patterns: Vec<String>,
     #[serde(flatten)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub other: BTreeMap<String, serde_json::Value>,
 }
 
 /// An input or output guardrail policy.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuardrailPolicy {
@@ -164,6 +168,7 @@ pub struct GuardrailPolicy {
 }
 
 /// Rug-pull protection mode for a server's tool definitions.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PinningMode {
@@ -174,6 +179,7 @@ pub enum PinningMode {
 }
 
 /// Timeouts in milliseconds.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
@@ -213,6 +219,7 @@ impl Default for Timeouts {
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
 /// One upstream server of an MCP config.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSpec {
@@ -224,6 +231,7 @@ pub struct ServerSpec {
     pub config: Transport,
     /// Allowlist of upstream tool names; empty means every discovered tool.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub tools: ToolList,
     /// Glob patterns (`*`, `?`) of tool names that are never exposed, applied after the allowlist.
     #[serde(default)]
@@ -242,6 +250,7 @@ pub struct ServerSpec {
     pub pinning: PinningMode,
     /// OAuth settings for reaching the upstream (Python gateway field names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub oauth_config: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default)]
     pub timeouts: Timeouts,

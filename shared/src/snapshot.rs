@@ -56,6 +56,7 @@ pub struct SnapshotUser {
 }
 
 /// How a config's tools, prompts and resource URIs are named to clients.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToolNaming {

@@ -1,0 +1,7 @@
+//! Admin API resources, one module each: DTOs, validation, SQL and handlers.
+
+pub mod api_keys;
+pub mod configs;
+pub mod projects;
+pub mod system;
+pub mod users;

@@ -1,0 +1,213 @@
+//! Settings, wiring and serving: opens the store, bootstraps the admin key, starts the publisher and
+//! serves the routes. `/health` is open; everything else sits behind the admin-key middleware.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{App, HttpResponse, HttpServer, web};
+use shared::settings as names;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::admin_key::{self, AdminKeyFile};
+use crate::api::{api_keys, configs, projects, system, users};
+use crate::auth::require_admin;
+use crate::error::ApiError;
+use crate::publish::Publisher;
+use crate::store::Store;
+
+/// Control-plane settings (flags, then `MCPGW_*` variables, then defaults).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Address of the admin API; port 0 picks a free port (the bound address is logged).
+    #[arg(long, env = names::ENV_CONTROL_LISTEN, default_value = names::DEFAULT_CONTROL_LISTEN)]
+    pub listen: String,
+    /// Directory for the SQLite database, the snapshot and a generated admin key.
+    #[arg(long, env = names::ENV_DATA_DIR, default_value = names::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Where to publish the snapshot [default: <data dir>/snapshot.json].
+    #[arg(long, env = names::ENV_SNAPSHOT_PATH)]
+    pub snapshot_path: Option<PathBuf>,
+    /// Admin key; generated at first start (and written to <data dir>/admin_apikey) when unset.
+    #[arg(long = "admin-api-key", env = names::ENV_ADMIN_API_KEY, hide_env_values = true)]
+    pub admin_api_key: Option<String>,
+}
+
+impl Settings {
+    /// From the environment and defaults only (for the all-in-one binary).
+    pub fn from_env() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            s: Settings,
+        }
+        <Only as clap::Parser>::parse_from(["control-plane"]).s
+    }
+
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.snapshot_path.clone().unwrap_or_else(|| names::default_snapshot_path(&self.data_dir))
+    }
+}
+
+/// Runs the control plane until `shutdown` completes.
+pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    create_private_dir(&settings.data_dir)?;
+    let store = Arc::new(Store::open(&settings.data_dir.join(names::DATABASE_FILE_NAME)).await?);
+    let key_file = AdminKeyFile {
+        path: settings.data_dir.join(names::ADMIN_KEY_FILE_NAME),
+        from_env: settings.admin_api_key.is_some(),
+    };
+    let admin = web::Data::new(admin_key::bootstrap(&store.pool, &key_file, settings.admin_api_key.as_deref()).await?);
+    let key_file = web::Data::new(key_file);
+    let publisher = Publisher::new(settings.snapshot_path());
+    let publishing = publisher.spawn(store.clone());
+
+    let listener = TcpListener::bind(&settings.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let store_data = web::Data::from(store.clone());
+    let publisher_data = web::Data::new(publisher);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(store_data.clone())
+            .app_data(admin.clone())
+            .app_data(key_file.clone())
+            .app_data(publisher_data.clone())
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|e, _| ApiError::BadRequest(format!("query string: {e}")).into()),
+            )
+            .app_data(
+                web::PathConfig::default().error_handler(|e, _| ApiError::BadRequest(format!("path: {e}")).into()),
+            )
+            .wrap(from_fn(access_log))
+            .service(system::health)
+            .service(
+                web::scope("")
+                    .wrap(from_fn(require_admin))
+                    .service(
+                        web::scope("/api/v1")
+                            .configure(users::routes)
+                            .configure(projects::routes)
+                            .configure(configs::routes)
+                            .configure(api_keys::routes)
+                            .configure(system::routes)
+                            .default_service(web::to(not_found)),
+                    )
+                    .route(
+                        "/docs",
+                        web::get().to(|| async {
+                            HttpResponse::PermanentRedirect().insert_header(("Location", "/docs/")).finish()
+                        }),
+                    )
+                    .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", crate::openapi::document()).config(
+                        utoipa_swagger_ui::Config::default().persist_authorization(false).try_it_out_enabled(true),
+                    ))
+                    .default_service(web::to(not_found)),
+            )
+    })
+    .workers(2)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    tracing::info!("control plane listening on http://{addr}");
+    let handle = server.handle();
+    tokio::spawn(async move {
+        shutdown.await;
+        handle.stop(true).await;
+    });
+    let result = server.await;
+    publishing.abort();
+    result.map_err(Into::into)
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such route; see /docs for the API".into()))
+}
+
+/// One log line per request: method, path, status, duration. Never headers or bodies (they carry keys).
+async fn access_log(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let start = Instant::now();
+    let (method, path) = (req.method().to_string(), req.path().to_string());
+    let resp = next.call(req).await?;
+    tracing::info!(%method, %path, status = resp.status().as_u16(), ms = start.elapsed().as_secs_f64() * 1e3, "request");
+    Ok(resp)
+}
+
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+/// Entry point of the `control-plane` binary.
+pub fn cli_main() -> anyhow::Result<()> {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    #[command(
+        name = "control-plane",
+        version,
+        about = "mcpgw admin REST API over SQLite; publishes the config snapshot"
+    )]
+    struct Cli {
+        #[command(subcommand)]
+        command: Option<Command>,
+        #[command(flatten)]
+        settings: Settings,
+        /// Log format: text or json.
+        #[arg(long, env = names::ENV_LOG_FORMAT, default_value = "text", global = true)]
+        log_format: String,
+    }
+    #[derive(clap::Subcommand)]
+    enum Command {
+        /// Serve the admin API (the default).
+        Serve,
+        /// Print the OpenAPI document and exit.
+        Openapi,
+    }
+
+    let cli = Cli::parse();
+    if let Some(Command::Openapi) = cli.command {
+        print!("{}", crate::openapi::document_json());
+        return Ok(());
+    }
+    init_tracing(&cli.log_format);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(serve(cli.settings, shutdown_signal()))
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Installs the global tracing subscriber (text or JSON lines), once per process.
+pub fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+}

@@ -1,0 +1,176 @@
+//! The control plane's one error type, mapped once to an HTTP status and a JSON body
+//! `{"error": {"code", "message"}}`. Handlers return `ApiError`; nothing else builds error responses.
+
+use std::collections::BTreeMap;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa::openapi::{RefOr, Response, ResponseBuilder, content::ContentBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(
+        "a valid admin API key is required (Authorization: Bearer <key>, apikey: <key>, or HTTP Basic with the key as password)"
+    )]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("internal error; the details are in the control plane's log")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Invalid(_) => "invalid_field",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn not_found(kind: &str, ident: &str) -> Self {
+        ApiError::NotFound(format!("{kind} `{ident}` does not exist"))
+    }
+
+    pub fn invalid(field: &str, message: impl std::fmt::Display) -> Self {
+        ApiError::Invalid(format!("{field}: {message}"))
+    }
+}
+
+/// The JSON error envelope.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code: bad_request, unauthorized, not_found, conflict, payload_too_large,
+    /// invalid_field, internal.
+    pub code: String,
+    /// What went wrong and what to do about it.
+    pub message: String,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(detail) = self {
+            tracing::error!(%detail, "internal error");
+        }
+        let body = ErrorBody { error: ErrorDetail { code: self.code().into(), message: self.to_string() } };
+        let mut resp = HttpResponse::build(self.status_code());
+        if matches!(self, ApiError::Unauthorized) {
+            // Lets a browser prompt for the key (Basic auth, key as password) on /docs.
+            resp.insert_header(("WWW-Authenticate", "Basic realm=\"mcpgw admin\", charset=\"UTF-8\""));
+        }
+        resp.json(body)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e {
+            if db.is_unique_violation() {
+                return ApiError::Conflict("a resource with that name already exists".into());
+            }
+            if db.is_foreign_key_violation() {
+                return ApiError::Conflict("the resource is still referenced by another resource".into());
+            }
+        }
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for ApiError {
+    fn from(e: serde_json::Error) -> Self {
+        ApiError::Internal(format!("stored JSON is unreadable: {e}"))
+    }
+}
+
+/// Error responses for the OpenAPI document, grouped by what a route can fail with.
+fn error_response(description: &str) -> RefOr<Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new().schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody"))).build(),
+        )
+        .build()
+        .into()
+}
+
+fn responses(codes: &[u16]) -> BTreeMap<String, RefOr<Response>> {
+    codes
+        .iter()
+        .map(|c| {
+            let d = match c {
+                400 => "Malformed JSON or query string",
+                401 => "Missing or wrong admin API key",
+                404 => "Unknown resource",
+                409 => "Conflict: duplicate name, or the resource is in use",
+                413 => "Request body over 1 MiB",
+                422 => "Invalid field values",
+                _ => "Error",
+            };
+            (c.to_string(), error_response(d))
+        })
+        .collect()
+}
+
+/// Errors of a read of one resource.
+pub struct ReadErrors;
+impl utoipa::IntoResponses for ReadErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        responses(&[400, 401, 404])
+    }
+}
+
+/// Errors of a listing.
+pub struct ListErrors;
+impl utoipa::IntoResponses for ListErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        responses(&[400, 401, 404, 422])
+    }
+}
+
+/// Errors of a change with a JSON body.
+pub struct WriteErrors;
+impl utoipa::IntoResponses for WriteErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        responses(&[400, 401, 404, 409, 413, 422])
+    }
+}
+
+/// Errors of a change without a body (delete, enable, rotate).
+pub struct ActionErrors;
+impl utoipa::IntoResponses for ActionErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        responses(&[400, 401, 404, 409])
+    }
+}

@@ -1,0 +1,199 @@
+//! Snapshot publishing: after every committed change, read the whole configuration in one consistent
+//! read transaction and write it atomically to the snapshot file. Bursts coalesce (the task always
+//! publishes the latest revision); a failed write is retried and reported in the status.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use shared::snapshot::{
+    FORMAT_VERSION, Snapshot, SnapshotApiKey, SnapshotConfig, SnapshotProject, SnapshotSettings, SnapshotUser,
+    ToolNaming,
+};
+use sqlx::SqliteConnection;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::store::{Store, current_revision, opt_time};
+
+/// What the last publish did.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct PublishStatus {
+    /// Revision of the snapshot on disk (null before the first publish).
+    pub revision: Option<u64>,
+    /// Latest committed revision in the database.
+    pub db_revision: u64,
+    /// SHA-256 (hex) of the snapshot file's bytes.
+    pub sha256: Option<String>,
+    pub path: String,
+    pub published_at: Option<DateTime<Utc>>,
+    /// The last publish failure, cleared by the next success.
+    pub last_error: Option<String>,
+    /// Whether the file on disk holds the latest committed revision.
+    pub up_to_date: bool,
+}
+
+pub struct Publisher {
+    path: PathBuf,
+    status: Mutex<PublishStatus>,
+}
+
+impl Publisher {
+    pub fn new(path: PathBuf) -> Arc<Self> {
+        let status = PublishStatus { path: path.display().to_string(), ..Default::default() };
+        Arc::new(Self { path, status: Mutex::new(status) })
+    }
+
+    pub fn status(&self, db_revision: u64) -> PublishStatus {
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        s.db_revision = db_revision;
+        s.up_to_date = s.revision == Some(db_revision);
+        s
+    }
+
+    /// Publishes once now (covering a crash between commit and publish), then after every commit.
+    pub fn spawn(self: &Arc<Self>, store: Arc<Store>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut committed = store.subscribe();
+            loop {
+                committed.mark_unchanged();
+                let ok = this.publish_once(&store).await;
+                if ok {
+                    if committed.changed().await.is_err() {
+                        return;
+                    }
+                } else {
+                    // Retry failed publishes, sooner if another change arrives.
+                    let _ = tokio::time::timeout(Duration::from_millis(500), committed.changed()).await;
+                }
+            }
+        })
+    }
+
+    async fn publish_once(&self, store: &Store) -> bool {
+        let result = async {
+            let mut tx = store.pool.begin().await?;
+            let snapshot = build(&mut tx).await?;
+            tx.rollback().await?;
+            snapshot.validate()?;
+            let bytes = serde_json::to_vec_pretty(&snapshot)?;
+            let path = self.path.clone();
+            let written = bytes.clone();
+            tokio::task::spawn_blocking(move || shared::snapshot_file::write_bytes(&path, &written)).await??;
+            Ok::<_, anyhow::Error>((snapshot.revision, hex::encode(Sha256::digest(&bytes))))
+        }
+        .await;
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok((revision, sha)) => {
+                tracing::info!(revision, path = %self.path.display(), "snapshot published");
+                status.revision = Some(revision);
+                status.sha256 = Some(sha);
+                status.published_at = Some(Utc::now());
+                status.last_error = None;
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, path = %self.path.display(), "snapshot publish failed; will retry");
+                status.last_error = Some(e.to_string());
+                false
+            }
+        }
+    }
+}
+
+/// Reads the whole configuration (call inside one transaction for a consistent view).
+pub async fn build(conn: &mut SqliteConnection) -> anyhow::Result<Snapshot> {
+    let revision = current_revision(&mut *conn).await?;
+    let uuid = |s: &str| Uuid::parse_str(s).map_err(|e| anyhow::anyhow!("stored id `{s}` is not a UUID: {e}"));
+
+    let users: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, email FROM users ORDER BY id").fetch_all(&mut *conn).await?;
+    let users = users
+        .into_iter()
+        .map(|(id, email)| Ok(SnapshotUser { id: uuid(&id)?, email }))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let configs: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT id, name, tool_naming FROM mcp_configs ORDER BY name").fetch_all(&mut *conn).await?;
+    let servers: Vec<(String, String)> =
+        sqlx::query_as("SELECT config_id, spec FROM servers ORDER BY config_id, position")
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut servers_by_config: HashMap<String, Vec<shared::ServerSpec>> = HashMap::new();
+    for (config_id, spec) in servers {
+        servers_by_config.entry(config_id).or_default().push(serde_json::from_str(&spec)?);
+    }
+    let mut mcp_configs = Vec::with_capacity(configs.len());
+    for (id, name, naming) in configs {
+        let specs = servers_by_config.remove(&id).unwrap_or_default();
+        let tool_naming = if naming == "bare" { ToolNaming::Bare } else { ToolNaming::Prefixed };
+        mcp_configs.push(SnapshotConfig { id: uuid(&id)?, name, tool_naming, servers: specs });
+    }
+
+    let projects: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT id, name, mcp_config_id FROM projects ORDER BY name").fetch_all(&mut *conn).await?;
+    let members: Vec<(String, String)> =
+        sqlx::query_as("SELECT project_id, user_id FROM project_members ORDER BY project_id, user_id")
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut members_by_project: HashMap<String, Vec<Uuid>> = HashMap::new();
+    for (project_id, user_id) in members {
+        members_by_project.entry(project_id).or_default().push(uuid(&user_id)?);
+    }
+    let mut snapshot_projects = Vec::with_capacity(projects.len());
+    for (id, name, config) in projects {
+        let project_members = members_by_project.remove(&id).unwrap_or_default();
+        snapshot_projects.push(SnapshotProject {
+            id: uuid(&id)?,
+            name,
+            mcp_config_id: config.as_deref().map(uuid).transpose()?,
+            members: project_members,
+        });
+    }
+
+    #[derive(sqlx::FromRow)]
+    struct KeyRow {
+        id: String,
+        project_id: String,
+        user_id: String,
+        name: Option<String>,
+        hash: String,
+        expires_at: Option<String>,
+        disabled: bool,
+    }
+    let keys: Vec<KeyRow> =
+        sqlx::query_as("SELECT id, project_id, user_id, name, hash, expires_at, disabled FROM api_keys ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await?;
+    let api_keys = keys
+        .into_iter()
+        .map(|k| {
+            Ok(SnapshotApiKey {
+                expires_at: opt_time(&k.expires_at),
+                id: k.id,
+                project_id: uuid(&k.project_id)?,
+                user_id: uuid(&k.user_id)?,
+                name: k.name,
+                hash: k.hash,
+                disabled: k.disabled,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    Ok(Snapshot {
+        format_version: FORMAT_VERSION,
+        revision,
+        generated_at: Utc::now(),
+        projects: snapshot_projects,
+        users,
+        mcp_configs,
+        api_keys,
+        settings: SnapshotSettings::default(),
+    })
+}

@@ -1,0 +1,1 @@
+//! mcpgw data plane: the MCP gateway.

@@ -1,0 +1,1 @@
+//! mcpgw guardrails.

@@ -1,0 +1,427 @@
+//! End-to-end tests of the control plane: the real binary on an ephemeral port, driven over HTTP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::control_plane::{ADMIN_KEY, ControlPlane, seed, tempdir::TempDir};
+use serde_json::{Value, json};
+
+#[test]
+fn health_is_open_and_everything_else_needs_the_key() {
+    let cp = ControlPlane::start();
+    let r = cp.client.get(cp.url("/health")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let r = cp.client.get(cp.url("/api/v1/users")).send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("www-authenticate").unwrap().to_str().unwrap().starts_with("Basic"));
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    // Every accepted way of presenting the key.
+    for req in [
+        cp.client.get(cp.url("/api/v1/users")).bearer_auth(ADMIN_KEY),
+        cp.client.get(cp.url("/api/v1/users")).header("apikey", ADMIN_KEY),
+        cp.client.get(cp.url("/api/v1/users")).basic_auth("admin", Some(ADMIN_KEY)),
+    ] {
+        assert_eq!(req.send().unwrap().status(), 200);
+    }
+    // Docs and the OpenAPI document are guarded too.
+    assert_eq!(cp.client.get(cp.url("/docs/")).send().unwrap().status(), 401);
+    assert_eq!(cp.client.get(cp.url("/openapi.json")).send().unwrap().status(), 401);
+    let docs = cp.client.get(cp.url("/docs/")).basic_auth("admin", Some(ADMIN_KEY)).send().unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().unwrap().contains("swagger"));
+    // Unknown routes do not reveal themselves without a key, and are JSON 404s with one.
+    assert_eq!(cp.client.get(cp.url("/api/v1/nope")).send().unwrap().status(), 401);
+    let (status, body) = cp.call("GET", "/api/v1/nope", None);
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+}
+
+#[test]
+fn every_documented_operation_refuses_missing_and_wrong_keys() {
+    let cp = ControlPlane::start();
+    let doc = cp.ok("GET", "/openapi.json", None, 200);
+    let paths = doc["paths"].as_object().unwrap();
+    let mut checked = 0;
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().unwrap() {
+            let open = op["security"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|x| x.as_object().is_some_and(|o| o.is_empty())));
+            let url = cp.url(&path.replace('{', "").replace('}', ""));
+            let m: reqwest::Method = method.to_uppercase().parse().unwrap();
+            let anonymous = cp.client.request(m.clone(), &url).json(&json!({})).send().unwrap().status();
+            let wrong = cp.client.request(m, &url).bearer_auth("wrong-key").json(&json!({})).send().unwrap().status();
+            if open {
+                assert_eq!(path, "/health");
+                assert_eq!(anonymous, 200);
+            } else {
+                assert_eq!(anonymous, 401, "{method} {path} without a key");
+                assert_eq!(wrong, 401, "{method} {path} with a wrong key");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 38, "only {checked} operations checked");
+}
+
+#[test]
+fn full_lifecycle_of_every_resource() {
+    let cp = ControlPlane::start();
+    // Users.
+    let user = cp.ok("POST", "/api/v1/users", Some(json!({"email": "Alice@Example.com"})), 201);
+    let uid = user["id"].as_str().unwrap().to_string();
+    assert_eq!(cp.ok("GET", &format!("/api/v1/users/{uid}"), None, 200)["email"], "Alice@Example.com");
+    assert_eq!(cp.ok("GET", "/api/v1/users/alice@example.com", None, 200)["id"], uid.as_str());
+    cp.ok("PATCH", "/api/v1/users/alice@example.com", Some(json!({"email": "alice@corp.example"})), 200);
+    assert_eq!(cp.ok("GET", "/api/v1/users", None, 200)["items"][0]["email"], "alice@corp.example");
+
+    // Configs and servers.
+    let cfg = cp.ok(
+        "POST",
+        "/api/v1/configs",
+        Some(json!({"name": "default", "description": "tools", "servers": [
+            {"server_name": "echo", "config": {"command": "npx", "args": ["-y", "echo"]}, "tools": ["echo"]}
+        ]})),
+        201,
+    );
+    assert_eq!(cfg["servers"][0]["config"]["type"], "stdio");
+    cp.ok("POST", "/api/v1/configs/default/servers", Some(json!({
+        "server_name": "remote", "config": {"url": "https://mcp.example.com/mcp", "headers": {"X-Team": "a"}},
+        "denied_tools": ["delete_*"], "input_guardrails_policy": {"enabled": true, "block": ["injection_attack", "pii"]}
+    })), 201);
+    let servers = cp.ok("GET", "/api/v1/configs/default/servers", None, 200);
+    let names: Vec<&str> =
+        servers["items"].as_array().unwrap().iter().map(|s| s["server_name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["echo", "remote"]);
+    let mut remote = cp.ok("GET", "/api/v1/configs/default/servers/remote", None, 200);
+    remote["description"] = json!("Remote tools");
+    cp.ok("PUT", "/api/v1/configs/default/servers/remote", Some(remote), 200);
+    assert_eq!(cp.ok("GET", "/api/v1/configs/default/servers/remote", None, 200)["description"], "Remote tools");
+    let copy = cp.ok("POST", "/api/v1/configs/default/copy", Some(json!({"name": "default-copy"})), 201);
+    assert_eq!(copy["servers"].as_array().unwrap().len(), 2);
+    cp.ok("DELETE", "/api/v1/configs/default-copy/servers/remote", None, 204);
+    cp.ok("PATCH", "/api/v1/configs/default-copy", Some(json!({"name": "small"})), 200);
+    assert_eq!(cp.ok("GET", "/api/v1/configs/small", None, 200)["servers"].as_array().unwrap().len(), 1);
+    assert_eq!(cp.ok("GET", "/api/v1/configs", None, 200)["items"].as_array().unwrap().len(), 2);
+
+    // Projects, members, config assignment.
+    let project = cp.ok("POST", "/api/v1/projects", Some(json!({"name": "payments"})), 201);
+    let pid = project["id"].as_str().unwrap().to_string();
+    assert!(project["mcp_config"].is_null());
+    cp.ok("GET", "/api/v1/projects/payments/config", None, 404);
+    cp.ok("PUT", "/api/v1/projects/payments/config", Some(json!({"config": "default"})), 200);
+    assert_eq!(cp.ok("GET", &format!("/api/v1/projects/{pid}/config"), None, 200)["name"], "default");
+    cp.ok("DELETE", "/api/v1/configs/default", None, 409);
+    cp.ok("POST", "/api/v1/projects/payments/users", Some(json!({"user": "alice@corp.example"})), 201);
+    cp.ok("POST", "/api/v1/projects/payments/users", Some(json!({"user": "alice@corp.example"})), 409);
+    assert_eq!(cp.ok("GET", "/api/v1/projects/payments/users", None, 200)["items"][0]["id"], uid.as_str());
+    assert_eq!(cp.ok("GET", &format!("/api/v1/users/{uid}/projects"), None, 200)["items"][0]["name"], "payments");
+    cp.ok("PATCH", "/api/v1/projects/payments", Some(json!({"description": "Payments team"})), 200);
+
+    // API keys.
+    let created =
+        cp.ok("POST", "/api/v1/api-keys", Some(json!({"project": "payments", "user": uid, "name": "laptop"})), 201);
+    let key_id = created["id"].as_str().unwrap().to_string();
+    let secret = created["key"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("mcpgw_") && secret.contains(&key_id));
+    let listed = cp.ok("GET", "/api/v1/api-keys?project=payments", None, 200);
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    assert!(listed["items"][0].get("key").is_none() && listed["items"][0].get("hash").is_none());
+    assert_eq!(cp.ok("POST", &format!("/api/v1/api-keys/{key_id}/disable"), None, 200)["disabled"], true);
+    assert_eq!(cp.ok("POST", &format!("/api/v1/api-keys/{key_id}/enable"), None, 200)["disabled"], false);
+    let rotated = cp.ok("POST", &format!("/api/v1/api-keys/{key_id}/rotate"), None, 200);
+    assert_ne!(rotated["key"], created["key"]);
+    assert_eq!(rotated["id"], key_id.as_str());
+    assert!(rotated["rotated_at"].is_string());
+
+    // Deletes refuse while in use, cascade with force.
+    cp.ok("DELETE", &format!("/api/v1/users/{uid}"), None, 409);
+    cp.ok("DELETE", "/api/v1/projects/payments/users/alice@corp.example", None, 409);
+    cp.ok("DELETE", "/api/v1/projects/payments", None, 409);
+    cp.ok("DELETE", &format!("/api/v1/api-keys/{key_id}"), None, 204);
+    cp.ok("GET", &format!("/api/v1/api-keys/{key_id}"), None, 404);
+    cp.ok("DELETE", "/api/v1/projects/payments/users/alice@corp.example", None, 204);
+    cp.ok("DELETE", "/api/v1/projects/payments/config", None, 204);
+    cp.ok("DELETE", "/api/v1/configs/default", None, 204);
+    cp.ok("DELETE", "/api/v1/projects/payments", None, 204);
+    cp.ok("DELETE", &format!("/api/v1/users/{uid}"), None, 204);
+    cp.ok("GET", &format!("/api/v1/users/{uid}"), None, 404);
+
+    // Force cascades.
+    let (email, project, _) = seed(&cp, "bob");
+    cp.ok("POST", "/api/v1/api-keys", Some(json!({"project": project, "user": email})), 201);
+    cp.ok("DELETE", &format!("/api/v1/users/{email}?force=true"), None, 204);
+    assert_eq!(cp.ok("GET", "/api/v1/api-keys", None, 200)["items"].as_array().unwrap().len(), 0);
+
+    let health = cp.ok("GET", "/api/v1/system/health", None, 200);
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["counts"]["users"], 0);
+}
+
+#[test]
+fn api_key_needs_membership_and_future_expiry() {
+    let cp = ControlPlane::start();
+    let (email, project, _) = seed(&cp, "carol");
+    cp.ok("POST", "/api/v1/users", Some(json!({"email": "outsider@example.com"})), 201);
+    let (status, body) =
+        cp.call("POST", "/api/v1/api-keys", Some(json!({"project": project, "user": "outsider@example.com"})));
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("not a member"));
+    cp.ok(
+        "POST",
+        "/api/v1/api-keys",
+        Some(json!({"project": project, "user": email, "expires_at": "2001-01-01T00:00:00Z"})),
+        422,
+    );
+    cp.ok("POST", "/api/v1/api-keys", Some(json!({"project": "nope", "user": email})), 422);
+    let k = cp.ok(
+        "POST",
+        "/api/v1/api-keys",
+        Some(json!({"project": project, "user": email, "expires_at": "2999-01-01T00:00:00Z"})),
+        201,
+    );
+    assert_eq!(k["expired"], false);
+}
+
+#[test]
+fn bad_input_gets_the_right_error_and_changes_nothing() {
+    let cp = ControlPlane::start();
+    seed(&cp, "dave");
+    let before_rev = cp.db_revision();
+    let before = cp.wait_for_snapshot();
+    let raw = |method: &str, path: &str, body: Vec<u8>| {
+        let r = cp
+            .client
+            .request(method.parse().unwrap(), cp.url(path))
+            .bearer_auth(ADMIN_KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: Value = r.json().unwrap_or(Value::Null);
+        assert!(v["error"]["code"].is_string() && v["error"]["message"].is_string(), "{method} {path}: {v}");
+        status
+    };
+    let cases: Vec<(&str, &str, Vec<u8>, u16)> = vec![
+        ("POST", "/api/v1/users", b"{\"email\": ".to_vec(), 400),
+        ("POST", "/api/v1/users", b"".to_vec(), 400),
+        ("POST", "/api/v1/users", b"[1,2".to_vec(), 400),
+        ("POST", "/api/v1/users", br#"{"email": 42}"#.to_vec(), 422),
+        ("POST", "/api/v1/users", br#"{"email": "a@b.co", "admin": true}"#.to_vec(), 422),
+        ("POST", "/api/v1/users", br#"{"email": "not-an-email"}"#.to_vec(), 422),
+        ("POST", "/api/v1/users", br#"{"email": "dave@example.com"}"#.to_vec(), 409),
+        ("POST", "/api/v1/users", br#"{"email": "DAVE@example.com"}"#.to_vec(), 409),
+        ("POST", "/api/v1/users", format!("{{\"email\": \"{}@x.com\"}}", "a".repeat(2 * 1024 * 1024)).into_bytes(), 413),
+        ("POST", "/api/v1/projects", br#"{"name": "proj-dave"}"#.to_vec(), 409),
+        ("POST", "/api/v1/projects", br#"{"name": "has space"}"#.to_vec(), 422),
+        ("POST", "/api/v1/projects", br#"{"name": "p2", "mcp_config": "missing"}"#.to_vec(), 422),
+        ("PATCH", "/api/v1/projects/missing", br#"{"name": "x"}"#.to_vec(), 404),
+        ("POST", "/api/v1/configs", br#"{"name": "cfg-dave"}"#.to_vec(), 409),
+        ("POST", "/api/v1/configs", br#"{"name": "c2", "servers": [{"server_name": "s", "config": {"type": "stdio", "command": ""}}]}"#.to_vec(), 422),
+        ("POST", "/api/v1/configs", br#"{"name": "c2", "servers": [{"server_name": "s", "config": {"url": "ftp://x"}}]}"#.to_vec(), 422),
+        ("POST", "/api/v1/configs", br#"{"name": "c2", "servers": [{"server_name": "a__b", "config": {"command": "x"}}]}"#.to_vec(), 422),
+        ("POST", "/api/v1/configs", br#"{"name": "c2", "servers": [{"server_name": "s", "config": {"command": "x"}, "input_guardrails_policy": {"block": ["telepathy"]}}]}"#.to_vec(), 422),
+        ("POST", "/api/v1/configs", br#"{"name": "c2", "tool_naming": "bare", "servers": [{"server_name": "a", "config": {"command": "x"}}, {"server_name": "b", "config": {"command": "y"}}]}"#.to_vec(), 422),
+        ("POST", "/api/v1/configs/cfg-dave/servers", br#"{"server_name": "echo", "config": {"command": "x"}}"#.to_vec(), 409),
+        ("PUT", "/api/v1/configs/cfg-dave/servers/nope", br#"{"server_name": "nope", "config": {"command": "x"}}"#.to_vec(), 404),
+        ("PUT", "/api/v1/projects/proj-dave/config", br#"{"config": "missing"}"#.to_vec(), 422),
+        ("POST", "/api/v1/api-keys", br#"{"project": "proj-dave"}"#.to_vec(), 422),
+        ("GET", "/api/v1/users?limit=0", vec![], 422),
+        ("GET", "/api/v1/users?limit=abc", vec![], 400),
+        ("GET", "/api/v1/users?cursor=%%%", vec![], 422),
+        ("DELETE", "/api/v1/users/nobody@example.com", vec![], 404),
+        ("GET", "/api/v1/api-keys/doesnotexist", vec![], 404),
+        ("POST", "/api/v1/api-keys/doesnotexist/rotate", vec![], 404),
+        ("DELETE", "/api/v1/configs/cfg-dave", vec![], 409),
+    ];
+    for (method, path, body, want) in cases {
+        let got = raw(method, path, body);
+        assert_eq!(got, want, "{method} {path}");
+    }
+    assert_eq!(cp.db_revision(), before_rev, "a refused request changed the database");
+    let mut after = cp.wait_for_snapshot();
+    let mut before = before;
+    before["generated_at"] = Value::Null;
+    after["generated_at"] = Value::Null;
+    assert_eq!(before, after);
+}
+
+#[test]
+fn fifty_concurrent_creates_lose_nothing() {
+    let cp = ControlPlane::start();
+    let base = cp.base.clone();
+    let threads: Vec<_> = (0..50)
+        .map(|i| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                let c = reqwest::blocking::Client::new();
+                let u = c
+                    .post(format!("{base}/api/v1/users"))
+                    .bearer_auth(ADMIN_KEY)
+                    .json(&json!({"email": format!("u{i}@example.com")}))
+                    .send()
+                    .unwrap();
+                let p = c
+                    .post(format!("{base}/api/v1/projects"))
+                    .bearer_auth(ADMIN_KEY)
+                    .json(&json!({"name": format!("p{i}")}))
+                    .send()
+                    .unwrap();
+                (u.status().as_u16(), p.status().as_u16())
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), (201, 201));
+    }
+    let users = cp.ok("GET", "/api/v1/users?limit=1000", None, 200);
+    assert_eq!(users["items"].as_array().unwrap().len(), 50);
+    // Pagination walks the same 50 in stable order.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/projects?limit=7&cursor={c}"),
+            None => "/api/v1/projects?limit=7".to_string(),
+        };
+        let page = cp.ok("GET", &path, None, 200);
+        seen.extend(page["items"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted);
+    assert_eq!(seen.len(), 50);
+    let offset = cp.ok("GET", "/api/v1/projects?limit=5&offset=45", None, 200);
+    assert_eq!(offset["items"].as_array().unwrap().len(), 5);
+    let snap = cp.wait_for_snapshot();
+    assert_eq!(snap["users"].as_array().unwrap().len(), 50);
+    assert_eq!(snap["projects"].as_array().unwrap().len(), 50);
+}
+
+#[test]
+fn snapshot_follows_every_change_and_is_never_half_written() {
+    let cp = ControlPlane::start();
+    let path = cp.snapshot_path();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(bytes) = std::fs::read(&path) {
+                    shared::Snapshot::from_json(&bytes).expect("a reader saw an invalid snapshot");
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    let (email, project, config) = seed(&cp, "erin");
+    let snap = cp.wait_for_snapshot();
+    assert_eq!(snap["users"][0]["email"], email.as_str());
+    assert_eq!(snap["projects"][0]["name"], project.as_str());
+    assert_eq!(snap["mcp_configs"][0]["name"], config.as_str());
+    assert_eq!(snap["projects"][0]["mcp_config_id"], snap["mcp_configs"][0]["id"]);
+    let key = cp.ok("POST", "/api/v1/api-keys", Some(json!({"project": project, "user": email})), 201);
+    let snap = cp.wait_for_snapshot();
+    let k = &snap["api_keys"][0];
+    assert_eq!(k["id"], key["id"]);
+    assert!(k["hash"].as_str().unwrap().starts_with("$argon2"));
+    assert!(!std::fs::read_to_string(&path).unwrap().contains(key["key"].as_str().unwrap()));
+    assert!(shared::api_key::verify(key["key"].as_str().unwrap(), k["hash"].as_str().unwrap()));
+    cp.ok("POST", &format!("/api/v1/api-keys/{}/disable", key["id"].as_str().unwrap()), None, 200);
+    assert_eq!(cp.wait_for_snapshot()["api_keys"][0]["disabled"], true);
+    for i in 0..30 {
+        cp.ok("PATCH", &format!("/api/v1/projects/{project}"), Some(json!({"description": format!("rev {i}")})), 200);
+    }
+    cp.wait_for_snapshot();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let status = cp.ok("GET", "/api/v1/snapshot/status", None, 200);
+    assert_eq!(status["up_to_date"], true);
+    assert_eq!(status["sha256"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn secrets_appear_only_once_and_never_in_logs() {
+    let cp = ControlPlane::start();
+    let (email, project, _) = seed(&cp, "frank");
+    let created = cp.ok("POST", "/api/v1/api-keys", Some(json!({"project": project, "user": email})), 201);
+    let secret = created["key"].as_str().unwrap().to_string();
+    let id = created["id"].as_str().unwrap().to_string();
+    let secret_part = secret.rsplit('_').next().unwrap().to_string();
+    let mut seen = Vec::new();
+    for path in [
+        "/api/v1/api-keys".to_string(),
+        format!("/api/v1/api-keys/{id}"),
+        format!("/api/v1/api-keys?user={email}"),
+        format!("/api/v1/users/{email}"),
+        format!("/api/v1/projects/{project}"),
+        "/api/v1/system/health".to_string(),
+        "/api/v1/snapshot/status".to_string(),
+    ] {
+        seen.push(cp.ok("GET", &path, None, 200).to_string());
+    }
+    seen.push(cp.ok("POST", &format!("/api/v1/api-keys/{id}/disable"), None, 200).to_string());
+    for body in &seen {
+        assert!(!body.contains(&secret_part), "secret leaked in {body}");
+    }
+    let rotated = cp.ok("POST", &format!("/api/v1/api-keys/{id}/rotate"), None, 200);
+    let new_part = rotated["key"].as_str().unwrap().rsplit('_').next().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(200));
+    let log = cp.log_text();
+    assert!(log.contains("request"), "the access log is empty: {log}");
+    for s in [&secret_part, &new_part, &ADMIN_KEY.to_string()] {
+        assert!(!log.contains(s.as_str()), "a secret appeared in the log");
+    }
+    let db = std::fs::read(cp.data_dir().join("mcpgw.db")).unwrap();
+    assert!(!String::from_utf8_lossy(&db).contains(&secret_part), "a secret is stored in the database");
+}
+
+#[test]
+fn generated_admin_key_survives_restart_and_rotation_kills_the_old_one() {
+    let dir = TempDir::new("mcpgw-cp-gen");
+    let cp = ControlPlane::start_with(dir, None);
+    let key = cp.admin_key.clone();
+    assert_eq!(key.len(), 256);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(cp.data_dir().join("admin_apikey")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert!(!cp.log_text().contains(&key));
+    seed(&cp, "gina");
+    let dir = cp.stop();
+    // Restart on the same data: the key and the data are still there.
+    let mut cp = ControlPlane::start_with(dir, None);
+    assert_eq!(cp.admin_key, key);
+    assert_eq!(cp.ok("GET", "/api/v1/users", None, 200)["items"][0]["email"], "gina@example.com");
+    assert_eq!(cp.wait_for_snapshot()["users"].as_array().unwrap().len(), 1);
+    let new = cp.ok("POST", "/api/v1/admin-key/rotate", None, 200)["admin_api_key"].as_str().unwrap().to_string();
+    assert_ne!(new, key);
+    let r = cp.client.get(cp.url("/api/v1/users")).bearer_auth(&key).send().unwrap();
+    assert_eq!(r.status(), 401);
+    cp.admin_key = new.clone();
+    cp.ok("GET", "/api/v1/users", None, 200);
+    assert_eq!(std::fs::read_to_string(cp.data_dir().join("admin_apikey")).unwrap().trim(), new);
+}
+
+#[test]
+fn admin_key_from_the_environment_cannot_be_rotated_over_the_api() {
+    let cp = ControlPlane::start();
+    cp.ok("POST", "/api/v1/admin-key/rotate", None, 409);
+    assert!(!cp.data_dir().join("admin_apikey").exists());
+}
