@@ -48,7 +48,7 @@ fn every_documented_operation_refuses_missing_and_wrong_keys() {
             let open = op["security"]
                 .as_array()
                 .is_some_and(|s| s.iter().any(|x| x.as_object().is_some_and(|o| o.is_empty())));
-            let url = cp.url(&path.replace('{', "").replace('}', ""));
+            let url = cp.url(&path.replace(['{', '}'], ""));
             let m: reqwest::Method = method.to_uppercase().parse().unwrap();
             let anonymous = cp.client.request(m.clone(), &url).json(&json!({})).send().unwrap().status();
             let wrong = cp.client.request(m, &url).bearer_auth("wrong-key").json(&json!({})).send().unwrap().status();

@@ -152,8 +152,7 @@ impl ControlPlane {
     pub fn stop(mut self) -> tempdir::TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let dir = std::mem::replace(&mut self.dir, tempdir::TempDir::new("mcpgw-cp-moved"));
-        dir
+        std::mem::replace(&mut self.dir, tempdir::TempDir::new("mcpgw-cp-moved"))
     }
 
     pub fn data_dir(&self) -> &Path {
