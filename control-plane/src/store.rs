@@ -137,10 +137,13 @@ pub fn opt_time(s: &Option<String>) -> Option<DateTime<Utc>> {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Maximum number of items (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]*$")]
     pub cursor: Option<String>,
     /// Number of items to skip (alternative to `cursor`).
+    #[param(minimum = 0)]
     pub offset: Option<u32>,
 }
 
@@ -161,9 +164,8 @@ impl PageQuery {
             None => String::new(),
             Some(c) => base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| ApiError::invalid("cursor", "is not a cursor this API returned"))?,
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .map_err(|_| ApiError::invalid("cursor", "is not a cursor this API returned"))?,
         };
         Ok(Page { after, limit: i64::from(limit), offset: i64::from(self.offset.unwrap_or(0)) })
     }

@@ -60,6 +60,7 @@ pub struct CreateApiKey {
     #[serde(alias = "email", alias = "user_id")]
     pub user: String,
     /// A label, e.g. the machine or client using the key.
+    #[schema(min_length = 1, max_length = 128)]
     pub name: Option<String>,
     /// When the key stops working (RFC 3339, in the future).
     pub expires_at: Option<DateTime<Utc>>,

@@ -60,9 +60,10 @@ pub struct ServerList {
 pub struct CreateConfig {
     /// Unique name: 1-64 letters, digits, `_` or `-`.
     #[serde(alias = "config_name", alias = "mcp_config_name")]
-    #[schema(example = "default")]
+    #[schema(example = "default", pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub description: String,
     /// `prefixed` (`<server>__<tool>`, default) or `bare` (names as the upstream gives them).
     #[serde(default)]
@@ -76,7 +77,9 @@ pub struct CreateConfig {
 #[serde(deny_unknown_fields)]
 pub struct UpdateConfig {
     #[serde(alias = "new_name")]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: Option<String>,
+    #[schema(max_length = 4096)]
     pub description: Option<String>,
     pub tool_naming: Option<ToolNaming>,
 }
@@ -86,6 +89,7 @@ pub struct UpdateConfig {
 pub struct CopyConfig {
     /// Name of the new config.
     #[serde(alias = "target_config")]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: String,
 }
 

@@ -45,9 +45,10 @@ pub struct ProjectList {
 pub struct CreateProject {
     /// Unique name: 1-64 letters, digits, `_` or `-`.
     #[serde(alias = "project_name")]
-    #[schema(example = "payments-team")]
+    #[schema(example = "payments-team", pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub description: String,
     /// MCP config (id or name) to assign right away.
     #[serde(default, alias = "mcp_config_name")]
@@ -58,7 +59,9 @@ pub struct CreateProject {
 #[serde(deny_unknown_fields)]
 pub struct UpdateProject {
     #[serde(alias = "new_name")]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub name: Option<String>,
+    #[schema(max_length = 4096)]
     pub description: Option<String>,
 }
 

@@ -31,7 +31,11 @@ pub struct UserList {
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// A valid e-mail address, unique (case-insensitive).
-    #[schema(example = "alice@example.com")]
+    #[schema(
+        example = "alice@example.com",
+        pattern = "^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\\.[A-Za-z0-9-]+)+$",
+        max_length = 254
+    )]
     pub email: String,
 }
 
