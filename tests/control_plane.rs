@@ -378,6 +378,8 @@ fn secrets_appear_only_once_and_never_in_logs() {
     for body in &seen {
         assert!(!body.contains(&secret_part), "secret leaked in {body}");
     }
+    // A secret pasted into a URL by mistake finds nothing and is not logged.
+    cp.ok("GET", &format!("/api/v1/api-keys/{secret}"), None, 404);
     let rotated = cp.ok("POST", &format!("/api/v1/api-keys/{id}/rotate"), None, 200);
     let new_part = rotated["key"].as_str().unwrap().rsplit('_').next().unwrap().to_string();
     std::thread::sleep(Duration::from_millis(200));

@@ -135,10 +135,27 @@ async fn access_log(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let start = Instant::now();
-    let (method, path) = (req.method().to_string(), req.path().to_string());
+    let (method, path) = (req.method().to_string(), loggable_path(req.path()));
     let resp = next.call(req).await?;
     tracing::info!(%method, %path, status = resp.status().as_u16(), ms = start.elapsed().as_secs_f64() * 1e3, "request");
     Ok(resp)
+}
+
+/// The request path with anything shaped like a client key reduced to its public id: a key pasted
+/// into a URL by mistake must not end up in the logs.
+fn loggable_path(path: &str) -> String {
+    path.split('/')
+        .map(
+            |seg| {
+                if seg.starts_with(shared::api_key::KEY_PREFIX) {
+                    shared::api_key::redact(seg)
+                } else {
+                    seg.to_string()
+                }
+            },
+        )
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
@@ -210,4 +227,16 @@ pub fn init_tracing(format: &str) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn key_shaped_path_segments_are_redacted() {
+        let key = shared::api_key::generate();
+        let logged = super::loggable_path(&format!("/api/v1/api-keys/{}/rotate", key.secret));
+        assert!(!logged.contains(&key.secret));
+        assert!(logged.contains(&key.id));
+        assert_eq!(super::loggable_path("/api/v1/users/a@b.co"), "/api/v1/users/a@b.co");
+    }
 }
