@@ -406,12 +406,18 @@ fn generated_admin_key_survives_restart_and_rotation_kills_the_old_one() {
     }
     assert!(!cp.log_text().contains(&key));
     seed(&cp, "gina");
+    let revision = cp.db_revision();
+    cp.wait_for_snapshot();
     let dir = cp.stop();
+    // As if the process had died between a commit and its publish: the next start publishes.
+    std::fs::remove_file(dir.path().join("snapshot.json")).unwrap();
     // Restart on the same data: the key and the data are still there.
     let mut cp = ControlPlane::start_with(dir, None);
     assert_eq!(cp.admin_key, key);
     assert_eq!(cp.ok("GET", "/api/v1/users", None, 200)["items"][0]["email"], "gina@example.com");
-    assert_eq!(cp.wait_for_snapshot()["users"].as_array().unwrap().len(), 1);
+    let snap = cp.wait_for_snapshot();
+    assert_eq!(snap["revision"].as_u64(), Some(revision));
+    assert_eq!(snap["users"].as_array().unwrap().len(), 1);
     let new = cp.ok("POST", "/api/v1/admin-key/rotate", None, 200)["admin_api_key"].as_str().unwrap().to_string();
     assert_ne!(new, key);
     let r = cp.client.get(cp.url("/api/v1/users")).bearer_auth(&key).send().unwrap();
