@@ -40,6 +40,7 @@ pub fn is_valid_name(name: &str) -> bool {
 pub enum Transport {
     /// A child process speaking MCP on stdin/stdout.
     Stdio {
+        #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = "\\S"))]
         command: String,
         #[serde(default)]
         args: Vec<String>,
@@ -50,6 +51,7 @@ pub enum Transport {
     },
     /// A streamable HTTP MCP endpoint.
     Http {
+        #[cfg_attr(feature = "openapi", schema(pattern = "^https?://[^\\s/?#:@][^\\s]*$"))]
         url: String,
         #[serde(default)]
         headers: BTreeMap<String, String>,
@@ -159,12 +161,26 @@ pub struct GuardrailPolicy {
     pub policy_name: Option<String>,
     /// Detectors whose findings refuse the call; the others only warn.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<BuiltinDetector>))]
     pub block: Vec<String>,
     #[serde(default)]
     pub additional_config: AdditionalConfig,
     /// On a guardrail error or timeout, let the call through instead of refusing it.
     #[serde(default)]
     pub fail_open: bool,
+}
+
+/// A detector name accepted in `block` (documentation only: policies store plain strings).
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[schema(as = BuiltinDetector)]
+#[allow(dead_code)]
+#[allow(non_camel_case_types)]
+enum BuiltinDetector {
+    injection_attack,
+    pii,
+    keyword_detector,
+    sponge_attack,
 }
 
 /// Rug-pull protection mode for a server's tool definitions.
@@ -184,10 +200,13 @@ pub enum PinningMode {
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     #[serde(default = "default_connect_ms")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3_600_000))]
     pub connect_ms: u64,
     #[serde(default = "default_discovery_ms")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3_600_000))]
     pub discovery_ms: u64,
     #[serde(default = "default_call_ms")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3_600_000))]
     pub call_ms: u64,
     /// Per-tool override of `call_ms`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -224,8 +243,10 @@ pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 #[serde(deny_unknown_fields)]
 pub struct ServerSpec {
     #[serde(alias = "name")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(?!.*__)[A-Za-z0-9_-]{1,64}$"))]
     pub server_name: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     pub description: String,
     /// Transport: `{type: stdio, command, args, env, cwd}` or `{type: http, url, headers}`.
     pub config: Transport,
