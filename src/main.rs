@@ -1,4 +1,39 @@
-//! `mcpgw`: runs the control plane and the data plane together (the embedded default).
+//! `mcpgw`: the control plane and the data plane in one process (the embedded default).
+//! Settings come from the `MCPGW_*` environment variables; both planes share the data dir and the
+//! snapshot file, exactly as separate processes would.
+
 fn main() -> anyhow::Result<()> {
-    control_plane::cli_main()
+    let log_format = std::env::var(shared::settings::ENV_LOG_FORMAT).unwrap_or_else(|_| "text".into());
+    shared::runtime::init_tracing(&log_format);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let control = tokio::spawn(control_plane::serve(control_plane::Settings::from_env(), wait(stop_rx.clone())));
+        let data = tokio::spawn(data_plane::serve(data_plane::Config::from_env(), wait(stop_rx)));
+        tokio::spawn(async move {
+            shared::runtime::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        // If either plane fails, the process fails: a half-running gateway is worse than none.
+        let (first, rest) = futures_select(control, data).await;
+        first?;
+        rest.await??;
+        Ok(())
+    })
+}
+
+/// Waits for the first of two tasks; returns its result and the other task.
+async fn futures_select(
+    a: tokio::task::JoinHandle<anyhow::Result<()>>,
+    b: tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> (anyhow::Result<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let mut a = a;
+    let mut b = b;
+    tokio::select! {
+        r = &mut a => (r.map_err(anyhow::Error::from).and_then(|r| r), b),
+        r = &mut b => (r.map_err(anyhow::Error::from).and_then(|r| r), a),
+    }
 }

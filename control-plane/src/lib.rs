@@ -14,4 +14,4 @@ pub mod openapi;
 pub mod publish;
 pub mod store;
 
-pub use app::{Settings, cli_main, init_tracing, serve, shutdown_signal};
+pub use app::{Settings, cli_main, serve};

@@ -1,1 +1,131 @@
 //! mcpgw data plane: the MCP gateway.
+//!
+//! To clients it is an MCP server (streamable HTTP at `/mcp`, or stdio); to upstream servers an MCP
+//! client. A request flows one way:
+//! `http` (listener, authentication) -> `auth` (key -> principal) -> `gateway` (the MCP surface)
+//! -> `catalog` (what this caller may see; the one allow/deny decision) -> `upstream` (pooled
+//! connections) -> back to the client whole. `reload` swaps in new snapshots; `metrics` and `audit`
+//! record what happened.
+
+pub mod audit;
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod meta_tools;
+pub mod metrics;
+pub mod reload;
+pub mod state;
+pub mod upstream;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use rmcp::ServiceExt;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use state::Gateway;
+use upstream::UpstreamSettings;
+use upstream::pool::UpstreamPool;
+
+/// Builds the gateway state, loads the snapshot and starts the watcher and the idle reaper.
+async fn start(config: Config) -> anyhow::Result<Arc<Gateway>> {
+    let metrics = Arc::new(metrics::Metrics::default());
+    let (events, _) = broadcast::channel(256);
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .pool_max_idle_per_host(64)
+        .build()
+        .context("building the HTTP client")?;
+    let settings = Arc::new(UpstreamSettings {
+        http,
+        max_response_bytes: config.max_response_bytes,
+        metrics: metrics.clone(),
+        events: events.clone(),
+    });
+    let pool = Arc::new(UpstreamPool::new(settings));
+    let audit = match config.audit_target() {
+        Some(target) => audit::AuditLog::open(&target, config.audit_arguments)
+            .with_context(|| format!("opening the audit log {target}"))?,
+        None => audit::AuditLog::disabled(),
+    };
+    let idle = config.upstream_idle();
+    let snapshot_path = config.snapshot_path();
+    let gateway = Arc::new(Gateway::new(config, pool.clone(), metrics, audit, events));
+    reload::load(&gateway, &snapshot_path).await;
+    tokio::spawn(reload::watch(gateway.clone(), snapshot_path));
+    tokio::spawn(pool.reap_idle(idle));
+    Ok(gateway)
+}
+
+/// Serves streamable HTTP until `shutdown` completes, then closes every upstream.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let gateway = start(config).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!("data plane listening on http://{addr}");
+    let cancel = CancellationToken::new();
+    let app = http::router(gateway.clone(), cancel.clone());
+    let stop = cancel.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.cancel();
+        })
+        .await?;
+    gateway.pool.shutdown().await;
+    Ok(())
+}
+
+/// Serves one MCP client over stdin/stdout with the key in `MCPGW_API_KEY`; returns when the client
+/// disconnects.
+pub async fn serve_stdio(config: Config, key: String) -> anyhow::Result<()> {
+    let gateway = start(config).await?;
+    gateway.authenticate(Some(&key)).await.map_err(|e| anyhow::anyhow!("{}: {e}", shared::settings::ENV_API_KEY))?;
+    let service = gateway::GatewayService::new(gateway.clone(), gateway::Identity::Key(key.into()));
+    let running = service.serve(rmcp::transport::io::stdio()).await.context("starting the stdio session")?;
+    let _ = running.waiting().await;
+    gateway.pool.shutdown().await;
+    Ok(())
+}
+
+/// Entry point of the `data-plane` binary.
+pub fn cli_main() -> anyhow::Result<()> {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    #[command(name = "data-plane", version, about = "mcpgw MCP gateway")]
+    struct Cli {
+        #[command(subcommand)]
+        command: Option<Command>,
+        #[command(flatten)]
+        config: Config,
+        /// Log format: text or json.
+        #[arg(long, env = shared::settings::ENV_LOG_FORMAT, default_value = "text", global = true)]
+        log_format: String,
+    }
+    #[derive(clap::Subcommand)]
+    enum Command {
+        /// Serve streamable HTTP at /mcp (the default).
+        Serve,
+        /// Serve one client over stdin/stdout, authenticated by MCPGW_API_KEY.
+        Stdio,
+    }
+
+    let cli = Cli::parse();
+    shared::runtime::init_tracing(&cli.log_format);
+    let rt = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Some(Command::Stdio) => {
+            let key = std::env::var(shared::settings::ENV_API_KEY)
+                .map_err(|_| anyhow::anyhow!("set {} to the API key", shared::settings::ENV_API_KEY))?;
+            rt.block_on(serve_stdio(cli.config, key))
+        }
+        _ => rt.block_on(serve(cli.config, shared::runtime::shutdown_signal())),
+    }
+}

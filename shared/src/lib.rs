@@ -5,6 +5,8 @@
 //! and hashing ([`api_key`]). It must not know about HTTP, SQL or MCP.
 
 pub mod api_key;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 pub mod server;
 pub mod settings;
 pub mod snapshot;

@@ -1,6 +1,5 @@
-//! `data-plane`: the MCP gateway.
+//! `data-plane`: the MCP gateway (see the `data-plane` crate).
 
-fn main() {
-    eprintln!("data-plane: not available in this build");
-    std::process::exit(2);
+fn main() -> anyhow::Result<()> {
+    data_plane::cli_main()
 }

@@ -1,0 +1,68 @@
+//! Audit trail of tool calls: one JSON line per call, written by a background task so the request
+//! path never waits on the disk.
+
+use std::io::Write;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Serialize)]
+pub struct AuditRecord {
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub key_id: String,
+    pub project: String,
+    pub user_id: String,
+    pub server: String,
+    pub tool: String,
+    pub outcome: &'static str,
+    pub duration_ms: f64,
+    pub request_bytes: usize,
+    pub response_bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<serde_json::Value>,
+}
+
+/// Lines buffered before new ones are dropped (and counted in the log) rather than blocking calls.
+const QUEUE: usize = 10_000;
+
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: Option<mpsc::Sender<AuditRecord>>,
+    pub include_arguments: bool,
+}
+
+impl AuditLog {
+    pub fn disabled() -> Self {
+        AuditLog { tx: None, include_arguments: false }
+    }
+
+    /// Opens `target` (a path, or `-` for stderr) for appending and starts the writer.
+    pub fn open(target: &str, include_arguments: bool) -> std::io::Result<Self> {
+        let mut sink: Box<dyn Write + Send> = if target == "-" {
+            Box::new(std::io::stderr())
+        } else {
+            let mut options = std::fs::OpenOptions::new();
+            options.create(true).append(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            Box::new(std::io::LineWriter::new(options.open(target)?))
+        };
+        let (tx, mut rx) = mpsc::channel::<AuditRecord>(QUEUE);
+        std::thread::Builder::new().name("audit-log".into()).spawn(move || {
+            while let Some(record) = rx.blocking_recv() {
+                if let Ok(line) = serde_json::to_string(&record) {
+                    let _ = writeln!(sink, "{line}");
+                }
+            }
+        })?;
+        Ok(AuditLog { tx: Some(tx), include_arguments })
+    }
+
+    pub fn record(&self, record: AuditRecord) {
+        if let Some(tx) = &self.tx
+            && tx.try_send(record).is_err()
+        {
+            tracing::warn!("audit log queue full; a tool-call record was dropped");
+        }
+    }
+}

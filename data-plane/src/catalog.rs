@@ -1,0 +1,282 @@
+//! The per-revision routing table: keys, projects and configs indexed from one snapshot, plus the one
+//! decision about which upstream tools a config exposes and under which names.
+//!
+//! A `Catalog` is immutable; a reload builds a new one and swaps it in. Nothing here does I/O.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use shared::server::ServerSpec;
+use shared::snapshot::{Snapshot, ToolNaming};
+use uuid::Uuid;
+
+/// Separator between server and tool in prefixed names (server names never contain it).
+pub const NAME_SEPARATOR: &str = "__";
+/// Scheme of namespaced resource URIs: `mcpgw://<server>/<upstream uri>`.
+pub const RESOURCE_SCHEME: &str = "mcpgw://";
+
+#[derive(Debug)]
+pub struct KeyRecord {
+    pub id: Arc<str>,
+    pub project_id: Uuid,
+    pub user_id: Uuid,
+    pub hash: Arc<str>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub disabled: bool,
+}
+
+#[derive(Debug)]
+pub struct ProjectRecord {
+    pub id: Uuid,
+    pub name: Arc<str>,
+    pub config: Option<Arc<ConfigView>>,
+}
+
+/// One MCP config as the gateway serves it.
+#[derive(Debug)]
+pub struct ConfigView {
+    pub id: Uuid,
+    pub name: String,
+    pub naming: ToolNaming,
+    pub servers: Vec<Arc<ServerSpec>>,
+}
+
+#[derive(Debug)]
+pub struct Catalog {
+    pub revision: u64,
+    pub generated_at: Option<DateTime<Utc>>,
+    pub tool_cache_ttl: Duration,
+    keys: HashMap<Arc<str>, KeyRecord>,
+    projects: HashMap<Uuid, Arc<ProjectRecord>>,
+    configs: HashMap<Uuid, Arc<ConfigView>>,
+    user_emails: HashMap<Uuid, Arc<str>>,
+}
+
+impl Catalog {
+    /// The catalog before any snapshot is loaded: no keys, so every request is refused.
+    pub fn empty() -> Self {
+        Catalog {
+            revision: 0,
+            generated_at: None,
+            tool_cache_ttl: Duration::from_secs(300),
+            keys: HashMap::new(),
+            projects: HashMap::new(),
+            configs: HashMap::new(),
+            user_emails: HashMap::new(),
+        }
+    }
+
+    /// Indexes a snapshot that has passed `Snapshot::validate`.
+    pub fn build(snapshot: Snapshot) -> Self {
+        let configs: HashMap<Uuid, Arc<ConfigView>> = snapshot
+            .mcp_configs
+            .into_iter()
+            .map(|c| {
+                let view = ConfigView {
+                    id: c.id,
+                    name: c.name,
+                    naming: c.tool_naming,
+                    servers: c.servers.into_iter().map(Arc::new).collect(),
+                };
+                (c.id, Arc::new(view))
+            })
+            .collect();
+        let projects = snapshot
+            .projects
+            .into_iter()
+            .map(|p| {
+                let config = p.mcp_config_id.and_then(|id| configs.get(&id).cloned());
+                (p.id, Arc::new(ProjectRecord { id: p.id, name: p.name.into(), config }))
+            })
+            .collect();
+        let keys = snapshot
+            .api_keys
+            .into_iter()
+            .map(|k| {
+                let id: Arc<str> = k.id.into();
+                let record = KeyRecord {
+                    id: id.clone(),
+                    project_id: k.project_id,
+                    user_id: k.user_id,
+                    hash: k.hash.into(),
+                    expires_at: k.expires_at,
+                    disabled: k.disabled,
+                };
+                (id, record)
+            })
+            .collect();
+        let user_emails = snapshot.users.into_iter().map(|u| (u.id, u.email.into())).collect();
+        Catalog {
+            revision: snapshot.revision,
+            generated_at: Some(snapshot.generated_at),
+            tool_cache_ttl: Duration::from_secs(snapshot.settings.tool_cache_ttl_secs),
+            keys,
+            projects,
+            configs,
+            user_emails,
+        }
+    }
+
+    pub fn key(&self, id: &str) -> Option<&KeyRecord> {
+        self.keys.get(id)
+    }
+
+    pub fn project(&self, id: Uuid) -> Option<&Arc<ProjectRecord>> {
+        self.projects.get(&id)
+    }
+
+    pub fn config(&self, id: Uuid) -> Option<&Arc<ConfigView>> {
+        self.configs.get(&id)
+    }
+
+    pub fn configs(&self) -> impl Iterator<Item = &Arc<ConfigView>> {
+        self.configs.values()
+    }
+
+    pub fn user_email(&self, id: Uuid) -> Option<&Arc<str>> {
+        self.user_emails.get(&id)
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+impl ConfigView {
+    pub fn server(&self, name: &str) -> Option<&Arc<ServerSpec>> {
+        self.servers.iter().find(|s| s.server_name == name)
+    }
+
+    /// Same servers with the same settings (so upstream state and caches stay valid).
+    pub fn same_as(&self, other: &ConfigView) -> bool {
+        self.naming == other.naming && self.servers == other.servers
+    }
+
+    /// The name a client sees for `server`'s upstream name (tool or prompt).
+    pub fn exposed_name(&self, server: &str, upstream: &str) -> String {
+        match self.naming {
+            ToolNaming::Prefixed => format!("{server}{NAME_SEPARATOR}{upstream}"),
+            ToolNaming::Bare => upstream.to_string(),
+        }
+    }
+
+    /// Splits a client-facing prefixed name into (server, upstream name). Exact, case-sensitive
+    /// matching: `Everything__echo` is not `everything__echo`.
+    pub fn split_prefixed<'a>(&self, exposed: &'a str) -> Option<(&Arc<ServerSpec>, &'a str)> {
+        let (server, rest) = exposed.split_once(NAME_SEPARATOR)?;
+        Some((self.server(server)?, rest))
+    }
+
+    /// The client-facing URI of an upstream resource.
+    pub fn exposed_uri(&self, server: &str, uri: &str) -> String {
+        match self.naming {
+            ToolNaming::Prefixed => format!("{RESOURCE_SCHEME}{server}/{uri}"),
+            ToolNaming::Bare => uri.to_string(),
+        }
+    }
+
+    /// Splits a namespaced resource URI into (server, upstream uri) in prefixed mode.
+    pub fn split_uri<'a>(&self, exposed: &'a str) -> Option<(&Arc<ServerSpec>, &'a str)> {
+        let rest = exposed.strip_prefix(RESOURCE_SCHEME)?;
+        let (server, uri) = rest.split_once('/')?;
+        Some((self.server(server)?, uri))
+    }
+}
+
+/// THE tool policy: whether `server` exposes its upstream tool `tool`. `tools/list` filters with it and
+/// `tools/call` admits with it, so the two never disagree. Names compare exactly (no case folding, no
+/// normalisation): a look-alike name is a different name, and it only passes if it is itself allowed.
+pub fn tool_allowed(server: &ServerSpec, tool: &str) -> bool {
+    let listed = server.tools.0.is_empty() || server.tools.0.iter().any(|t| t == tool);
+    listed && !server.denied_tools.iter().any(|pattern| glob_matches(pattern, tool))
+}
+
+/// `*` matches any run of characters, `?` exactly one; everything else literally.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) && p[pi] != '*' {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            backtrack = Some((pi, ti));
+            pi += 1;
+        } else if let Some((bp, bt)) = backtrack {
+            pi = bp + 1;
+            ti = bt + 1;
+            backtrack = Some((bp, bt + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::server::{ServerSpec, ToolList};
+
+    fn spec(allow: &[&str], deny: &[&str]) -> ServerSpec {
+        let mut s: ServerSpec = serde_json::from_value(serde_json::json!({
+            "server_name": "s", "config": {"type": "stdio", "command": "x"}
+        }))
+        .unwrap();
+        s.tools = ToolList(allow.iter().map(|t| t.to_string()).collect());
+        s.denied_tools = deny.iter().map(|t| t.to_string()).collect();
+        s
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_matches("*", ""));
+        assert!(glob_matches("delete_*", "delete_file"));
+        assert!(!glob_matches("delete_*", "undelete_file"));
+        assert!(glob_matches("*_admin_*", "x_admin_y"));
+        assert!(glob_matches("a?c", "abc"));
+        assert!(!glob_matches("a?c", "ac"));
+        assert!(glob_matches("a*b*c", "aXXbYYc"));
+        assert!(!glob_matches("a*b*c", "aXXbYY"));
+        assert!(glob_matches("exact", "exact"));
+        assert!(!glob_matches("exact", "Exact"));
+    }
+
+    #[test]
+    fn allowlist_then_denylist_exact_names() {
+        let all = spec(&[], &["rm*"]);
+        assert!(all.tools.0.is_empty());
+        assert!(tool_allowed(&all, "echo"));
+        assert!(!tool_allowed(&all, "rmdir"));
+        let some = spec(&["echo", "add"], &["add"]);
+        assert!(tool_allowed(&some, "echo"));
+        assert!(!tool_allowed(&some, "add"));
+        assert!(!tool_allowed(&some, "Echo"));
+        assert!(!tool_allowed(&some, "echo "));
+        // Cyrillic "е" in place of Latin "e".
+        assert!(!tool_allowed(&some, "\u{0435}cho"));
+        assert!(!tool_allowed(&some, "other"));
+    }
+
+    #[test]
+    fn names_split_at_the_first_separator() {
+        let view = ConfigView {
+            id: Uuid::nil(),
+            name: "c".into(),
+            naming: ToolNaming::Prefixed,
+            servers: vec![Arc::new(spec(&[], &[]))],
+        };
+        assert_eq!(view.exposed_name("s", "a__b"), "s__a__b");
+        let (server, tool) = view.split_prefixed("s__a__b").unwrap();
+        assert_eq!((server.server_name.as_str(), tool), ("s", "a__b"));
+        assert!(view.split_prefixed("S__a").is_none());
+        assert!(view.split_prefixed("s_a").is_none());
+        let uri = view.exposed_uri("s", "file:///x/y");
+        assert_eq!(uri, "mcpgw://s/file:///x/y");
+        assert_eq!(view.split_uri(&uri).unwrap().1, "file:///x/y");
+    }
+}

@@ -1,0 +1,72 @@
+//! Data-plane settings: flags, then `MCPGW_*` variables, then defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shared::settings as names;
+
+/// Settings of the MCP gateway.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address of the MCP endpoint; port 0 picks a free port (the bound address is logged).
+    #[arg(long, env = names::ENV_GATEWAY_LISTEN, default_value = names::DEFAULT_GATEWAY_LISTEN)]
+    pub listen: String,
+    /// Directory holding the snapshot (and the audit log unless one is given).
+    #[arg(long, env = names::ENV_DATA_DIR, default_value = names::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Snapshot to load and watch [default: <data dir>/snapshot.json].
+    #[arg(long, env = names::ENV_SNAPSHOT_PATH)]
+    pub snapshot_path: Option<PathBuf>,
+    /// `Host` values accepted on /mcp (DNS-rebinding protection), comma separated; `*` accepts any.
+    #[arg(long, env = "MCPGW_ALLOWED_HOSTS", value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+    pub allowed_hosts: Vec<String>,
+    /// Browser `Origin` values accepted on /mcp, comma separated (e.g. `https://app.example.com:443`).
+    /// Requests that carry any other Origin are refused; requests without one are not affected.
+    #[arg(long, env = "MCPGW_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Largest accepted MCP request body in bytes (bigger ones get HTTP 413).
+    #[arg(long, env = "MCPGW_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+    /// Largest accepted upstream response in bytes (bigger ones are an error, not an out-of-memory).
+    #[arg(long, env = "MCPGW_MAX_RESPONSE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_response_bytes: usize,
+    /// Seconds an upstream connection (a stdio process) may sit unused before it is stopped.
+    #[arg(long, env = "MCPGW_UPSTREAM_IDLE_SECS", default_value_t = 300)]
+    pub upstream_idle_secs: u64,
+    /// Audit log of tool calls (JSON lines): a file path, `-` for stderr, or `off`
+    /// [default: <data dir>/audit.jsonl].
+    #[arg(long, env = "MCPGW_AUDIT_LOG")]
+    pub audit_log: Option<String>,
+    /// Also record tool-call arguments in the audit log (they may hold personal data).
+    #[arg(long, env = "MCPGW_AUDIT_ARGUMENTS", default_value_t = false)]
+    pub audit_arguments: bool,
+}
+
+impl Config {
+    /// From the environment and defaults only (for the all-in-one binary and tests).
+    pub fn from_env() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            c: Config,
+        }
+        <Only as clap::Parser>::parse_from(["data-plane"]).c
+    }
+
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.snapshot_path.clone().unwrap_or_else(|| names::default_snapshot_path(&self.data_dir))
+    }
+
+    pub fn upstream_idle(&self) -> Duration {
+        Duration::from_secs(self.upstream_idle_secs.max(1))
+    }
+
+    /// Where audit lines go; `None` when switched off.
+    pub fn audit_target(&self) -> Option<String> {
+        match self.audit_log.as_deref() {
+            Some("off") | Some("") => None,
+            Some(other) => Some(other.to_string()),
+            None => Some(self.data_dir.join("audit.jsonl").to_string_lossy().into_owned()),
+        }
+    }
+}

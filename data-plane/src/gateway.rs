@@ -1,0 +1,576 @@
+//! The MCP surface clients talk to: an rmcp `ServerHandler` that lists and calls only what the
+//! caller's project may see, forwarding to upstreams and passing results through whole.
+//!
+//! Every request resolves the caller against the current catalog first; the allow/deny decision is
+//! `catalog::tool_allowed`, shared by `tools/list` and `tools/call`.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use rmcp::model::*;
+use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::{ErrorData as McpError, Peer, RoleServer, ServerHandler, ServiceError};
+use shared::server::ServerSpec;
+use shared::snapshot::ToolNaming;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use uuid::Uuid;
+
+use crate::audit::AuditRecord;
+use crate::auth::Principal;
+use crate::catalog::{ConfigView, tool_allowed};
+use crate::meta_tools;
+use crate::state::Gateway;
+use crate::upstream::relay::{ChangeEvent, ListKind};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// How a session proves who it is.
+#[derive(Clone)]
+pub enum Identity {
+    /// Streamable HTTP: the middleware authenticated this request and attached a `Principal`.
+    Http,
+    /// stdio: one key for the whole process, checked against the current catalog per request.
+    Key(Arc<str>),
+}
+
+/// One client session (for streamable HTTP, one MCP session; for stdio, the process).
+pub struct Session {
+    gateway: Arc<Gateway>,
+    /// Upstreams private to this session (servers marked `per_session`); closed with it.
+    private: Mutex<HashMap<(Uuid, String), Arc<Upstream>>>,
+    /// Stops the notification relay when the session ends.
+    relay: Mutex<Option<DropGuard>>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.gateway.metrics.active_sessions.fetch_sub(1, Ordering::Relaxed);
+        let private: Vec<_> = self.private.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, u)| u).collect();
+        if !private.is_empty()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move { join_all(private.iter().map(|u| u.retire(Duration::from_secs(5)))).await });
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GatewayService {
+    pub(crate) gateway: Arc<Gateway>,
+    identity: Identity,
+    session: Arc<Session>,
+}
+
+impl GatewayService {
+    pub fn new(gateway: Arc<Gateway>, identity: Identity) -> Self {
+        gateway.metrics.active_sessions.fetch_add(1, Ordering::Relaxed);
+        let session =
+            Arc::new(Session { gateway: gateway.clone(), private: Default::default(), relay: Mutex::new(None) });
+        GatewayService { gateway, identity, session }
+    }
+
+    async fn principal(&self, extensions: &Extensions) -> Result<Principal, McpError> {
+        match &self.identity {
+            Identity::Http => extensions
+                .get::<axum::http::request::Parts>()
+                .and_then(|parts| parts.extensions.get::<Principal>())
+                .cloned()
+                .ok_or_else(|| McpError::invalid_request("not authenticated", None)),
+            Identity::Key(key) => self
+                .gateway
+                .authenticate(Some(key))
+                .await
+                .map_err(|e| McpError::invalid_request(format!("authentication failed: {e}"), None)),
+        }
+    }
+
+    /// The upstream serving `spec` for this caller: shared, or this session's own.
+    pub(crate) fn upstream(&self, config_id: Uuid, spec: &Arc<ServerSpec>) -> Arc<Upstream> {
+        if !spec.per_session {
+            return self.gateway.pool.get(config_id, spec);
+        }
+        let mut private = self.session.private.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (config_id, spec.server_name.clone());
+        match private.get(&key) {
+            Some(u) if *u.spec == **spec => u.clone(),
+            _ => {
+                let fresh = self.gateway.pool.private(config_id, spec);
+                if let Some(old) = private.insert(key, fresh.clone()) {
+                    tokio::spawn(async move { old.retire(Duration::from_secs(60)).await });
+                }
+                fresh
+            }
+        }
+    }
+
+    /// The tools `spec` exposes, under upstream names (filtered by the allow/deny lists).
+    pub(crate) async fn allowed_tools(
+        &self,
+        config: &ConfigView,
+        spec: &Arc<ServerSpec>,
+    ) -> Result<Vec<Tool>, UpstreamError> {
+        let ttl = self.gateway.catalog().tool_cache_ttl;
+        let tools = self.upstream(config.id, spec).tools(ttl).await?;
+        Ok(tools.iter().filter(|t| tool_allowed(spec, &t.name)).cloned().collect())
+    }
+
+    /// Which server answers a client-facing tool name, and the upstream name.
+    fn route_tool<'a>(&self, config: &'a ConfigView, name: &'a str) -> Option<(&'a Arc<ServerSpec>, &'a str)> {
+        match config.naming {
+            ToolNaming::Prefixed => config.split_prefixed(name),
+            ToolNaming::Bare => match config.servers.as_slice() {
+                [only] => Some((only, name)),
+                many => many.iter().find(|s| s.tools.0.iter().any(|t| t == name)).map(|s| (s, name)),
+            },
+        }
+    }
+
+    /// Forwards one tool call to its upstream, with timeout, cancellation and progress relay.
+    pub(crate) async fn forward_call(
+        &self,
+        config: &ConfigView,
+        spec: &Arc<ServerSpec>,
+        mut request: CallToolRequestParams,
+        tool: &str,
+        client: Option<(&Peer<RoleServer>, ProgressToken)>,
+        cancel: &CancellationToken,
+    ) -> Result<CallToolResponse, CallFailure> {
+        let upstream = self.upstream(config.id, spec);
+        let conn = upstream.acquire().await.map_err(CallFailure::Upstream)?;
+        request.name = tool.to_string().into();
+        let route = client.map(|(peer, token)| upstream.progress().open(peer.clone(), token));
+        request.meta = upstream_meta(request.meta.take(), route.as_ref().map(|r| r.token.clone()));
+        let ms = spec.timeouts.tools.get(tool).copied().unwrap_or(spec.timeouts.call_ms);
+        let call = tokio::time::timeout(Duration::from_millis(ms), conn.peer.call_tool_once(request));
+        let outcome = tokio::select! {
+            r = call => r,
+            // Dropping the call future sends notifications/cancelled upstream.
+            _ = cancel.cancelled() => return Err(CallFailure::Cancelled),
+        };
+        let response = match outcome {
+            Err(_) => {
+                return Err(CallFailure::Upstream(UpstreamError::Timeout { server: spec.server_name.clone(), ms }));
+            }
+            Ok(Err(ServiceError::McpError(e))) => return Err(CallFailure::Protocol(e)),
+            Ok(Err(e)) => return Err(CallFailure::Upstream(UpstreamError::failed(&spec.server_name, e))),
+            Ok(Ok(response)) => response,
+        };
+        let size = response_size(&response);
+        if size > self.gateway.config.max_response_bytes {
+            return Err(CallFailure::TooLarge { size, limit: self.gateway.config.max_response_bytes });
+        }
+        Ok(response)
+    }
+
+    fn start_relay(&self, peer: Peer<RoleServer>, project_id: Uuid) {
+        let token = CancellationToken::new();
+        let mut slot = self.session.relay.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return;
+        }
+        *slot = Some(token.clone().drop_guard());
+        let gateway = self.gateway.clone();
+        let mut events = gateway.events.subscribe();
+        tokio::spawn(async move {
+            let config_of = |g: &Gateway| g.catalog().project(project_id).and_then(|p| p.config.clone());
+            let mut current = config_of(&gateway);
+            loop {
+                let event = tokio::select! {
+                    _ = token.cancelled() => return,
+                    e = events.recv() => e,
+                };
+                let kinds: Vec<ListKind> = match event {
+                    Ok(ChangeEvent::Upstream { config_id, kind }) => {
+                        if current.as_ref().is_some_and(|c| c.id == config_id) { vec![kind] } else { vec![] }
+                    }
+                    Ok(ChangeEvent::Reloaded) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let next = config_of(&gateway);
+                        let same = match (&current, &next) {
+                            (Some(a), Some(b)) => a.id == b.id && a.same_as(b),
+                            (None, None) => true,
+                            _ => false,
+                        };
+                        current = next;
+                        if same { vec![] } else { vec![ListKind::Tools, ListKind::Prompts, ListKind::Resources] }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                for kind in kinds {
+                    let sent = match kind {
+                        ListKind::Tools => peer.notify_tool_list_changed().await,
+                        ListKind::Prompts => peer.notify_prompt_list_changed().await,
+                        ListKind::Resources => peer.notify_resource_list_changed().await,
+                    };
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    fn audit(&self, p: &Principal, call: CallSummary<'_>) {
+        let CallSummary { server, tool, outcome, started, args, response_bytes } = call;
+        let took = started.elapsed();
+        self.gateway.metrics.record_call(&p.project_name, server, tool, outcome, took);
+        let audit = &self.gateway.audit;
+        audit.record(AuditRecord {
+            time: chrono::Utc::now(),
+            key_id: p.key_id.to_string(),
+            project: p.project_name.to_string(),
+            user_id: p.user_id.to_string(),
+            server: server.to_string(),
+            tool: tool.to_string(),
+            outcome,
+            duration_ms: took.as_secs_f64() * 1000.0,
+            request_bytes: args.as_ref().map(|a| serde_json::to_vec(a).map(|v| v.len()).unwrap_or(0)).unwrap_or(0),
+            response_bytes,
+            arguments: if audit.include_arguments { args.clone().map(serde_json::Value::Object) } else { None },
+        });
+    }
+}
+
+/// What the metrics and the audit log record about one tool call.
+struct CallSummary<'a> {
+    server: &'a str,
+    tool: &'a str,
+    outcome: &'static str,
+    started: Instant,
+    args: &'a Option<JsonObject>,
+    response_bytes: usize,
+}
+
+/// Why a forwarded call produced no upstream result.
+#[derive(Debug)]
+pub enum CallFailure {
+    Upstream(UpstreamError),
+    /// The upstream answered with a JSON-RPC error: passed through as is.
+    Protocol(McpError),
+    Cancelled,
+    TooLarge {
+        size: usize,
+        limit: usize,
+    },
+}
+
+impl CallFailure {
+    pub fn message(&self) -> String {
+        match self {
+            CallFailure::Upstream(e) => e.to_string(),
+            CallFailure::Protocol(e) => e.message.to_string(),
+            CallFailure::Cancelled => "cancelled by the client".into(),
+            CallFailure::TooLarge { size, limit } => {
+                format!("upstream response of {size} bytes exceeds the gateway's limit of {limit} bytes")
+            }
+        }
+    }
+}
+
+/// `_meta` for the upstream request: the client's own keys, minus protocol bookkeeping that
+/// describes the client's connection (rmcp adds the gateway's), with the gateway's progress token.
+fn upstream_meta(client: Option<RequestMetaObject>, progress: Option<ProgressToken>) -> Option<RequestMetaObject> {
+    let mut meta = client.unwrap_or_default();
+    meta.0.retain(|k, _| !k.starts_with("io.modelcontextprotocol/") && k != "progressToken");
+    if let Some(token) = progress {
+        meta.set_progress_token(token);
+    }
+    (!meta.0.is_empty()).then_some(meta)
+}
+
+/// Bytes of payload in a response (text, binary data, structured content), to enforce the cap.
+fn response_size(response: &CallToolResponse) -> usize {
+    let CallToolResponse::Complete(result) = response else { return 0 };
+    let content: usize = result.content.iter().map(content_size).sum();
+    let structured = result.structured_content.as_ref().map(|v| serde_json::to_vec(v).map(|b| b.len()).unwrap_or(0));
+    content + structured.unwrap_or(0)
+}
+
+fn content_size(block: &ContentBlock) -> usize {
+    match block {
+        ContentBlock::Text(t) => t.text.len(),
+        ContentBlock::Image(i) => i.data.len(),
+        ContentBlock::Audio(a) => a.data.len(),
+        ContentBlock::Resource(r) => match &r.resource {
+            ResourceContents::TextResourceContents { text, .. } => text.len(),
+            ResourceContents::BlobResourceContents { blob, .. } => blob.len(),
+            _ => 0,
+        },
+        ContentBlock::ResourceLink(l) => l.uri.len(),
+        _ => 0,
+    }
+}
+
+fn unknown_tool(name: &str) -> McpError {
+    McpError::invalid_params(format!("unknown tool: {name}"), None)
+}
+
+fn call_error(message: String) -> CallToolResponse {
+    CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(message)]))
+}
+
+impl ServerHandler for GatewayService {
+    fn get_info(&self) -> ServerConfig {
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_prompts()
+            .enable_prompts_list_changed()
+            .enable_resources()
+            .enable_resources_list_changed()
+            .build();
+        ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new("mcpgw", env!("CARGO_PKG_VERSION")).with_title("mcpgw MCP gateway"))
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        if let Ok(p) = self.principal(&context.extensions).await {
+            self.start_relay(context.peer.clone(), p.project_id);
+        }
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let p = self.principal(&context.extensions).await?;
+        let Some(config) = p.config else { return Ok(ListToolsResult::with_all_items(vec![])) };
+        let mut tools = Vec::new();
+        if config.naming == ToolNaming::Prefixed {
+            tools.extend(meta_tools::definitions());
+        }
+        let discovered = join_all(config.servers.iter().map(|s| self.allowed_tools(&config, s))).await;
+        let mut seen = std::collections::HashSet::new();
+        for (spec, result) in config.servers.iter().zip(discovered) {
+            match result {
+                Ok(list) => {
+                    for mut tool in list {
+                        tool.name = config.exposed_name(&spec.server_name, &tool.name).into();
+                        if seen.insert(tool.name.clone()) {
+                            tools.push(tool);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(server = %spec.server_name, error = %e, "tool discovery failed; its tools are left out")
+                }
+            }
+        }
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let started = Instant::now();
+        let p = self.principal(&context.extensions).await?;
+        let name = request.name.to_string();
+        let Some(config) = p.config.clone() else { return Err(unknown_tool(&name)) };
+        if config.naming == ToolNaming::Prefixed && meta_tools::is_meta_tool(&name) {
+            let result = meta_tools::call(self, &p, &config, &name, request.arguments.unwrap_or_default()).await;
+            let outcome = if result.is_error == Some(true) { "error" } else { "success" };
+            let summary =
+                CallSummary { server: "gateway", tool: &name, outcome, started, args: &None, response_bytes: 0 };
+            self.audit(&p, summary);
+            return Ok(CallToolResponse::Complete(result));
+        }
+        let Some((spec, tool)) = self.route_tool(&config, &name) else { return Err(unknown_tool(&name)) };
+        if !tool_allowed(spec, tool) {
+            return Err(unknown_tool(&name));
+        }
+        let (spec, tool) = (spec.clone(), tool.to_string());
+        let progress =
+            context.meta.get_progress_token().or_else(|| request.meta.as_ref().and_then(|m| m.get_progress_token()));
+        let arguments = request.arguments.clone();
+        let client = progress.map(|t| (&context.peer, t));
+        let result = self.forward_call(&config, &spec, request, &tool, client, &context.ct).await;
+        let (outcome, bytes) = match &result {
+            Ok(r @ CallToolResponse::Complete(c)) if c.is_error == Some(true) => ("error", response_size(r)),
+            Ok(r) => ("success", response_size(r)),
+            Err(CallFailure::Cancelled) => ("cancelled", 0),
+            Err(CallFailure::Upstream(UpstreamError::Timeout { .. })) => ("timeout", 0),
+            Err(_) => ("error", 0),
+        };
+        let summary = CallSummary {
+            server: &spec.server_name,
+            tool: &tool,
+            outcome,
+            started,
+            args: &arguments,
+            response_bytes: bytes,
+        };
+        self.audit(&p, summary);
+        match result {
+            Ok(response) => Ok(response),
+            Err(CallFailure::Protocol(e)) => Err(e),
+            Err(CallFailure::Cancelled) => Err(McpError::internal_error("request cancelled", None)),
+            Err(failure) => Ok(call_error(failure.message())),
+        }
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        let p = self.principal(&context.extensions).await?;
+        let Some(config) = p.config else { return Ok(ListPromptsResult::with_all_items(vec![])) };
+        let config = &config;
+        let lists = join_all(config.servers.iter().map(|spec| async move {
+            let upstream = self.upstream(config.id, spec);
+            let conn = upstream.acquire().await.ok()?;
+            if conn.peer.peer_info().is_some_and(|i| i.capabilities.prompts.is_none()) {
+                return None;
+            }
+            let ms = Duration::from_millis(spec.timeouts.discovery_ms);
+            tokio::time::timeout(ms, conn.peer.list_all_prompts()).await.ok()?.ok()
+        }))
+        .await;
+        let mut prompts = Vec::new();
+        for (spec, list) in config.servers.iter().zip(lists) {
+            for mut prompt in list.unwrap_or_default() {
+                prompt.name = config.exposed_name(&spec.server_name, &prompt.name);
+                prompts.push(prompt);
+            }
+        }
+        Ok(ListPromptsResult::with_all_items(prompts))
+    }
+
+    async fn get_prompt(
+        &self,
+        mut request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let p = self.principal(&context.extensions).await?;
+        let unknown = || McpError::invalid_params(format!("unknown prompt: {}", request.name), None);
+        let Some(config) = p.config else { return Err(unknown()) };
+        let (spec, name) = match config.naming {
+            ToolNaming::Prefixed => config.split_prefixed(&request.name).map(|(s, n)| (s.clone(), n.to_string())),
+            ToolNaming::Bare => config.servers.first().map(|s| (s.clone(), request.name.clone())),
+        }
+        .ok_or_else(unknown)?;
+        let upstream = self.upstream(config.id, &spec);
+        let conn = upstream.acquire().await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        request.name = name;
+        request.meta = upstream_meta(request.meta.take(), None);
+        let ms = spec.timeouts.call_ms;
+        match tokio::time::timeout(Duration::from_millis(ms), conn.peer.get_prompt_once(request)).await {
+            Err(_) => Err(McpError::internal_error(
+                format!("upstream `{}` did not answer within {ms} ms", spec.server_name),
+                None,
+            )),
+            Ok(Err(ServiceError::McpError(e))) => Err(e),
+            Ok(Err(e)) => Err(McpError::internal_error(UpstreamError::failed(&spec.server_name, e).to_string(), None)),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let p = self.principal(&context.extensions).await?;
+        let Some(config) = p.config else { return Ok(ListResourcesResult::with_all_items(vec![])) };
+        let config = &config;
+        let lists = join_all(config.servers.iter().map(|spec| async move {
+            let upstream = self.upstream(config.id, spec);
+            let conn = upstream.acquire().await.ok()?;
+            if conn.peer.peer_info().is_some_and(|i| i.capabilities.resources.is_none()) {
+                return None;
+            }
+            let ms = Duration::from_millis(spec.timeouts.discovery_ms);
+            tokio::time::timeout(ms, conn.peer.list_all_resources()).await.ok()?.ok()
+        }))
+        .await;
+        let mut resources = Vec::new();
+        for (spec, list) in config.servers.iter().zip(lists) {
+            for mut resource in list.unwrap_or_default() {
+                resource.uri = config.exposed_uri(&spec.server_name, &resource.uri);
+                resources.push(resource);
+            }
+        }
+        Ok(ListResourcesResult::with_all_items(resources))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let p = self.principal(&context.extensions).await?;
+        let Some(config) = p.config else { return Ok(ListResourceTemplatesResult::with_all_items(vec![])) };
+        let config = &config;
+        let lists = join_all(config.servers.iter().map(|spec| async move {
+            let upstream = self.upstream(config.id, spec);
+            let conn = upstream.acquire().await.ok()?;
+            if conn.peer.peer_info().is_some_and(|i| i.capabilities.resources.is_none()) {
+                return None;
+            }
+            let ms = Duration::from_millis(spec.timeouts.discovery_ms);
+            tokio::time::timeout(ms, conn.peer.list_all_resource_templates()).await.ok()?.ok()
+        }))
+        .await;
+        let mut templates = Vec::new();
+        for (spec, list) in config.servers.iter().zip(lists) {
+            for mut template in list.unwrap_or_default() {
+                template.uri_template = config.exposed_uri(&spec.server_name, &template.uri_template);
+                templates.push(template);
+            }
+        }
+        Ok(ListResourceTemplatesResult::with_all_items(templates))
+    }
+
+    async fn read_resource(
+        &self,
+        mut request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let p = self.principal(&context.extensions).await?;
+        let exposed = request.uri.clone();
+        let unknown = || McpError::resource_not_found(format!("unknown resource: {exposed}"), None);
+        let Some(config) = p.config else { return Err(unknown()) };
+        let (spec, uri) = match config.naming {
+            ToolNaming::Prefixed => config.split_uri(&exposed).map(|(s, u)| (s.clone(), u.to_string())),
+            ToolNaming::Bare => config.servers.first().map(|s| (s.clone(), exposed.clone())),
+        }
+        .ok_or_else(unknown)?;
+        let upstream = self.upstream(config.id, &spec);
+        let conn = upstream.acquire().await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        request.uri = uri;
+        request.meta = upstream_meta(request.meta.take(), None);
+        let ms = spec.timeouts.call_ms;
+        let response = match tokio::time::timeout(Duration::from_millis(ms), conn.peer.read_resource_once(request))
+            .await
+        {
+            Err(_) => {
+                return Err(McpError::internal_error(
+                    format!("upstream `{}` did not answer within {ms} ms", spec.server_name),
+                    None,
+                ));
+            }
+            Ok(Err(ServiceError::McpError(e))) => return Err(e),
+            Ok(Err(e)) => {
+                return Err(McpError::internal_error(UpstreamError::failed(&spec.server_name, e).to_string(), None));
+            }
+            Ok(Ok(response)) => response,
+        };
+        Ok(match response {
+            ReadResourceResponse::Complete(mut result) => {
+                for contents in &mut result.contents {
+                    if let ResourceContents::TextResourceContents { uri, .. }
+                    | ResourceContents::BlobResourceContents { uri, .. } = contents
+                    {
+                        *uri = config.exposed_uri(&spec.server_name, uri);
+                    }
+                }
+                ReadResourceResponse::Complete(result)
+            }
+            other => other,
+        })
+    }
+}

@@ -1,0 +1,133 @@
+//! Prometheus metrics, rendered in the text exposition format at `/metrics`.
+//!
+//! Counters are plain atomics or small labelled maps; recording a call takes one short lock.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the call latency histogram.
+const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];
+
+/// (project, server, tool, outcome)
+type CallLabels = (String, String, String, &'static str);
+
+#[derive(Default)]
+pub struct Metrics {
+    calls: Mutex<BTreeMap<CallLabels, u64>>,
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+    auth_failures: Mutex<BTreeMap<&'static str, u64>>,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+    pub snapshot_revision: AtomicU64,
+    pub upstream_processes: AtomicI64,
+    pub upstream_restarts: AtomicU64,
+    pub active_sessions: AtomicI64,
+}
+
+impl Metrics {
+    pub fn record_call(&self, project: &str, server: &str, tool: &str, outcome: &'static str, took: Duration) {
+        {
+            let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+            *calls.entry((project.to_string(), server.to_string(), tool.to_string(), outcome)).or_default() += 1;
+        }
+        let secs = took.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.latency_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    pub fn record_auth_failure(&self, reason: &'static str) {
+        *self.auth_failures.lock().unwrap_or_else(|e| e.into_inner()).entry(reason).or_default() += 1;
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP mcpgw_tool_calls_total Tool calls by project, server, tool and outcome.");
+        let _ = writeln!(out, "# TYPE mcpgw_tool_calls_total counter");
+        for ((project, server, tool, outcome), n) in self.calls.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(
+                out,
+                "mcpgw_tool_calls_total{{project=\"{}\",server=\"{}\",tool=\"{}\",outcome=\"{outcome}\"}} {n}",
+                escape(project),
+                escape(server),
+                escape(tool)
+            );
+        }
+        let _ = writeln!(out, "# HELP mcpgw_tool_call_duration_seconds Tool call latency through the gateway.");
+        let _ = writeln!(out, "# TYPE mcpgw_tool_call_duration_seconds histogram");
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let n = self.latency_buckets[i].load(Relaxed);
+            let _ = writeln!(out, "mcpgw_tool_call_duration_seconds_bucket{{le=\"{bound}\"}} {n}");
+        }
+        let count = self.latency_count.load(Relaxed);
+        let _ = writeln!(out, "mcpgw_tool_call_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.latency_sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "mcpgw_tool_call_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "mcpgw_tool_call_duration_seconds_count {count}");
+        let _ = writeln!(out, "# HELP mcpgw_auth_failures_total Refused client requests by reason.");
+        let _ = writeln!(out, "# TYPE mcpgw_auth_failures_total counter");
+        for (reason, n) in self.auth_failures.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "mcpgw_auth_failures_total{{reason=\"{reason}\"}} {n}");
+        }
+        let scalars: [(&str, &str, &str, i64); 6] = [
+            ("mcpgw_reloads_total", "counter", "Snapshots loaded.", self.reloads.load(Relaxed) as i64),
+            (
+                "mcpgw_reload_failures_total",
+                "counter",
+                "Snapshots refused (invalid or older); the last good one kept serving.",
+                self.reload_failures.load(Relaxed) as i64,
+            ),
+            (
+                "mcpgw_snapshot_revision",
+                "gauge",
+                "Revision of the snapshot being served.",
+                self.snapshot_revision.load(Relaxed) as i64,
+            ),
+            (
+                "mcpgw_upstream_processes",
+                "gauge",
+                "Running upstream stdio processes.",
+                self.upstream_processes.load(Relaxed),
+            ),
+            (
+                "mcpgw_upstream_restarts_total",
+                "counter",
+                "Upstream connections re-established after a failure.",
+                self.upstream_restarts.load(Relaxed) as i64,
+            ),
+            ("mcpgw_active_sessions", "gauge", "Open MCP client sessions.", self.active_sessions.load(Relaxed)),
+        ];
+        for (name, kind, help, value) in scalars {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+        out
+    }
+}
+
+fn escape(label: &str) -> String {
+    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders_counters_and_histogram() {
+        let m = super::Metrics::default();
+        m.record_call("p", "s", "t\"x", "success", std::time::Duration::from_millis(3));
+        m.record_auth_failure("invalid");
+        let text = m.render();
+        assert!(text.contains(r#"mcpgw_tool_calls_total{project="p",server="s",tool="t\"x",outcome="success"} 1"#));
+        assert!(text.contains(r#"mcpgw_tool_call_duration_seconds_bucket{le="0.005"} 1"#));
+        assert!(text.contains(r#"mcpgw_tool_call_duration_seconds_bucket{le="0.0025"} 0"#));
+        assert!(text.contains(r#"mcpgw_auth_failures_total{reason="invalid"} 1"#));
+    }
+}

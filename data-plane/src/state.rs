@@ -1,0 +1,115 @@
+//! The gateway's shared state: the current catalog (swapped whole on reload) and the long-lived
+//! services around it (authentication cache, upstream pool, metrics, audit log).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+
+use crate::audit::AuditLog;
+use crate::auth::{AuthError, Authenticator, Principal};
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::upstream::pool::UpstreamPool;
+use crate::upstream::relay::ChangeEvent;
+
+/// What `/readyz` reports about snapshot loading.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ReloadStatus {
+    pub loaded_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+}
+
+pub struct Gateway {
+    pub config: Config,
+    catalog: RwLock<Arc<Catalog>>,
+    pub auth: Authenticator,
+    pub pool: Arc<UpstreamPool>,
+    pub metrics: Arc<Metrics>,
+    pub audit: AuditLog,
+    pub events: broadcast::Sender<ChangeEvent>,
+    pub status: Mutex<ReloadStatus>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("snapshot revision {offered} is older than the one being served ({current}); keeping {current}")]
+    Older { offered: u64, current: u64 },
+}
+
+impl Gateway {
+    pub fn new(
+        config: Config,
+        pool: Arc<UpstreamPool>,
+        metrics: Arc<Metrics>,
+        audit: AuditLog,
+        events: broadcast::Sender<ChangeEvent>,
+    ) -> Self {
+        Gateway {
+            config,
+            catalog: RwLock::new(Arc::new(Catalog::empty())),
+            auth: Authenticator::default(),
+            pool,
+            metrics,
+            audit,
+            events,
+            status: Mutex::new(ReloadStatus::default()),
+        }
+    }
+
+    /// The catalog being served; callers keep the `Arc` for the whole request so a reload never
+    /// changes the rules halfway through it.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).loaded_at.is_some()
+    }
+
+    /// Swaps in a newer catalog. An equal revision is a no-op; a lower one is refused.
+    pub fn install(&self, next: Catalog) -> Result<bool, InstallError> {
+        let next = Arc::new(next);
+        {
+            let mut current = self.catalog.write().unwrap_or_else(|e| e.into_inner());
+            let loaded = self.is_ready();
+            if loaded && next.revision < current.revision {
+                return Err(InstallError::Older { offered: next.revision, current: current.revision });
+            }
+            if loaded && next.revision == current.revision {
+                return Ok(false);
+            }
+            *current = next.clone();
+        }
+        self.metrics.snapshot_revision.store(next.revision, Ordering::Relaxed);
+        self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).loaded_at = Some(Utc::now());
+        self.pool.reconcile(&next);
+        // Sessions compare their config with the new one and tell their clients if it changed.
+        let _ = self.events.send(ChangeEvent::Reloaded);
+        tracing::info!(revision = next.revision, keys = next.key_count(), "snapshot loaded");
+        Ok(true)
+    }
+
+    pub fn record_reload_failure(&self, reason: String) {
+        self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.last_error = Some(reason);
+        status.last_error_at = Some(Utc::now());
+    }
+
+    /// Authenticates `key` against the current catalog, counting failures.
+    pub async fn authenticate(&self, key: Option<&str>) -> Result<Principal, AuthError> {
+        let result = match key {
+            None => Err(AuthError::Missing),
+            Some(key) => self.auth.authenticate(&self.catalog(), key).await,
+        };
+        if let Err(e) = &result {
+            self.metrics.record_auth_failure(e.reason());
+        }
+        result
+    }
+}

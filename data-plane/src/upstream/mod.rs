@@ -1,0 +1,295 @@
+//! Connections to upstream MCP servers.
+//!
+//! An [`Upstream`] is one server of one config: a lazily opened MCP client session (a child process
+//! for stdio servers, a streamable HTTP session otherwise), reopened with backoff when it dies, closed
+//! when idle, plus that server's tool-discovery cache. The [`pool`] shares them per (config, server).
+
+pub mod pool;
+pub mod relay;
+mod transport;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rmcp::model::Tool;
+use rmcp::service::RunningService;
+use rmcp::{Peer, RoleClient, ServiceError};
+use shared::server::ServerSpec;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+use relay::{ChangeEvent, ProgressRoutes, RelayTargets, UpstreamClient};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not start upstream `{server}`: {reason}")]
+    Connect { server: String, reason: String },
+    #[error("upstream `{server}` did not answer within {ms} ms")]
+    Timeout { server: String, ms: u64 },
+    #[error("upstream `{server}` failed: {reason}")]
+    Failed { server: String, reason: String },
+    #[error("upstream `{server}` is being replaced by a configuration change; retry")]
+    Retired { server: String },
+}
+
+impl UpstreamError {
+    pub fn failed(server: &str, e: ServiceError) -> Self {
+        UpstreamError::Failed { server: server.to_string(), reason: e.to_string() }
+    }
+}
+
+/// Process-wide knobs every upstream connection uses.
+pub struct UpstreamSettings {
+    pub http: reqwest::Client,
+    pub max_response_bytes: usize,
+    pub metrics: Arc<Metrics>,
+    pub events: broadcast::Sender<ChangeEvent>,
+}
+
+type Session = RunningService<RoleClient, UpstreamClient>;
+
+struct Connection {
+    session: Option<Session>,
+    /// Consecutive failed or short-lived connections; drives the reconnect backoff.
+    failures: u32,
+    opened_at: Option<Instant>,
+    ever_opened: bool,
+    /// Decrements the process gauge when the child goes away.
+    _process: Option<ProcessGauge>,
+}
+
+struct ProcessGauge(Arc<Metrics>);
+
+impl Drop for ProcessGauge {
+    fn drop(&mut self) {
+        self.0.upstream_processes.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type ToolCache = Mutex<Option<(Instant, Arc<Vec<Tool>>)>>;
+
+pub struct Upstream {
+    pub config_id: Uuid,
+    pub spec: Arc<ServerSpec>,
+    settings: Arc<UpstreamSettings>,
+    connection: tokio::sync::Mutex<Connection>,
+    targets: Arc<RelayTargets>,
+    tools: Arc<ToolCache>,
+    /// One discovery at a time; concurrent callers wait for it and share its result.
+    discovery: tokio::sync::Mutex<()>,
+    in_flight: AtomicUsize,
+    last_used: Mutex<Instant>,
+    retired: std::sync::atomic::AtomicBool,
+}
+
+/// A connection that stays open for as long as the guard lives (idle reaping skips it).
+pub struct InUse<'a> {
+    upstream: &'a Upstream,
+    pub peer: Peer<RoleClient>,
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        self.upstream.in_flight.fetch_sub(1, Ordering::AcqRel);
+        *self.upstream.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+}
+
+impl Upstream {
+    pub fn new(config_id: Uuid, spec: Arc<ServerSpec>, settings: Arc<UpstreamSettings>) -> Arc<Self> {
+        let tools: Arc<ToolCache> = Arc::new(Mutex::new(None));
+        let cache = tools.clone();
+        let targets = Arc::new(RelayTargets {
+            config_id,
+            server: spec.server_name.clone(),
+            progress: ProgressRoutes::default(),
+            events: settings.events.clone(),
+            tools_changed: Box::new(move || *cache.lock().unwrap_or_else(|e| e.into_inner()) = None),
+        });
+        Arc::new(Upstream {
+            config_id,
+            spec,
+            settings,
+            connection: tokio::sync::Mutex::new(Connection {
+                session: None,
+                failures: 0,
+                opened_at: None,
+                ever_opened: false,
+                _process: None,
+            }),
+            targets,
+            tools,
+            discovery: tokio::sync::Mutex::new(()),
+            in_flight: AtomicUsize::new(0),
+            last_used: Mutex::new(Instant::now()),
+            retired: Default::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.server_name
+    }
+
+    pub fn progress(&self) -> &ProgressRoutes {
+        &self.targets.progress
+    }
+
+    /// A live session to the upstream, opening (or reopening) it when needed.
+    pub async fn acquire(&self) -> Result<InUse<'_>, UpstreamError> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InUse { upstream: self, peer: self.peer().await.inspect_err(|_| self.release_early())? };
+        Ok(guard)
+    }
+
+    fn release_early(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    async fn peer(&self) -> Result<Peer<RoleClient>, UpstreamError> {
+        if self.retired.load(Ordering::Acquire) {
+            return Err(UpstreamError::Retired { server: self.name().to_string() });
+        }
+        let mut conn = self.connection.lock().await;
+        if let Some(session) = &conn.session {
+            if !session.is_closed() && !session.peer().is_transport_closed() {
+                return Ok(session.peer().clone());
+            }
+            // It died (process exit, session lost): note whether it lived long enough to count as
+            // healthy, then reopen below.
+            let short_lived = conn.opened_at.is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+            conn.failures = if short_lived { conn.failures + 1 } else { 0 };
+            conn.session = None;
+            conn._process = None;
+            tracing::warn!(server = %self.name(), "upstream connection lost; reconnecting");
+        }
+        if conn.failures > 0 {
+            // 0.25 s, 0.5 s, 1 s ... capped at 30 s.
+            let backoff = Duration::from_millis(250u64.saturating_mul(1 << (conn.failures - 1).min(7)))
+                .min(Duration::from_secs(30));
+            tokio::time::sleep(backoff).await;
+        }
+        let connect_ms = self.spec.timeouts.connect_ms;
+        let opened = tokio::time::timeout(
+            Duration::from_millis(connect_ms),
+            transport::open(&self.spec, &self.settings, UpstreamClient { targets: self.targets.clone() }),
+        )
+        .await;
+        let (session, is_process) = match opened {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(reason)) => {
+                conn.failures += 1;
+                return Err(UpstreamError::Connect { server: self.name().to_string(), reason });
+            }
+            Err(_) => {
+                conn.failures += 1;
+                return Err(UpstreamError::Timeout { server: self.name().to_string(), ms: connect_ms });
+            }
+        };
+        if conn.ever_opened {
+            self.settings.metrics.upstream_restarts.fetch_add(1, Ordering::Relaxed);
+        }
+        if is_process {
+            self.settings.metrics.upstream_processes.fetch_add(1, Ordering::Relaxed);
+            conn._process = Some(ProcessGauge(self.settings.metrics.clone()));
+        }
+        conn.ever_opened = true;
+        conn.opened_at = Some(Instant::now());
+        let peer = session.peer().clone();
+        conn.session = Some(session);
+        // A new session may serve a different tool list.
+        *self.tools.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(peer)
+    }
+
+    /// The upstream's tools (unfiltered), from the cache while it is fresh.
+    pub async fn tools(&self, ttl: Duration) -> Result<Arc<Vec<Tool>>, UpstreamError> {
+        if let Some(tools) = self.cached_tools(ttl) {
+            return Ok(tools);
+        }
+        let _one_at_a_time = self.discovery.lock().await;
+        if let Some(tools) = self.cached_tools(ttl) {
+            return Ok(tools);
+        }
+        let ms = self.spec.timeouts.discovery_ms;
+        let discovered = tokio::time::timeout(Duration::from_millis(ms), async {
+            let mut retried = false;
+            loop {
+                let conn = self.acquire().await?;
+                match conn.peer.list_all_tools().await {
+                    // Listing is idempotent: if the session died under us, reopen once and retry.
+                    Err(ServiceError::TransportClosed | ServiceError::TransportSend(_)) if !retried => retried = true,
+                    other => return other.map_err(|e| UpstreamError::failed(self.name(), e)),
+                }
+            }
+        })
+        .await
+        .map_err(|_| UpstreamError::Timeout { server: self.name().to_string(), ms })??;
+        let tools = Arc::new(discovered);
+        *self.tools.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), tools.clone()));
+        Ok(tools)
+    }
+
+    fn cached_tools(&self, ttl: Duration) -> Option<Arc<Vec<Tool>>> {
+        let cache = self.tools.lock().unwrap_or_else(|e| e.into_inner());
+        cache.as_ref().filter(|(at, _)| at.elapsed() < ttl).map(|(_, tools)| tools.clone())
+    }
+
+    /// (age of the cached tool list, number of tools), if any.
+    pub fn cache_status(&self) -> Option<(Duration, usize)> {
+        let cache = self.tools.lock().unwrap_or_else(|e| e.into_inner());
+        cache.as_ref().map(|(at, tools)| (at.elapsed(), tools.len()))
+    }
+
+    pub fn clear_cache(&self) {
+        *self.tools.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Whether a session is open right now.
+    pub async fn is_connected(&self) -> bool {
+        self.connection.lock().await.session.as_ref().is_some_and(|s| !s.is_closed())
+    }
+
+    /// Closes the session if it has been unused for `idle` and nothing is in flight.
+    pub async fn close_if_idle(&self, idle: Duration) {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        let last = *self.last_used.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() < idle {
+            return;
+        }
+        let mut conn = self.connection.lock().await;
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && let Some(session) = conn.session.take()
+        {
+            tracing::info!(server = %self.name(), "closing idle upstream connection");
+            conn._process = None;
+            conn.failures = 0;
+            drop(conn);
+            shut_down(session).await;
+        }
+    }
+
+    /// Stops taking new work, waits (bounded) for calls in flight, then closes the session and, for a
+    /// stdio server, kills its whole process group.
+    pub async fn retire(&self, grace: Duration) {
+        self.retired.store(true, Ordering::Release);
+        let deadline = Instant::now() + grace;
+        while self.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut conn = self.connection.lock().await;
+        conn._process = None;
+        if let Some(session) = conn.session.take() {
+            drop(conn);
+            shut_down(session).await;
+        }
+    }
+}
+
+/// Cancels the client session; dropping the transport kills a child process group.
+async fn shut_down(session: Session) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), session.cancel()).await;
+}

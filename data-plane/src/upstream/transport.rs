@@ -1,0 +1,75 @@
+//! Opening an MCP client session to one upstream, per transport.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+
+use process_wrap::tokio::{CommandWrap, KillOnDrop, ProcessGroup};
+use rmcp::ServiceExt;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use shared::server::{ServerSpec, Transport};
+use tokio::io::AsyncBufReadExt;
+
+use super::relay::UpstreamClient;
+use super::{Session, UpstreamSettings};
+
+/// Opens and initialises a session; the flag says whether it runs a child process.
+pub(super) async fn open(
+    spec: &ServerSpec,
+    settings: &UpstreamSettings,
+    client: UpstreamClient,
+) -> Result<(Session, bool), String> {
+    match &spec.config {
+        Transport::Stdio { command, args, env, cwd } => {
+            let mut cmd = tokio::process::Command::new(command);
+            cmd.args(args).envs(env);
+            if let Some(dir) = cwd {
+                cmd.current_dir(dir);
+            }
+            let mut wrapped = CommandWrap::from(cmd);
+            // Own process group: shutting the server down takes its children (npx -> node) with it.
+            wrapped.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
+            let (process, stderr) = TokioChildProcess::builder(wrapped)
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot run `{command}`: {e}"))?;
+            if let Some(stderr) = stderr {
+                let server = spec.server_name.clone();
+                tokio::spawn(async move {
+                    let mut lines = tokio::io::BufReader::new(stderr).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        tracing::debug!(target: "mcpgw::upstream_stderr", server = %server, "{line}");
+                    }
+                });
+            }
+            let session = client.serve(process).await.map_err(|e| e.to_string())?;
+            Ok((session, true))
+        }
+        Transport::Http { url, headers } => {
+            let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+            let mut custom = HashMap::new();
+            for (name, value) in headers {
+                if name.eq_ignore_ascii_case("authorization") {
+                    // rmcp sends Authorization itself; hand it the token.
+                    let token =
+                        value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).unwrap_or(value);
+                    config = config.auth_header(token.to_string());
+                    continue;
+                }
+                let name = reqwest::header::HeaderName::try_from(name.as_str())
+                    .map_err(|_| format!("invalid header name `{name}`"))?;
+                let value = reqwest::header::HeaderValue::try_from(value.as_str())
+                    .map_err(|_| format!("invalid value for header `{name}`"))?;
+                custom.insert(name, value);
+            }
+            config.custom_headers = custom;
+            config.max_json_response_size = settings.max_response_bytes;
+            config.max_sse_event_size = settings.max_response_bytes;
+            config.reinit_on_expired_session = true;
+            config = config.max_concurrent_requests(256);
+            let transport = StreamableHttpClientTransport::with_client(settings.http.clone(), config);
+            let session = client.serve(transport).await.map_err(|e| e.to_string())?;
+            Ok((session, false))
+        }
+    }
+}
