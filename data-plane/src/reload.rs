@@ -81,6 +81,8 @@ pub async fn watch(gateway: Arc<Gateway>, path: PathBuf) {
         }
     };
 
+    // Anything published between the initial load and the watch starting would be missed: look once.
+    let _ = tx.send(());
     let poll_path = path.clone();
     tokio::spawn(async move {
         let mut last = stamp(&poll_path);

@@ -104,6 +104,10 @@ impl ControlPlane {
 
     /// Sends a request with the admin key; returns status and JSON body (Null when empty).
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        super::blocking(|| self.call_blocking(method, path, body))
+    }
+
+    fn call_blocking(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let req = self
             .client
             .request(method.parse().unwrap(), self.url(path))

@@ -2,3 +2,9 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod data_plane;
+
+/// Runs blocking test I/O (the blocking HTTP client) also from inside an async test body.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    if tokio::runtime::Handle::try_current().is_ok() { tokio::task::block_in_place(f) } else { f() }
+}

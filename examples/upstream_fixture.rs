@@ -1,0 +1,238 @@
+//! An upstream MCP server for the end-to-end tests, built on rmcp.
+//!
+//! Tools that exercise what a gateway must get right: `echo`, `add` (structured output),
+//! `touch_file` (a side effect a blocked call must never cause), `sleep_ms`, `fail` (isError),
+//! `media` (image, audio, embedded resource and structured content in one result), `big` (a large
+//! result), `progress` (progress notifications), `whoami` (this process's pid) and `exit` (the
+//! process dies). One resource, one resource template and one prompt.
+//!
+//! `upstream_fixture` serves stdio; `upstream_fixture --http 127.0.0.1:0` serves streamable HTTP at
+//! `/mcp` and prints `listening on http://ADDR` on stderr.
+
+use std::sync::Arc;
+
+use rmcp::model::*;
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
+use serde_json::{Value, json};
+
+#[derive(Clone, Default)]
+struct Fixture;
+
+fn object(v: Value) -> Arc<JsonObject> {
+    Arc::new(v.as_object().cloned().unwrap_or_default())
+}
+
+fn string_arg(args: &JsonObject, name: &str) -> Result<String, McpError> {
+    args.get(name)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| McpError::invalid_params(format!("`{name}` (string) is required"), None))
+}
+
+fn number_arg(args: &JsonObject, name: &str) -> Result<f64, McpError> {
+    args.get(name)
+        .and_then(Value::as_f64)
+        .ok_or_else(|| McpError::invalid_params(format!("`{name}` (number) is required"), None))
+}
+
+/// 1x1 transparent PNG.
+const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=";
+
+impl ServerHandler for Fixture {
+    fn get_info(&self) -> ServerConfig {
+        let caps = ServerCapabilities::builder().enable_tools().enable_resources().enable_prompts().build();
+        ServerConfig::new(caps).with_server_info(Implementation::new("upstream-fixture", "1.0.0"))
+    }
+
+    async fn list_tools(
+        &self,
+        _r: Option<PaginatedRequestParams>,
+        _c: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let text = |name: &str| {
+            object(json!({"type": "object", "properties": {name: {"type": "string"}}, "required": [name]}))
+        };
+        let none = object(json!({"type": "object", "properties": {}}));
+        let mut add = Tool::new(
+            "add",
+            "Add two numbers",
+            object(
+                json!({"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]}),
+            ),
+        );
+        add.output_schema =
+            Some(object(json!({"type": "object", "properties": {"sum": {"type": "number"}}, "required": ["sum"]})));
+        add.annotations = Some(ToolAnnotations::new().read_only(true));
+        Ok(ListToolsResult::with_all_items(vec![
+            Tool::new("echo", "Echo the message back", text("message")),
+            add,
+            Tool::new("touch_file", "Create a file at the given path", text("path")),
+            Tool::new(
+                "sleep_ms",
+                "Sleep, then answer",
+                object(json!({"type": "object", "properties": {"ms": {"type": "number"}}, "required": ["ms"]})),
+            ),
+            Tool::new("fail", "Always fails with isError", none.clone()),
+            Tool::new("media", "Image, audio, embedded resource and structured content", none.clone()),
+            Tool::new(
+                "big",
+                "Return `bytes` characters of text",
+                object(json!({"type": "object", "properties": {"bytes": {"type": "number"}}, "required": ["bytes"]})),
+            ),
+            Tool::new(
+                "progress",
+                "Send `steps` progress notifications, then answer",
+                object(json!({"type": "object", "properties": {"steps": {"type": "number"}}})),
+            ),
+            Tool::new("whoami", "This server process's pid", none.clone()),
+            Tool::new("exit", "Exit the server process", none),
+        ]))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let args = request.arguments.unwrap_or_default();
+        let result = match request.name.as_ref() {
+            "echo" => CallToolResult::success(vec![ContentBlock::text(string_arg(&args, "message")?)]),
+            "add" => {
+                let sum = number_arg(&args, "a")? + number_arg(&args, "b")?;
+                let mut r = CallToolResult::success(vec![ContentBlock::text(sum.to_string())]);
+                r.structured_content = Some(json!({"sum": sum}));
+                r
+            }
+            "touch_file" => {
+                let path = string_arg(&args, "path")?;
+                std::fs::write(&path, b"touched").map_err(|e| McpError::internal_error(e.to_string(), None))?;
+                CallToolResult::success(vec![ContentBlock::text(format!("created {path}"))])
+            }
+            "sleep_ms" => {
+                let ms = number_arg(&args, "ms")?;
+                tokio::time::sleep(std::time::Duration::from_millis(ms as u64)).await;
+                CallToolResult::success(vec![ContentBlock::text(format!("slept {ms} ms"))])
+            }
+            "fail" => CallToolResult::error(vec![ContentBlock::text("this tool always fails")]),
+            "media" => {
+                let mut r = CallToolResult::success(vec![
+                    ContentBlock::text("first"),
+                    ContentBlock::image(PNG, "image/png"),
+                    ContentBlock::audio("UklGRg==", "audio/wav"),
+                    ContentBlock::embedded_text("fixture://embedded", "embedded text"),
+                    ContentBlock::text("last"),
+                ]);
+                r.structured_content = Some(json!({"items": 5, "nested": {"ok": true}}));
+                r
+            }
+            "big" => {
+                let n = number_arg(&args, "bytes")? as usize;
+                CallToolResult::success(vec![ContentBlock::text("x".repeat(n))])
+            }
+            "progress" => {
+                let steps = args.get("steps").and_then(Value::as_u64).unwrap_or(3);
+                if let Some(token) = context.meta.get_progress_token() {
+                    for i in 1..=steps {
+                        let mut p = ProgressNotificationParam::new(token.clone(), i as f64);
+                        p.total = Some(steps as f64);
+                        let _ = context.peer.notify_progress(p).await;
+                    }
+                }
+                CallToolResult::success(vec![ContentBlock::text(format!("{steps} steps done"))])
+            }
+            "whoami" => CallToolResult::success(vec![ContentBlock::text(std::process::id().to_string())]),
+            "exit" => std::process::exit(3),
+            other => return Err(McpError::invalid_params(format!("unknown tool: {other}"), None)),
+        };
+        Ok(CallToolResponse::Complete(result))
+    }
+
+    async fn list_resources(
+        &self,
+        _r: Option<PaginatedRequestParams>,
+        _c: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let mut readme = Resource::new("fixture://docs/readme", "readme");
+        readme.mime_type = Some("text/plain".into());
+        Ok(ListResourcesResult::with_all_items(vec![readme]))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _r: Option<PaginatedRequestParams>,
+        _c: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let t: ResourceTemplate =
+            serde_json::from_value(json!({"uriTemplate": "fixture://items/{id}", "name": "item"}))
+                .map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        Ok(ListResourceTemplatesResult::with_all_items(vec![t]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _c: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let text = match request.uri.as_str() {
+            "fixture://docs/readme" => "the fixture readme".to_string(),
+            uri if uri.starts_with("fixture://items/") => format!("item {}", &uri["fixture://items/".len()..]),
+            uri => return Err(McpError::resource_not_found(format!("no resource {uri}"), None)),
+        };
+        Ok(ReadResourceResponse::Complete(ReadResourceResult::new(vec![ResourceContents::text(text, request.uri)])))
+    }
+
+    async fn list_prompts(
+        &self,
+        _r: Option<PaginatedRequestParams>,
+        _c: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        let mut topic = PromptArgument::new("topic");
+        topic.required = Some(true);
+        Ok(ListPromptsResult::with_all_items(vec![Prompt::new(
+            "greet",
+            Some("Greet about a topic"),
+            Some(vec![topic]),
+        )]))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _c: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        if request.name != "greet" {
+            return Err(McpError::invalid_params(format!("unknown prompt: {}", request.name), None));
+        }
+        let topic =
+            request.arguments.as_ref().and_then(|a| a.get("topic")).and_then(Value::as_str).unwrap_or("nothing");
+        let message = PromptMessage::new_text(Role::User, format!("Hello! Let's talk about {topic}."));
+        Ok(GetPromptResponse::Complete(GetPromptResult::new(vec![message])))
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--http") {
+        Some(i) => {
+            let addr = args.get(i + 1).map(String::as_str).unwrap_or("127.0.0.1:0");
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            eprintln!("listening on http://{}", listener.local_addr()?);
+            use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+            use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+            let service = StreamableHttpService::new(
+                || Ok(Fixture),
+                Arc::new(LocalSessionManager::default()),
+                StreamableHttpServerConfig::default(),
+            );
+            let app = axum::Router::new().route_service("/mcp", service);
+            axum::serve(listener, app).await?;
+        }
+        None => {
+            let running = Fixture.serve(rmcp::transport::io::stdio()).await?;
+            running.waiting().await?;
+        }
+    }
+    Ok(())
+}

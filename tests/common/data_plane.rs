@@ -1,0 +1,255 @@
+//! Starts the real `data-plane` binary next to a control plane, provisions projects through the
+//! admin API, and connects real MCP clients (rmcp) to it.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rmcp::ServiceExt;
+use rmcp::service::RunningService;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::{Value, json};
+
+use super::control_plane::ControlPlane;
+
+pub struct DataPlane {
+    pub child: Child,
+    pub base: String,
+    pub log: Arc<Mutex<String>>,
+    pub audit_log: PathBuf,
+}
+
+/// The rmcp upstream fixture (built by `cargo test` as an example of this package).
+pub fn fixture() -> String {
+    let exe = std::env::current_exe().expect("test exe");
+    let debug_dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
+    let path = debug_dir.join("examples").join("upstream_fixture");
+    assert!(path.exists(), "{} missing: run the tests with `cargo test` (it builds examples)", path.display());
+    path.to_string_lossy().into_owned()
+}
+
+/// `@modelcontextprotocol/server-everything`, installed by `.ci/run` under tests/node.
+pub fn everything() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node/node_modules/.bin/mcp-server-everything");
+    assert!(path.exists(), "{} missing: run `npm ci --prefix tests/node`", path.display());
+    path.to_string_lossy().into_owned()
+}
+
+pub fn node_bin(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node/node_modules/.bin").join(name);
+    assert!(path.exists(), "{} missing: run `npm ci --prefix tests/node`", path.display());
+    path.to_string_lossy().into_owned()
+}
+
+/// A stdio server entry running the fixture.
+pub fn fixture_server(name: &str) -> Value {
+    json!({"server_name": name, "config": {"command": fixture()}})
+}
+
+impl DataPlane {
+    /// Starts a data plane that follows `cp`'s snapshot.
+    pub fn start(cp: &ControlPlane, env: &[(&str, &str)]) -> Self {
+        let audit_log = cp.data_dir().join(format!("audit-{}.jsonl", uuid::Uuid::new_v4()));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_data-plane"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::var("HOME").unwrap_or_default())
+            .env("MCPGW_DATA_DIR", cp.data_dir())
+            .env("MCPGW_GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("MCPGW_AUDIT_LOG", &audit_log)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn data-plane");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(i) = line.find("data plane listening on http://") {
+                        let _ = tx.send(line[i + "data plane listening on ".len()..].trim().to_string());
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let base = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("data plane did not start; log:\n{}", log.lock().unwrap()));
+        DataPlane { child, base, log, audit_log }
+    }
+
+    pub fn mcp_url(&self) -> String {
+        format!("{}/mcp", self.base)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// GET a plain endpoint (`/healthz`, `/readyz`, `/metrics`): status and body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        super::blocking(|| {
+            let resp = reqwest::blocking::get(format!("{}{path}", self.base)).expect("request");
+            (resp.status().as_u16(), resp.text().unwrap_or_default())
+        })
+    }
+
+    /// Waits until `/readyz` reports at least `revision`.
+    pub fn wait_for_revision(&self, revision: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, body) = self.get("/readyz");
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            if v["revision"].as_u64().is_some_and(|r| r >= revision) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "data plane did not reach revision {revision}: {body}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until the data plane serves the control plane's latest revision.
+    pub fn sync(&self, cp: &ControlPlane) {
+        self.wait_for_revision(cp.db_revision());
+    }
+}
+
+impl Drop for DataPlane {
+    fn drop(&mut self) {
+        // SIGTERM first so the gateway stops its upstream process groups, then make sure.
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates user `<tag>@example.com`, config `cfg-<tag>` with `servers`, project `proj-<tag>`, and a
+/// key; returns the key's secret.
+pub fn provision(cp: &ControlPlane, tag: &str, servers: Value) -> String {
+    provision_with(cp, tag, json!({"name": format!("cfg-{tag}"), "servers": servers}))
+}
+
+/// Like [`provision`] with a whole config body (e.g. with `tool_naming`).
+pub fn provision_with(cp: &ControlPlane, tag: &str, config: Value) -> String {
+    let email = format!("{tag}@example.com");
+    let name = config["name"].as_str().unwrap().to_string();
+    cp.ok("POST", "/api/v1/users", Some(json!({"email": email})), 201);
+    cp.ok("POST", "/api/v1/configs", Some(config), 201);
+    cp.ok("POST", "/api/v1/projects", Some(json!({"name": format!("proj-{tag}"), "mcp_config": name})), 201);
+    cp.ok("POST", &format!("/api/v1/projects/proj-{tag}/users"), Some(json!({"user": email})), 201);
+    new_key(cp, tag)
+}
+
+/// Another key for project `proj-<tag>`; returns its secret.
+pub fn new_key(cp: &ControlPlane, tag: &str) -> String {
+    let created = cp.ok(
+        "POST",
+        "/api/v1/api-keys",
+        Some(json!({"project": format!("proj-{tag}"), "user": format!("{tag}@example.com")})),
+        201,
+    );
+    created["key"].as_str().unwrap().to_string()
+}
+
+pub type Client = RunningService<rmcp::RoleClient, ()>;
+
+/// An rmcp client session to the gateway with `key`.
+pub async fn connect(url: &str, key: &str) -> Result<Client, String> {
+    let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(key.to_string());
+    let transport = StreamableHttpClientTransport::from_config(config);
+    ().serve(transport).await.map_err(|e| e.to_string())
+}
+
+/// An rmcp client session straight to a stdio upstream (the direct path, for comparisons).
+pub async fn connect_stdio(command: &str, args: &[&str]) -> Client {
+    let mut cmd = tokio::process::Command::new(command);
+    cmd.args(args);
+    let transport = rmcp::transport::TokioChildProcess::new(cmd).expect("spawn upstream");
+    ().serve(transport).await.expect("initialize upstream")
+}
+
+/// Calls `tool` with JSON `args`; the whole result as JSON, or the JSON-RPC error as `Err`.
+pub async fn call(client: &Client, tool: &str, args: Value) -> Result<Value, String> {
+    let mut params = rmcp::model::CallToolRequestParams::new(tool.to_string());
+    params.arguments = args.as_object().cloned();
+    client.call_tool(params).await.map(|r| serde_json::to_value(r).unwrap()).map_err(|e| e.to_string())
+}
+
+pub async fn tool_names(client: &Client) -> Vec<String> {
+    client.list_all_tools().await.expect("tools/list").into_iter().map(|t| t.name.to_string()).collect()
+}
+
+/// The text of the first content item of a result.
+pub fn text(result: &Value) -> String {
+    result["content"][0]["text"].as_str().unwrap_or_default().to_string()
+}
+
+/// Blocking runtime for tests that mix the blocking admin client with async MCP clients.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Raw JSON-RPC POST to /mcp with optional headers; returns status and body text.
+pub fn raw_post(url: &str, headers: &[(&str, &str)], body: &Value) -> (u16, String) {
+    super::blocking(|| raw_post_blocking(url, headers, body))
+}
+
+fn raw_post_blocking(url: &str, headers: &[(&str, &str)], body: &Value) -> (u16, String) {
+    let client = reqwest::blocking::Client::new();
+    let mut req = client
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.body(body.to_string()).send().expect("request");
+    (resp.status().as_u16(), resp.text().unwrap_or_default())
+}
+
+pub fn initialize_body() -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}
+    }})
+}
+
+/// Child processes of `pid` (direct children), from /proc.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) {
+                // Field 4 (after the parenthesised name) is the parent pid.
+                if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r)
+                    && rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid)
+                {
+                    out.push(child);
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,634 @@
+//! End-to-end tests of the data plane: the real `control-plane` and `data-plane` binaries, real
+//! upstream MCP servers (our rmcp fixture and `@modelcontextprotocol/server-everything`) and a real
+//! MCP client (rmcp).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::control_plane::ControlPlane;
+use common::data_plane::*;
+use serde_json::{Value, json};
+
+#[test]
+fn every_kind_of_bad_key_gets_401_with_a_json_rpc_body() {
+    let cp = ControlPlane::start();
+    let good = provision(&cp, "auth", json!([fixture_server("fx")]));
+    let disabled = new_key(&cp, "auth");
+    let rotated = new_key(&cp, "auth");
+    let deleted = new_key(&cp, "auth");
+    let id = |k: &str| k.split('_').nth(1).unwrap().to_string();
+    cp.ok("POST", &format!("/api/v1/api-keys/{}/disable", id(&disabled)), None, 200);
+    let rotated_new = cp.ok("POST", &format!("/api/v1/api-keys/{}/rotate", id(&rotated)), None, 200);
+    cp.ok("DELETE", &format!("/api/v1/api-keys/{}", id(&deleted)), None, 204);
+    let expiring = cp.ok(
+        "POST",
+        "/api/v1/api-keys",
+        Some(json!({"project": "proj-auth", "user": "auth@example.com",
+            "expires_at": (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339()})),
+        201,
+    )["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    std::thread::sleep(Duration::from_millis(2100));
+
+    let wrong_secret = format!("mcpgw_{}_{}", id(&good), "A".repeat(40));
+    let url = dp.mcp_url();
+    let cases: Vec<(&str, Vec<(&str, String)>)> = vec![
+        ("no key", vec![]),
+        ("malformed", vec![("Authorization", "Bearer not-a-key".into())]),
+        ("unknown id", vec![("Authorization", format!("Bearer mcpgw_{}_{}", "z".repeat(16), "A".repeat(40)))]),
+        ("wrong secret", vec![("Authorization", format!("Bearer {wrong_secret}"))]),
+        ("disabled", vec![("Authorization", format!("Bearer {disabled}"))]),
+        ("rotated away", vec![("apikey", rotated.clone())]),
+        ("deleted", vec![("Authorization", format!("Bearer {deleted}"))]),
+        ("expired", vec![("Authorization", format!("Bearer {expiring}"))]),
+        ("basic scheme", vec![("Authorization", format!("Basic {good}"))]),
+    ];
+    for (what, headers) in &cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        for body in [initialize_body(), json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})] {
+            let (status, text) = raw_post(&url, &headers, &body);
+            assert_eq!(status, 401, "{what}: {text}");
+            let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{what}: not JSON: {text}"));
+            assert_eq!(v["jsonrpc"], "2.0", "{what}");
+            assert!(v["error"]["code"].is_i64() && v["error"]["message"].is_string(), "{what}: {v}");
+        }
+    }
+    // The good key, the rotated key's new secret, and the apikey header all work.
+    for (k, v) in [
+        ("Authorization", format!("Bearer {good}")),
+        ("apikey", good.clone()),
+        ("Authorization", format!("Bearer {}", rotated_new["key"].as_str().unwrap())),
+    ] {
+        let (status, text) = raw_post(&url, &[(k, v.as_str())], &initialize_body());
+        assert_eq!(status, 200, "{k}: {text}");
+    }
+    let (_, metrics) = dp.get("/metrics");
+    assert!(metrics.contains("mcpgw_auth_failures_total{reason=\"invalid\"}"), "{metrics}");
+    assert!(metrics.contains("mcpgw_auth_failures_total{reason=\"disabled\"}"), "{metrics}");
+    assert!(metrics.contains("mcpgw_auth_failures_total{reason=\"expired\"}"), "{metrics}");
+    assert!(metrics.contains("mcpgw_auth_failures_total{reason=\"missing\"}"), "{metrics}");
+    // Secrets never reach the log.
+    let log = dp.log_text();
+    assert!(!log.contains(&good) && !log.contains(&disabled), "a key leaked into the log");
+}
+
+#[test]
+fn projects_cannot_see_or_call_each_others_tools() {
+    let cp = ControlPlane::start();
+    let key_a = provision(&cp, "alpha", json!([fixture_server("alpha_fx")]));
+    let key_b = provision(
+        &cp,
+        "beta",
+        json!([{"server_name": "beta_fx", "config": {"command": fixture()}, "tools": ["echo"]}]),
+    );
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    runtime().block_on(async {
+        let a = connect(&dp.mcp_url(), &key_a).await.unwrap();
+        let b = connect(&dp.mcp_url(), &key_b).await.unwrap();
+        let names_a = tool_names(&a).await;
+        let names_b = tool_names(&b).await;
+        assert!(names_a.contains(&"alpha_fx__echo".to_string()), "{names_a:?}");
+        assert!(names_a.iter().all(|n| !n.starts_with("beta_fx")), "{names_a:?}");
+        assert_eq!(names_b.iter().filter(|n| !n.starts_with("gateway_")).collect::<Vec<_>>(), vec!["beta_fx__echo"]);
+
+        let own = call(&a, "alpha_fx__echo", json!({"message": "mine"})).await.unwrap();
+        assert_eq!(text(&own), "mine");
+        // B's tool through A's key, and A's through B's: the same answer as a tool that exists nowhere.
+        let across = call(&a, "beta_fx__echo", json!({"message": "x"})).await.unwrap_err();
+        let nowhere = call(&a, "nowhere__echo", json!({"message": "x"})).await.unwrap_err();
+        assert_eq!(across.replace("beta_fx", "X"), nowhere.replace("nowhere", "X"));
+        assert!(across.contains("unknown tool"), "{across}");
+        assert!(call(&b, "alpha_fx__echo", json!({"message": "x"})).await.unwrap_err().contains("unknown tool"));
+        // Meta-tools only show the caller's own servers.
+        let listed = call(&a, "gateway_list_servers", json!({})).await.unwrap();
+        assert!(!listed.to_string().contains("beta_fx"));
+        let info = call(&a, "gateway_get_server_info", json!({"server_name": "beta_fx"})).await.unwrap();
+        assert_eq!(info["isError"], true);
+    });
+}
+
+#[test]
+fn allowlist_and_denylist_decide_both_list_and_call() {
+    let cp = ControlPlane::start();
+    let key = provision(
+        &cp,
+        "lists",
+        json!([
+            {"server_name": "allow", "config": {"command": fixture()}, "tools": ["echo", "add", "fail"], "denied_tools": ["fa*"]},
+            {"server_name": "deny", "config": {"command": fixture()}, "denied_tools": ["touch_*", "exit", "e?ho"]}
+        ]),
+    );
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    runtime().block_on(async {
+        let c = connect(&dp.mcp_url(), &key).await.unwrap();
+        let names = tool_names(&c).await;
+        let upstream: Vec<&str> = names.iter().filter(|n| !n.starts_with("gateway_")).map(String::as_str).collect();
+        assert!(upstream.contains(&"allow__echo") && upstream.contains(&"allow__add"), "{upstream:?}");
+        assert!(!upstream.contains(&"allow__fail") && !upstream.contains(&"allow__media"), "{upstream:?}");
+        assert!(upstream.contains(&"deny__media") && upstream.contains(&"deny__add"), "{upstream:?}");
+        for hidden in ["deny__touch_file", "deny__exit", "deny__echo"] {
+            assert!(!upstream.contains(&hidden), "{hidden} listed");
+        }
+        // Whatever is listed is callable; whatever is not, is not, including look-alike spellings.
+        assert_eq!(text(&call(&c, "allow__echo", json!({"message": "ok"})).await.unwrap()), "ok");
+        for refused in [
+            "allow__fail",
+            "allow__media",
+            "deny__touch_file",
+            "deny__exit",
+            "deny__echo",
+            "Allow__echo",
+            "allow__Echo",
+            "allow__echo ",
+            "allow__\u{0435}cho",
+            "allow_echo",
+            "allow____echo",
+        ] {
+            let err = call(&c, refused, json!({"message": "x", "path": "/tmp/never"})).await.unwrap_err();
+            assert!(err.contains("unknown tool"), "{refused}: {err}");
+        }
+    });
+}
+
+#[test]
+fn results_pass_through_whole_like_the_direct_path() {
+    let cp = ControlPlane::start();
+    let key = provision(&cp, "whole", json!([fixture_server("fx")]));
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    runtime().block_on(async {
+        let gw = connect(&dp.mcp_url(), &key).await.unwrap();
+        let direct = connect_stdio(&fixture(), &[]).await;
+        for (tool, args) in [("media", json!({})), ("fail", json!({})), ("add", json!({"a": 2, "b": 3.5}))] {
+            let through = call(&gw, &format!("fx__{tool}"), args.clone()).await.unwrap();
+            let straight = call(&direct, tool, args).await.unwrap();
+            assert_eq!(through, straight, "{tool}");
+        }
+        let media = call(&gw, "fx__media", json!({})).await.unwrap();
+        let kinds: Vec<&str> =
+            media["content"].as_array().unwrap().iter().map(|c| c["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["text", "image", "audio", "resource", "text"]);
+        assert_eq!(media["structuredContent"]["nested"]["ok"], true);
+        assert_eq!(call(&gw, "fx__fail", json!({})).await.unwrap()["isError"], true);
+        // Tool definitions too: schema, output schema and annotations unchanged.
+        let via: Vec<_> = gw.list_all_tools().await.unwrap();
+        let add_via = via.iter().find(|t| t.name == "fx__add").unwrap();
+        let add_direct = direct.list_all_tools().await.unwrap().into_iter().find(|t| t.name == "add").unwrap();
+        assert_eq!(add_via.input_schema, add_direct.input_schema);
+        assert_eq!(add_via.output_schema, add_direct.output_schema);
+        assert_eq!(add_via.annotations, add_direct.annotations);
+        assert_eq!(add_via.description, add_direct.description);
+        // Upstream JSON-RPC errors pass through as errors.
+        let err = call(&gw, "fx__echo", json!({})).await.unwrap_err();
+        assert!(err.contains("message"), "{err}");
+        // Resources, templates and prompts, namespaced.
+        let resources = gw.list_all_resources().await.unwrap();
+        assert_eq!(resources[0].uri, "mcpgw://fx/fixture://docs/readme");
+        let read = gw
+            .read_resource(rmcp::model::ReadResourceRequestParams::new("mcpgw://fx/fixture://items/42"))
+            .await
+            .unwrap();
+        let read = serde_json::to_value(read).unwrap();
+        assert_eq!(read["contents"][0]["text"], "item 42");
+        assert_eq!(read["contents"][0]["uri"], "mcpgw://fx/fixture://items/42");
+        let templates = gw.list_all_resource_templates().await.unwrap();
+        assert_eq!(templates[0].uri_template, "mcpgw://fx/fixture://items/{id}");
+        let prompts = gw.list_all_prompts().await.unwrap();
+        assert_eq!(prompts[0].name, "fx__greet");
+        let mut get = rmcp::model::GetPromptRequestParams::new("fx__greet");
+        get.arguments = json!({"topic": "rust"}).as_object().cloned();
+        let prompt = serde_json::to_value(gw.get_prompt(get).await.unwrap()).unwrap();
+        assert!(prompt.to_string().contains("Let's talk about rust"), "{prompt}");
+    });
+    // Every call is in the audit log, without its arguments by default.
+    let audit = std::fs::read_to_string(&dp.audit_log).unwrap();
+    let lines: Vec<Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let media = lines.iter().find(|l| l["tool"] == "media").expect("audited");
+    assert_eq!(media["project"], "proj-whole");
+    assert_eq!(media["server"], "fx");
+    assert_eq!(media["outcome"], "success");
+    assert!(media["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(lines.iter().any(|l| l["tool"] == "fail" && l["outcome"] == "error"));
+    assert!(lines.iter().all(|l| l.get("arguments").is_none()));
+    let (_, metrics) = dp.get("/metrics");
+    assert!(
+        metrics
+            .contains(r#"mcpgw_tool_calls_total{project="proj-whole",server="fx",tool="media",outcome="success"} 2"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn admin_changes_apply_within_a_second_without_restart() {
+    let cp = ControlPlane::start();
+    let key = provision(&cp, "live", json!([fixture_server("one")]));
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    let url = dp.mcp_url();
+    runtime().block_on(async {
+        let c = connect(&url, &key).await.unwrap();
+        assert_eq!(text(&call(&c, "one__echo", json!({"message": "a"})).await.unwrap()), "a");
+
+        // A server added through the admin API is callable within a second.
+        let started = Instant::now();
+        cp.ok("POST", "/api/v1/configs/cfg-live/servers", Some(fixture_server("two")), 201);
+        loop {
+            if let Ok(r) = call(&c, "two__echo", json!({"message": "b"})).await {
+                assert_eq!(text(&r), "b");
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(1), "new server not callable after 1 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        // A key disabled through the admin API stops working within a second.
+        let id = key.split('_').nth(1).unwrap();
+        let started = Instant::now();
+        cp.ok("POST", &format!("/api/v1/api-keys/{id}/disable"), None, 200);
+        loop {
+            let (status, _) = raw_post(&url, &[("Authorization", &format!("Bearer {key}"))], &initialize_body());
+            if status == 401 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(1), "disabled key still accepted after 1 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // ... including on the session opened before.
+        assert!(call(&c, "one__echo", json!({"message": "c"})).await.is_err());
+    });
+}
+
+#[test]
+fn reloads_during_a_steady_stream_of_calls_fail_none() {
+    let cp = ControlPlane::start();
+    let key = provision(&cp, "steady", json!([fixture_server("fx")]));
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    let rt = runtime();
+    let url = dp.mcp_url();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..4)
+        .map(|i| {
+            let (url, key, stop) = (url.clone(), key.clone(), stop.clone());
+            rt.spawn(async move {
+                let c = connect(&url, &key).await.unwrap();
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let msg = format!("{i}-{ok}");
+                    match call(&c, "fx__echo", json!({"message": msg})).await {
+                        Ok(r) if text(&r) == msg => ok += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let before = cp.db_revision();
+    for n in 0..20 {
+        // Changes that republish the snapshot: other servers come and go, descriptions change.
+        cp.ok("PATCH", "/api/v1/configs/cfg-steady", Some(json!({"description": format!("rev {n}")})), 200);
+        cp.ok("POST", "/api/v1/configs/cfg-steady/servers", Some(fixture_server(&format!("extra{n}"))), 201);
+        cp.ok("DELETE", &format!("/api/v1/configs/cfg-steady/servers/extra{n}"), None, 204);
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    dp.wait_for_revision(before + 60);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for c in callers {
+        let (ok, failed) = rt.block_on(c).unwrap();
+        assert!(failed.is_empty(), "failed calls during reloads: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 50, "too few calls made ({total}) to prove anything");
+    let (_, metrics) = dp.get("/metrics");
+    let reloads: u64 =
+        metrics.lines().find_map(|l| l.strip_prefix("mcpgw_reloads_total ")).and_then(|v| v.parse().ok()).unwrap();
+    assert!(reloads >= 20, "only {reloads} reloads seen");
+}
+
+#[test]
+fn an_invalid_or_older_snapshot_leaves_the_last_good_one_serving() {
+    let cp = ControlPlane::start();
+    let key = provision(&cp, "corrupt", json!([fixture_server("fx")]));
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    let good = std::fs::read(cp.snapshot_path()).unwrap();
+    let good_json: Value = serde_json::from_slice(&good).unwrap();
+    let revision = good_json["revision"].as_u64().unwrap();
+    // Stop the control plane so it does not republish over our edits.
+    let dir = cp.stop();
+    let snapshot = dir.path().join("snapshot.json");
+    let replace = |bytes: &[u8]| {
+        let tmp = dir.path().join("snapshot.json.tmp-test");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, &snapshot).unwrap();
+    };
+    let failures = |dp: &DataPlane| -> u64 {
+        let (_, m) = dp.get("/metrics");
+        m.lines().find_map(|l| l.strip_prefix("mcpgw_reload_failures_total ")).and_then(|v| v.parse().ok()).unwrap()
+    };
+    let wait_failures = |dp: &DataPlane, n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while failures(dp) < n {
+            assert!(Instant::now() < deadline, "reload failure not reported");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    runtime().block_on(async {
+        let c = connect(&dp.mcp_url(), &key).await.unwrap();
+        replace(b"{ this is not json");
+        wait_failures(&dp, 1);
+        assert_eq!(text(&call(&c, "fx__echo", json!({"message": "still"})).await.unwrap()), "still");
+        let (status, ready) = dp.get("/readyz");
+        assert_eq!(status, 200);
+        let ready: Value = serde_json::from_str(&ready).unwrap();
+        assert_eq!(ready["revision"], revision);
+        assert!(ready["last_error"].as_str().unwrap().len() > 3, "{ready}");
+
+        // Valid JSON that breaks a reference: refused as a whole.
+        let mut broken = good_json.clone();
+        broken["revision"] = json!(revision + 1);
+        broken["api_keys"][0]["project_id"] = json!(uuid::Uuid::new_v4());
+        replace(&serde_json::to_vec(&broken).unwrap());
+        wait_failures(&dp, 2);
+        // An older revision: refused too.
+        let mut older = good_json.clone();
+        older["revision"] = json!(revision - 1);
+        older["api_keys"] = json!([]);
+        replace(&serde_json::to_vec(&older).unwrap());
+        wait_failures(&dp, 3);
+        assert_eq!(text(&call(&c, "fx__echo", json!({"message": "still2"})).await.unwrap()), "still2");
+        // And a good newer one is taken.
+        let mut newer = good_json.clone();
+        newer["revision"] = json!(revision + 5);
+        replace(&serde_json::to_vec(&newer).unwrap());
+        dp.wait_for_revision(revision + 5);
+    });
+}
+
+#[test]
+fn a_crashed_upstream_is_restarted_and_the_next_call_succeeds() {
+    let cp = ControlPlane::start();
+    let key = provision(&cp, "crash", json!([fixture_server("fx")]));
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    runtime().block_on(async {
+        let c = connect(&dp.mcp_url(), &key).await.unwrap();
+        let first_pid = text(&call(&c, "fx__whoami", json!({})).await.unwrap());
+        assert_eq!(text(&call(&c, "fx__whoami", json!({})).await.unwrap()), first_pid, "process reused");
+        let died = call(&c, "fx__exit", json!({})).await.unwrap();
+        assert_eq!(died["isError"], true, "{died}");
+        let second_pid = text(&call(&c, "fx__whoami", json!({})).await.unwrap());
+        assert_ne!(first_pid, second_pid);
+        let (_, metrics) = dp.get("/metrics");
+        assert!(metrics.contains("mcpgw_upstream_restarts_total 1"), "{metrics}");
+    });
+}
+
+#[test]
+fn per_session_processes_come_and_go_with_200_sessions() {
+    let cp = ControlPlane::start();
+    let key = provision(
+        &cp,
+        "sessions",
+        json!([{"server_name": "own", "config": {"command": fixture()}, "per_session": true}, fixture_server("shared")]),
+    );
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    let baseline = children_of(dp.pid()).len();
+    runtime().block_on(async {
+        for batch in 0..10 {
+            let sessions = futures::future::join_all((0..20).map(|_| {
+                let (url, key) = (dp.mcp_url(), key.clone());
+                async move {
+                    let c = connect(&url, &key).await.unwrap();
+                    let pid = text(&call(&c, "own__whoami", json!({})).await.unwrap());
+                    text(&call(&c, "shared__whoami", json!({})).await.unwrap());
+                    c.cancel().await.unwrap();
+                    pid
+                }
+            }))
+            .await;
+            let distinct: std::collections::HashSet<_> = sessions.iter().collect();
+            assert_eq!(distinct.len(), 20, "batch {batch}: sessions shared a per-session process");
+        }
+    });
+    // The one shared process stays; every per-session process is gone.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = children_of(dp.pid()).len();
+        if now <= baseline + 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{now} children left, baseline {baseline} (+1 shared)");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn timeouts_and_size_limits() {
+    let cp = ControlPlane::start();
+    let key = provision(
+        &cp,
+        "limits",
+        json!([{"server_name": "fx", "config": {"command": fixture()}, "timeouts": {"call_ms": 5000, "tools": {"sleep_ms": 400}}}]),
+    );
+    let dp = DataPlane::start(&cp, &[("MCPGW_MAX_RESPONSE_BYTES", "100000"), ("MCPGW_MAX_REQUEST_BYTES", "65536")]);
+    dp.sync(&cp);
+    runtime().block_on(async {
+        let c = connect(&dp.mcp_url(), &key).await.unwrap();
+        let started = Instant::now();
+        let (slow, fast) = tokio::join!(call(&c, "fx__sleep_ms", json!({"ms": 3000})), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let r = call(&c, "fx__echo", json!({"message": "quick"})).await;
+            (r, started.elapsed())
+        });
+        let slow = slow.unwrap();
+        assert_eq!(slow["isError"], true);
+        assert!(text(&slow).contains("did not answer within 400 ms"), "{slow}");
+        assert!(started.elapsed() < Duration::from_millis(2500), "timeout took {:?}", started.elapsed());
+        assert_eq!(text(&fast.0.unwrap()), "quick");
+        assert!(fast.1 < Duration::from_millis(400), "a slow call blocked another ({:?})", fast.1);
+        // Under the default call timeout, a 600 ms sleep is fine for another tool.
+        assert_eq!(text(&call(&c, "fx__big", json!({"bytes": 1000})).await.unwrap()).len(), 1000);
+        let big = call(&c, "fx__big", json!({"bytes": 200_000})).await.unwrap();
+        assert_eq!(big["isError"], true);
+        assert!(text(&big).contains("exceeds the gateway's limit of 100000 bytes"), "{}", text(&big));
+        // The gateway is still fine afterwards.
+        assert_eq!(text(&call(&c, "fx__echo", json!({"message": "after"})).await.unwrap()), "after");
+    });
+    let huge = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "fx__echo", "arguments": {"message": "y".repeat(100_000)}}});
+    let (status, _) = raw_post(&dp.mcp_url(), &[("Authorization", &format!("Bearer {key}"))], &huge);
+    assert_eq!(status, 413);
+}
+
+#[test]
+fn dns_rebinding_is_refused_and_probes_are_open() {
+    let cp = ControlPlane::start();
+    let key = provision(&cp, "hosts", json!([fixture_server("fx")]));
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    let auth = format!("Bearer {key}");
+    let (status, _) =
+        raw_post(&dp.mcp_url(), &[("Authorization", &auth), ("Host", "evil.example")], &initialize_body());
+    assert_eq!(status, 403);
+    let (status, _) =
+        raw_post(&dp.mcp_url(), &[("Authorization", &auth), ("Origin", "http://evil.example")], &initialize_body());
+    assert_eq!(status, 403);
+    let (status, _) = raw_post(&dp.mcp_url(), &[("Authorization", &auth)], &initialize_body());
+    assert_eq!(status, 200);
+    // The trailing-slash path of the Python gateway's client configs works too.
+    let (status, _) = raw_post(&format!("{}/", dp.mcp_url()), &[("Authorization", &auth)], &initialize_body());
+    assert_eq!(status, 200);
+    assert_eq!(dp.get("/healthz").0, 200);
+    assert_eq!(dp.get("/readyz").0, 200);
+    let (status, metrics) = dp.get("/metrics");
+    assert_eq!(status, 200);
+    for name in [
+        "mcpgw_snapshot_revision",
+        "mcpgw_active_sessions",
+        "mcpgw_upstream_processes",
+        "mcpgw_tool_call_duration_seconds_bucket",
+    ] {
+        assert!(metrics.contains(name), "{name} missing");
+    }
+}
+
+#[test]
+fn a_gateway_without_a_snapshot_is_not_ready_and_refuses_keys() {
+    let dir = common::control_plane::tempdir::TempDir::new("mcpgw-dp-empty");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_data-plane"));
+    cmd.env("MCPGW_DATA_DIR", dir.path())
+        .env("MCPGW_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("MCPGW_AUDIT_LOG", "off")
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let base = loop {
+        let line = lines.next().expect("log line").unwrap();
+        if let Some(i) = line.find("listening on ") {
+            break line[i + "listening on ".len()..].trim().to_string();
+        }
+    };
+    let r = reqwest::blocking::get(format!("{base}/readyz")).unwrap();
+    assert_eq!(r.status(), 503);
+    let (status, _) = raw_post(
+        &format!("{base}/mcp"),
+        &[("Authorization", &format!("Bearer {}", shared::api_key::generate().secret))],
+        &initialize_body(),
+    );
+    assert_eq!(status, 401);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn meta_tools_report_per_server_and_mask_secrets() {
+    let cp = ControlPlane::start();
+    let key = provision(
+        &cp,
+        "meta",
+        json!([
+            {"server_name": "fx", "config": {"command": fixture(), "env": {"API_TOKEN": "sekrit-value-1"}}, "denied_tools": ["exit"]},
+            {"server_name": "broken", "config": {"command": "/nonexistent/mcp-server"}, "timeouts": {"connect_ms": 2000}},
+            {"server_name": "web", "config": {"type": "http", "url": "http://127.0.0.1:9/mcp", "headers": {"X-Api-Key": "sekrit-value-2"}}, "timeouts": {"connect_ms": 2000}}
+        ]),
+    );
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    runtime().block_on(async {
+        let c = connect(&dp.mcp_url(), &key).await.unwrap();
+        // tools/list still works with two broken servers: their tools are left out.
+        let names = tool_names(&c).await;
+        assert!(names.contains(&"fx__echo".to_string()) && !names.iter().any(|n| n.starts_with("broken__")));
+        let listed = call(&c, "gateway_list_servers", json!({})).await.unwrap();
+        let text_all = listed.to_string();
+        assert!(!text_all.contains("sekrit-value"), "secret leaked: {text_all}");
+        assert!(text_all.contains("API_TOKEN") && text_all.contains("X-Api-Key"));
+        let discovered = call(&c, "gateway_discover_tools", json!({})).await.unwrap();
+        let servers = discovered["structuredContent"]["servers"].as_array().unwrap();
+        let status_of =
+            |n: &str| servers.iter().find(|s| s["server_name"] == n).unwrap()["status"].as_str().unwrap().to_string();
+        assert_eq!(status_of("fx"), "success");
+        assert_eq!(status_of("broken"), "error");
+        assert_eq!(status_of("web"), "error");
+        assert_eq!(discovered["structuredContent"]["status"], "partial");
+        let fx_tools = servers.iter().find(|s| s["server_name"] == "fx").unwrap()["tools"].to_string();
+        assert!(fx_tools.contains("fx__echo") && !fx_tools.contains("fx__exit"));
+
+        let batch = call(
+            &c,
+            "gateway_call_tools",
+            json!({"server_name": "fx", "tool_calls": [
+                {"name": "echo", "args": {"message": "one"}},
+                {"name": "fail", "args": {}},
+                {"name": "exit", "args": {}},
+                {"name": "add", "arguments": {"a": 1, "b": 2}}
+            ]}),
+        )
+        .await
+        .unwrap();
+        let results = batch["structuredContent"]["results"].as_array().unwrap();
+        let statuses: Vec<&str> = results.iter().map(|r| r["status"].as_str().unwrap()).collect();
+        assert_eq!(statuses, ["success", "error", "denied", "success"]);
+        assert_eq!(results[3]["result"]["structuredContent"]["sum"], 3.0);
+        // `exit` was denied, so the upstream is still the same process.
+        let status = call(&c, "gateway_cache_status", json!({})).await.unwrap();
+        assert!(status["structuredContent"]["servers"]["fx"]["cached"].as_bool().unwrap(), "{status}");
+        call(&c, "gateway_clear_cache", json!({"server_name": "fx"})).await.unwrap();
+        let status = call(&c, "gateway_cache_status", json!({})).await.unwrap();
+        assert_eq!(status["structuredContent"]["servers"]["fx"]["cached"], false);
+        let info = call(&c, "gateway_get_server_info", json!({"server_name": "web"})).await.unwrap();
+        assert!(!info.to_string().contains("sekrit-value-2"));
+    });
+}
+
+#[test]
+fn streamable_http_upstreams_with_configured_headers() {
+    let mut upstream = std::process::Command::new(fixture())
+        .args(["--http", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(upstream.stderr.take().unwrap()));
+    let addr = loop {
+        let line = lines.next().expect("fixture log").unwrap();
+        if let Some(a) = line.strip_prefix("listening on ") {
+            break a.trim().to_string();
+        }
+    };
+    let cp = ControlPlane::start();
+    let key = provision(
+        &cp,
+        "remote",
+        json!([{"server_name": "remote", "config": {"type": "http", "url": format!("{addr}/mcp"), "headers": {"X-Team": "payments"}}}]),
+    );
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    runtime().block_on(async {
+        let c = connect(&dp.mcp_url(), &key).await.unwrap();
+        assert_eq!(text(&call(&c, "remote__echo", json!({"message": "over http"})).await.unwrap()), "over http");
+        let media = call(&c, "remote__media", json!({})).await.unwrap();
+        assert_eq!(media["content"].as_array().unwrap().len(), 5);
+        let all = futures::future::join_all((0..20).map(|i| {
+            let c = &c;
+            async move { call(c, "remote__echo", json!({"message": format!("m{i}")})).await.unwrap() }
+        }))
+        .await;
+        for (i, r) in all.iter().enumerate() {
+            assert_eq!(text(r), format!("m{i}"));
+        }
+    });
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+}
