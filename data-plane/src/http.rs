@@ -57,7 +57,14 @@ async fn authenticate(State(gateway): State<Arc<Gateway>>, mut request: Request,
     match gateway.authenticate(key_from_headers(request.headers())).await {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
-            next.run(request).await
+            let ends_session = request.method() == axum::http::Method::DELETE;
+            let mut response = next.run(request).await;
+            // Session termination is complete when rmcp answers; clients (the Python SDK among
+            // them) expect 200 or 204 and warn on rmcp's 202.
+            if ends_session && response.status() == StatusCode::ACCEPTED {
+                *response.status_mut() = StatusCode::OK;
+            }
+            response
         }
         Err(e) => {
             let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32001, "message": e.to_string()}});
