@@ -1,9 +1,9 @@
 //! An upstream MCP server for the end-to-end tests, built on rmcp.
 //!
 //! Tools that exercise what a gateway must get right: `echo`, `add` (structured output),
-//! `touch_file` (a side effect a blocked call must never cause), `sleep_ms`, `fail` (isError),
+//! `touch_file` (a side effect a blocked call must never cause), `sleep_ms` (cancellable), `fail` (isError),
 //! `media` (image, audio, embedded resource and structured content in one result), `big` (a large
-//! result), `progress` (progress notifications), `whoami` (this process's pid) and `exit` (the
+//! result), `progress` (progress notifications), `announce` (tools/list_changed), `whoami` (this process's pid) and `exit` (the
 //! process dies). One resource, one resource template and one prompt.
 //!
 //! `upstream_fixture` serves stdio; `upstream_fixture --http 127.0.0.1:0` serves streamable HTTP at
@@ -41,7 +41,12 @@ const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkY
 
 impl ServerHandler for Fixture {
     fn get_info(&self) -> ServerConfig {
-        let caps = ServerCapabilities::builder().enable_tools().enable_resources().enable_prompts().build();
+        let caps = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_resources()
+            .enable_prompts()
+            .build();
         ServerConfig::new(caps).with_server_info(Implementation::new("upstream-fixture", "1.0.0"))
     }
 
@@ -85,6 +90,7 @@ impl ServerHandler for Fixture {
                 "Send `steps` progress notifications, then answer",
                 object(json!({"type": "object", "properties": {"steps": {"type": "number"}}})),
             ),
+            Tool::new("announce", "Send notifications/tools/list_changed", none.clone()),
             Tool::new("whoami", "This server process's pid", none.clone()),
             Tool::new("exit", "Exit the server process", none),
         ]))
@@ -111,8 +117,21 @@ impl ServerHandler for Fixture {
             }
             "sleep_ms" => {
                 let ms = number_arg(&args, "ms")?;
-                tokio::time::sleep(std::time::Duration::from_millis(ms as u64)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(ms as u64)) => {}
+                    _ = context.ct.cancelled() => {
+                        // Leave proof that the cancellation reached this server.
+                        if let Some(marker) = args.get("marker").and_then(Value::as_str) {
+                            let _ = std::fs::write(marker, b"cancelled");
+                        }
+                        return Err(McpError::internal_error("cancelled", None));
+                    }
+                }
                 CallToolResult::success(vec![ContentBlock::text(format!("slept {ms} ms"))])
+            }
+            "announce" => {
+                let _ = context.peer.notify_tool_list_changed().await;
+                CallToolResult::success(vec![ContentBlock::text("announced")])
             }
             "fail" => CallToolResult::error(vec![ContentBlock::text("this tool always fails")]),
             "media" => {

@@ -632,3 +632,112 @@ fn streamable_http_upstreams_with_configured_headers() {
     let _ = upstream.kill();
     let _ = upstream.wait();
 }
+
+/// An rmcp client that records the notifications the gateway relays.
+#[derive(Clone, Default)]
+struct Recorder {
+    progress: std::sync::Arc<std::sync::Mutex<Vec<(Value, f64)>>>,
+    tools_changed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl rmcp::ClientHandler for Recorder {
+    async fn on_progress(
+        &self,
+        params: rmcp::model::ProgressNotificationParam,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        let token = serde_json::to_value(&params.progress_token).unwrap();
+        self.progress.lock().unwrap().push((token, params.progress));
+    }
+
+    async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<rmcp::RoleClient>) {
+        self.tools_changed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[test]
+fn progress_cancellation_and_list_changed_are_relayed() {
+    use rmcp::ServiceExt;
+    use rmcp::model::{CallToolRequest, CallToolRequestParams, ClientRequest};
+    use std::sync::atomic::Ordering::SeqCst;
+
+    let cp = ControlPlane::start();
+    let key = provision(&cp, "relay", json!([fixture_server("fx")]));
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    let marker = cp.data_dir().join("cancelled-marker");
+    runtime().block_on(async {
+        let recorder = Recorder::default();
+        let config =
+            rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(dp.mcp_url())
+                .auth_header(key.clone());
+        let transport = rmcp::transport::StreamableHttpClientTransport::from_config(config);
+        let client = recorder.clone().serve(transport).await.unwrap();
+
+        // Progress: the upstream's notifications arrive under the client's own token.
+        let mut params = CallToolRequestParams::new("fx__progress");
+        params.arguments = json!({"steps": 3}).as_object().cloned();
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        let options = rmcp::service::PeerRequestOptions::no_options();
+        let handle = client.peer().send_request_with_option(request, options).await.unwrap();
+        let client_token = serde_json::to_value(&handle.progress_token).unwrap();
+        let done = serde_json::to_value(handle.await_response().await.unwrap()).unwrap();
+        assert_eq!(done["content"][0]["text"], "3 steps done");
+        let last_is_3 = || recorder.progress.lock().unwrap().last().is_some_and(|(_, p)| *p == 3.0);
+        wait_until("progress up to 3", Duration::from_secs(3), last_is_3).await;
+        let seen = recorder.progress.lock().unwrap().clone();
+        assert!(seen.iter().all(|(token, _)| *token == client_token), "{seen:?} vs {client_token}");
+        // Always increasing, as the spec requires (rmcp may hand notifications over out of order;
+        // the gateway never forwards a step backwards).
+        assert!(seen.windows(2).all(|w| w[0].1 < w[1].1), "{seen:?}");
+
+        // Cancellation: a cancelled call is cancelled upstream too.
+        let mut params = CallToolRequestParams::new("fx__sleep_ms");
+        params.arguments = json!({"ms": 10_000, "marker": marker.to_string_lossy()}).as_object().cloned();
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        let handle = client
+            .peer()
+            .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        handle.cancel(Some("user pressed stop".into())).await.unwrap();
+        wait_until("the upstream to see the cancellation", Duration::from_secs(3), || marker.exists()).await;
+
+        // list_changed from the upstream is relayed.
+        let before = recorder.tools_changed.load(SeqCst);
+        call_with(&client, "fx__announce").await;
+        wait_until("an upstream list_changed", Duration::from_secs(3), || recorder.tools_changed.load(SeqCst) > before)
+            .await;
+
+        // ... and so is a config change through the admin API.
+        let before = recorder.tools_changed.load(SeqCst);
+        cp.ok("POST", "/api/v1/configs/cfg-relay/servers", Some(fixture_server("more")), 201);
+        wait_until("a reload list_changed", Duration::from_secs(3), || recorder.tools_changed.load(SeqCst) > before)
+            .await;
+        let names: Vec<String> =
+            client.list_all_tools().await.unwrap().into_iter().map(|t| t.name.to_string()).collect();
+        assert!(names.contains(&"more__echo".to_string()), "{names:?}");
+        // A change that leaves this config alone does not disturb the session.
+        let before = recorder.tools_changed.load(SeqCst);
+        cp.ok("POST", "/api/v1/users", Some(json!({"email": "unrelated@example.com"})), 201);
+        dp.sync(&cp);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(recorder.tools_changed.load(SeqCst), before);
+    });
+}
+
+async fn call_with<S: rmcp::Service<rmcp::RoleClient>>(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, S>,
+    tool: &str,
+) {
+    client.call_tool(rmcp::model::CallToolRequestParams::new(tool.to_string())).await.unwrap();
+}

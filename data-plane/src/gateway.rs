@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rmcp::model::*;
-use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext};
 use rmcp::{ErrorData as McpError, Peer, RoleServer, ServerHandler, ServiceError};
 use shared::server::ServerSpec;
 use shared::snapshot::ToolNaming;
@@ -140,22 +140,40 @@ impl GatewayService {
         let upstream = self.upstream(config.id, spec);
         let conn = upstream.acquire().await.map_err(CallFailure::Upstream)?;
         request.name = tool.to_string().into();
-        let route = client.map(|(peer, token)| upstream.progress().open(peer.clone(), token));
-        request.meta = upstream_meta(request.meta.take(), route.as_ref().map(|r| r.token.clone()));
+        request.meta = upstream_meta(request.meta.take());
+        let failed = |e| CallFailure::Upstream(UpstreamError::failed(&spec.server_name, e));
+        let handle = conn
+            .peer
+            .send_request_with_option(
+                ClientRequest::CallToolRequest(CallToolRequest::new(request)),
+                PeerRequestOptions::no_options(),
+            )
+            .await
+            .map_err(failed)?;
+        // rmcp gives every outgoing request its own progress token; route that one back.
+        let _route =
+            client.map(|(peer, token)| upstream.progress().open(handle.progress_token.clone(), peer.clone(), token));
+        let (peer, id) = (handle.peer.clone(), handle.id.clone());
         let ms = spec.timeouts.tools.get(tool).copied().unwrap_or(spec.timeouts.call_ms);
-        let call = tokio::time::timeout(Duration::from_millis(ms), conn.peer.call_tool_once(request));
         let outcome = tokio::select! {
-            r = call => r,
-            // Dropping the call future sends notifications/cancelled upstream.
-            _ = cancel.cancelled() => return Err(CallFailure::Cancelled),
+            r = tokio::time::timeout(Duration::from_millis(ms), handle.await_response()) => r,
+            _ = cancel.cancelled() => {
+                let _ = peer.notify_cancelled(CancelledNotificationParam::new(Some(id), Some("cancelled by the client".into()))).await;
+                return Err(CallFailure::Cancelled);
+            }
         };
         let response = match outcome {
             Err(_) => {
+                let reason = Some(format!("gateway timeout ({ms} ms)"));
+                let _ = peer.notify_cancelled(CancelledNotificationParam::new(Some(id), reason)).await;
                 return Err(CallFailure::Upstream(UpstreamError::Timeout { server: spec.server_name.clone(), ms }));
             }
             Ok(Err(ServiceError::McpError(e))) => return Err(CallFailure::Protocol(e)),
-            Ok(Err(e)) => return Err(CallFailure::Upstream(UpstreamError::failed(&spec.server_name, e))),
-            Ok(Ok(response)) => response,
+            Ok(Err(e)) => return Err(failed(e)),
+            Ok(Ok(ServerResult::CallToolResult(r))) => CallToolResponse::Complete(r),
+            Ok(Ok(ServerResult::InputRequiredResult(r))) => CallToolResponse::InputRequired(r),
+            Ok(Ok(ServerResult::CreateTaskResult(r))) => CallToolResponse::Task(r),
+            Ok(Ok(_)) => return Err(failed(ServiceError::UnexpectedResponse)),
         };
         let size = response_size(&response);
         if size > self.gateway.config.max_response_bytes {
@@ -269,13 +287,10 @@ impl CallFailure {
 }
 
 /// `_meta` for the upstream request: the client's own keys, minus protocol bookkeeping that
-/// describes the client's connection (rmcp adds the gateway's), with the gateway's progress token.
-fn upstream_meta(client: Option<RequestMetaObject>, progress: Option<ProgressToken>) -> Option<RequestMetaObject> {
+/// describes the client's connection and its progress token (rmcp sets the gateway's own).
+fn upstream_meta(client: Option<RequestMetaObject>) -> Option<RequestMetaObject> {
     let mut meta = client.unwrap_or_default();
     meta.0.retain(|k, _| !k.starts_with("io.modelcontextprotocol/") && k != "progressToken");
-    if let Some(token) = progress {
-        meta.set_progress_token(token);
-    }
     (!meta.0.is_empty()).then_some(meta)
 }
 
@@ -456,7 +471,7 @@ impl ServerHandler for GatewayService {
         let upstream = self.upstream(config.id, &spec);
         let conn = upstream.acquire().await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
         request.name = name;
-        request.meta = upstream_meta(request.meta.take(), None);
+        request.meta = upstream_meta(request.meta.take());
         let ms = spec.timeouts.call_ms;
         match tokio::time::timeout(Duration::from_millis(ms), conn.peer.get_prompt_once(request)).await {
             Err(_) => Err(McpError::internal_error(
@@ -542,7 +557,7 @@ impl ServerHandler for GatewayService {
         let upstream = self.upstream(config.id, &spec);
         let conn = upstream.acquire().await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
         request.uri = uri;
-        request.meta = upstream_meta(request.meta.take(), None);
+        request.meta = upstream_meta(request.meta.take());
         let ms = spec.timeouts.call_ms;
         let response = match tokio::time::timeout(Duration::from_millis(ms), conn.peer.read_resource_once(request))
             .await

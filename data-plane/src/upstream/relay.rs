@@ -1,16 +1,14 @@
 //! The gateway as an MCP client of one upstream: receives its notifications and relays them.
 //!
 //! - `list_changed` (tools, prompts, resources): drop the discovery cache and tell client sessions.
-//! - progress: upstream progress tokens are gateway-issued; map them back to the client's own token
-//!   and forward to the client session that made the call.
+//! - progress: map the token of the gateway's upstream request back to the client's own token and
+//!   forward to the client session that made the call.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use rmcp::model::{
-    ClientCapabilities, ClientConfig, Implementation, NumberOrString, ProgressNotificationParam, ProgressToken,
-};
+use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, ProgressNotificationParam, ProgressToken};
 use rmcp::service::NotificationContext;
 use rmcp::{ClientHandler, Peer, RoleClient, RoleServer};
 use tokio::sync::broadcast;
@@ -32,37 +30,62 @@ pub enum ChangeEvent {
     Reloaded,
 }
 
-/// Calls in flight that asked for progress: gateway token -> (client session, client's token).
+/// Calls in flight whose client asked for progress: the token the gateway's request to the
+/// upstream carries (rmcp issues one per request) -> (client session, client's own token).
 #[derive(Default)]
 pub struct ProgressRoutes {
-    next: AtomicU64,
-    routes: Mutex<HashMap<u64, (Peer<RoleServer>, ProgressToken)>>,
+    routes: Mutex<HashMap<ProgressToken, Route>>,
 }
 
-/// Removes a progress route when the call ends, however it ends.
+struct Route {
+    client: Peer<RoleServer>,
+    client_token: ProgressToken,
+    /// When the call finished. rmcp hands notifications to the handler on their own tasks, so one
+    /// sent just before the response can be handled just after it: keep the route briefly.
+    closed_at: Option<Instant>,
+    /// Highest progress forwarded: handler tasks may run out of order, and progress must increase.
+    last: Option<f64>,
+}
+
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Closes a progress route when the call ends, however it ends.
 pub struct ProgressRoute<'a> {
     routes: &'a ProgressRoutes,
-    id: u64,
-    pub token: ProgressToken,
+    upstream_token: ProgressToken,
 }
 
 impl Drop for ProgressRoute<'_> {
     fn drop(&mut self) {
-        self.routes.routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        if let Some(route) = self.routes.routes.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&self.upstream_token)
+        {
+            route.closed_at = Some(Instant::now());
+        }
     }
 }
 
 impl ProgressRoutes {
-    pub fn open(&self, client: Peer<RoleServer>, client_token: ProgressToken) -> ProgressRoute<'_> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.routes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, (client, client_token));
-        ProgressRoute { routes: self, id, token: ProgressToken(NumberOrString::String(format!("mcpgw-{id}").into())) }
+    pub fn open(
+        &self,
+        upstream_token: ProgressToken,
+        client: Peer<RoleServer>,
+        client_token: ProgressToken,
+    ) -> ProgressRoute<'_> {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        routes.retain(|_, r| r.closed_at.is_none_or(|t| t.elapsed() < LINGER));
+        routes.insert(upstream_token.clone(), Route { client, client_token, closed_at: None, last: None });
+        ProgressRoute { routes: self, upstream_token }
     }
 
-    fn lookup(&self, token: &ProgressToken) -> Option<(Peer<RoleServer>, ProgressToken)> {
-        let NumberOrString::String(s) = &token.0 else { return None };
-        let id: u64 = s.strip_prefix("mcpgw-")?.parse().ok()?;
-        self.routes.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+    /// Where to forward `progress` for `token`, if anywhere (stale or out-of-order values are not).
+    fn advance(&self, token: &ProgressToken, progress: f64) -> Option<(Peer<RoleServer>, ProgressToken)> {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let route = routes.get_mut(token).filter(|r| r.closed_at.is_none_or(|t| t.elapsed() < LINGER))?;
+        if route.last.is_some_and(|last| progress <= last) {
+            return None;
+        }
+        route.last = Some(progress);
+        Some((route.client.clone(), route.client_token.clone()))
     }
 }
 
@@ -92,7 +115,7 @@ impl ClientHandler for UpstreamClient {
     }
 
     async fn on_progress(&self, params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
-        if let Some((client, client_token)) = self.targets.progress.lookup(&params.progress_token) {
+        if let Some((client, client_token)) = self.targets.progress.advance(&params.progress_token, params.progress) {
             let mut forwarded = params;
             forwarded.progress_token = client_token;
             let _ = client.notify_progress(forwarded).await;
