@@ -741,3 +741,37 @@ async fn call_with<S: rmcp::Service<rmcp::RoleClient>>(
 ) {
     client.call_tool(rmcp::model::CallToolRequestParams::new(tool.to_string())).await.unwrap();
 }
+
+#[test]
+fn bare_names_make_the_gateway_transparent() {
+    let cp = ControlPlane::start();
+    let key = provision_with(
+        &cp,
+        "bare",
+        json!({"name": "cfg-bare", "tool_naming": "bare", "servers": [
+            {"server_name": "fx", "config": {"command": fixture()}, "denied_tools": ["exit"]}
+        ]}),
+    );
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    runtime().block_on(async {
+        let gw = connect(&dp.mcp_url(), &key).await.unwrap();
+        let direct = connect_stdio(&fixture(), &[]).await;
+        let mut through = tool_names(&gw).await;
+        let mut straight: Vec<String> = tool_names(&direct).await.into_iter().filter(|n| n != "exit").collect();
+        through.sort();
+        straight.sort();
+        assert_eq!(through, straight, "no meta-tools, no prefixes, only the denied tool missing");
+        assert_eq!(
+            call(&gw, "add", json!({"a": 1, "b": 1})).await.unwrap(),
+            call(&direct, "add", json!({"a": 1, "b": 1})).await.unwrap()
+        );
+        assert!(call(&gw, "exit", json!({})).await.unwrap_err().contains("unknown tool"));
+        assert!(call(&gw, "gateway_list_servers", json!({})).await.unwrap_err().contains("unknown tool"));
+        let resources = gw.list_all_resources().await.unwrap();
+        assert_eq!(resources[0].uri, "fixture://docs/readme");
+        let read = gw.read_resource(rmcp::model::ReadResourceRequestParams::new("fixture://items/7")).await.unwrap();
+        assert_eq!(serde_json::to_value(read).unwrap()["contents"][0]["uri"], "fixture://items/7");
+        assert_eq!(gw.list_all_prompts().await.unwrap()[0].name, "greet");
+    });
+}

@@ -33,6 +33,8 @@ use upstream::pool::UpstreamPool;
 
 /// Builds the gateway state, loads the snapshot and starts the watcher and the idle reaper.
 async fn start(config: Config) -> anyhow::Result<Arc<Gateway>> {
+    // HTTPS to upstreams uses rustls with the ring provider (no C toolchain beyond ring's own).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(metrics::Metrics::default());
     let (events, _) = broadcast::channel(256);
     let http = reqwest::Client::builder()
