@@ -520,6 +520,7 @@ fn a_gateway_without_a_snapshot_is_not_ready_and_refuses_keys() {
             break line[i + "listening on ".len()..].trim().to_string();
         }
     };
+    common::tls();
     let r = reqwest::blocking::get(format!("{base}/readyz")).unwrap();
     assert_eq!(r.status(), 503);
     let (status, _) = raw_post(

@@ -52,6 +52,7 @@ impl ControlPlane {
 
     /// Starts on `dir`; with `admin_key` None, the key is generated and read back from the key file.
     pub fn start_with(dir: tempdir::TempDir, admin_key: Option<&str>) -> Self {
+        super::tls();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_control-plane"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -52,6 +52,7 @@ pub fn fixture_server(name: &str) -> Value {
 impl DataPlane {
     /// Starts a data plane that follows `cp`'s snapshot.
     pub fn start(cp: &ControlPlane, env: &[(&str, &str)]) -> Self {
+        super::tls();
         let audit_log = cp.data_dir().join(format!("audit-{}.jsonl", uuid::Uuid::new_v4()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_data-plane"));
         cmd.env_clear()
@@ -177,6 +178,7 @@ pub type Client = RunningService<rmcp::RoleClient, ()>;
 
 /// An rmcp client session to the gateway with `key`.
 pub async fn connect(url: &str, key: &str) -> Result<Client, String> {
+    super::tls();
     let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(key.to_string());
     let transport = StreamableHttpClientTransport::from_config(config);
     ().serve(transport).await.map_err(|e| e.to_string())
@@ -217,6 +219,7 @@ pub fn raw_post(url: &str, headers: &[(&str, &str)], body: &Value) -> (u16, Stri
 }
 
 fn raw_post_blocking(url: &str, headers: &[(&str, &str)], body: &Value) -> (u16, String) {
+    super::tls();
     let client = reqwest::blocking::Client::new();
     let mut req = client
         .post(url)

@@ -8,3 +8,12 @@ pub mod data_plane;
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     if tokio::runtime::Handle::try_current().is_ok() { tokio::task::block_in_place(f) } else { f() }
 }
+
+/// reqwest is built with rustls and no default crypto provider (the gateway installs ring at start);
+/// test processes do the same before building any HTTP client.
+pub fn tls() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

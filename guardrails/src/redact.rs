@@ -1,0 +1,151 @@
+//! PII redaction with restore: PII in a call's arguments becomes stable placeholders before the
+//! upstream sees it; placeholders in the result become the original values again for the client.
+//! The mapping lives only as long as one call.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::detectors::pii_spans;
+
+#[derive(Debug, Default)]
+pub struct Redactions {
+    /// placeholder -> original
+    originals: HashMap<String, String>,
+    /// original -> placeholder (the same value always gets the same placeholder)
+    placeholders: HashMap<String, String>,
+    counters: HashMap<&'static str, usize>,
+}
+
+impl Redactions {
+    pub fn is_empty(&self) -> bool {
+        self.originals.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.originals.len()
+    }
+
+    /// Replaces PII in `text`; returns `None` when there was none.
+    pub fn redact_text(&mut self, text: &str) -> Option<String> {
+        let spans = pii_spans(text);
+        if spans.is_empty() {
+            return None;
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for (start, end, kind) in spans {
+            out.push_str(&text[at..start]);
+            out.push_str(&self.placeholder(&text[start..end], kind));
+            at = end;
+        }
+        out.push_str(&text[at..]);
+        Some(out)
+    }
+
+    fn placeholder(&mut self, original: &str, kind: &'static str) -> String {
+        if let Some(p) = self.placeholders.get(original) {
+            return p.clone();
+        }
+        let n = self.counters.entry(kind).or_default();
+        *n += 1;
+        let placeholder = format!("[{}_{}]", kind.to_ascii_uppercase(), n);
+        self.placeholders.insert(original.to_string(), placeholder.clone());
+        self.originals.insert(placeholder.clone(), original.to_string());
+        placeholder
+    }
+
+    /// Redacts every string (keys and values) in `value`, in place. Returns how many strings changed.
+    pub fn redact_value(&mut self, value: &mut Value) -> usize {
+        match value {
+            Value::String(s) => match self.redact_text(s) {
+                Some(r) => {
+                    *s = r;
+                    1
+                }
+                None => 0,
+            },
+            Value::Array(items) => items.iter_mut().map(|v| self.redact_value(v)).sum(),
+            Value::Object(map) => {
+                let mut changed = 0;
+                let entries: Vec<(String, Value)> = std::mem::take(map).into_iter().collect();
+                for (k, mut v) in entries {
+                    changed += self.redact_value(&mut v);
+                    let key = match self.redact_text(&k) {
+                        Some(r) => {
+                            changed += 1;
+                            r
+                        }
+                        None => k,
+                    };
+                    map.insert(key, v);
+                }
+                changed
+            }
+            _ => 0,
+        }
+    }
+
+    /// Puts the original values back wherever a placeholder appears in `text`.
+    pub fn restore_text(&self, text: &str) -> Option<String> {
+        if self.originals.is_empty() || !text.contains('[') {
+            return None;
+        }
+        let mut out = text.to_string();
+        let mut changed = false;
+        for (placeholder, original) in &self.originals {
+            if out.contains(placeholder.as_str()) {
+                out = out.replace(placeholder.as_str(), original);
+                changed = true;
+            }
+        }
+        changed.then_some(out)
+    }
+
+    pub fn restore_value(&self, value: &mut Value) {
+        match value {
+            Value::String(s) => {
+                if let Some(r) = self.restore_text(s) {
+                    *s = r;
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.restore_value(v)),
+            Value::Object(map) => {
+                let entries: Vec<(String, Value)> = std::mem::take(map).into_iter().collect();
+                for (k, mut v) in entries {
+                    self.restore_value(&mut v);
+                    map.insert(self.restore_text(&k).unwrap_or(k), v);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn redacts_stably_and_restores() {
+        let mut r = super::Redactions::default();
+        let mut args = json!({
+            "to": "jane@example.com",
+            "cc": ["jane@example.com", "bob@example.org"],
+            "body": "Card 4111 1111 1111 1111, call +1 415-555-0134",
+            "jane@example.com": "a key that is PII"
+        });
+        assert!(r.redact_value(&mut args) >= 4);
+        let text = args.to_string();
+        assert!(!text.contains("example.com") && !text.contains("4111") && !text.contains("415-555"), "{text}");
+        assert_eq!(args["to"], "[EMAIL_1]");
+        assert_eq!(args["cc"][0], "[EMAIL_1]", "same value, same placeholder");
+        assert_eq!(args["cc"][1], "[EMAIL_2]");
+        assert!(args.get("[EMAIL_1]").is_some());
+
+        let mut result = json!({"text": "Sent to [EMAIL_1] and [EMAIL_2]; card [PAYMENT_CARD_1]."});
+        r.restore_value(&mut result);
+        assert_eq!(result["text"], "Sent to jane@example.com and bob@example.org; card 4111 1111 1111 1111.");
+        assert_eq!(r.restore_text("nothing here"), None);
+    }
+}
