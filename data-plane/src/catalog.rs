@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use guardrails::Policy;
 use shared::server::ServerSpec;
 use shared::snapshot::{Snapshot, ToolNaming};
 use uuid::Uuid;
@@ -41,6 +42,33 @@ pub struct ConfigView {
     pub name: String,
     pub naming: ToolNaming,
     pub servers: Vec<Arc<ServerSpec>>,
+    /// Compiled guardrail policies, by server name.
+    guards: HashMap<String, Arc<ServerGuards>>,
+}
+
+/// A server's input and output policies, compiled once per revision.
+#[derive(Debug)]
+pub struct ServerGuards {
+    pub input: Policy,
+    pub output: Policy,
+    /// Why a policy could not be compiled; calls to the server are refused (fail closed).
+    pub broken: Option<String>,
+}
+
+impl ServerGuards {
+    pub fn compile(spec: &ServerSpec) -> Self {
+        match (Policy::new(&spec.input_guardrails_policy), Policy::new(&spec.output_guardrails_policy)) {
+            (Ok(input), Ok(output)) => ServerGuards { input, output, broken: None },
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(server = %spec.server_name, error = %e, "guardrail policy does not compile; refusing calls");
+                ServerGuards { input: Policy::off(), output: Policy::off(), broken: Some(e.to_string()) }
+            }
+        }
+    }
+
+    pub fn any_enabled(&self) -> bool {
+        self.input.enabled || self.output.enabled
+    }
 }
 
 #[derive(Debug)]
@@ -74,11 +102,14 @@ impl Catalog {
             .mcp_configs
             .into_iter()
             .map(|c| {
+                let guards =
+                    c.servers.iter().map(|s| (s.server_name.clone(), Arc::new(ServerGuards::compile(s)))).collect();
                 let view = ConfigView {
                     id: c.id,
                     name: c.name,
                     naming: c.tool_naming,
                     servers: c.servers.into_iter().map(Arc::new).collect(),
+                    guards,
                 };
                 (c.id, Arc::new(view))
             })
@@ -147,6 +178,10 @@ impl Catalog {
 impl ConfigView {
     pub fn server(&self, name: &str) -> Option<&Arc<ServerSpec>> {
         self.servers.iter().find(|s| s.server_name == name)
+    }
+
+    pub fn guards(&self, server: &str) -> Option<&Arc<ServerGuards>> {
+        self.guards.get(server)
     }
 
     /// Same servers with the same settings (so upstream state and caches stay valid).
@@ -269,6 +304,7 @@ mod tests {
             name: "c".into(),
             naming: ToolNaming::Prefixed,
             servers: vec![Arc::new(spec(&[], &[]))],
+            guards: HashMap::new(),
         };
         assert_eq!(view.exposed_name("s", "a__b"), "s__a__b");
         let (server, tool) = view.split_prefixed("s__a__b").unwrap();

@@ -112,8 +112,75 @@ impl GatewayService {
         spec: &Arc<ServerSpec>,
     ) -> Result<Vec<Tool>, UpstreamError> {
         let ttl = self.gateway.catalog().tool_cache_ttl;
-        let tools = self.upstream(config.id, spec).tools(ttl).await?;
-        Ok(tools.iter().filter(|t| tool_allowed(spec, &t.name)).cloned().collect())
+        let found = self.upstream(config.id, spec).tools(ttl).await?;
+        Ok(found.tools.iter().filter(|t| tool_allowed(spec, &t.name)).cloned().collect())
+    }
+
+    /// A tool call with every check: integrity (the tool is listed, clean and matches its pin),
+    /// input guardrails, the upstream call, output guardrails. `tool` has passed `tool_allowed`.
+    pub(crate) async fn guarded_call(
+        &self,
+        config: &ConfigView,
+        spec: &Arc<ServerSpec>,
+        mut request: CallToolRequestParams,
+        tool: &str,
+        client: Option<(&Peer<RoleServer>, ProgressToken)>,
+        cancel: &CancellationToken,
+    ) -> Result<CallToolResponse, CallFailure> {
+        let ttl = self.gateway.catalog().tool_cache_ttl;
+        let found = self.upstream(config.id, spec).tools(ttl).await.map_err(CallFailure::Upstream)?;
+        if let Some(reason) = &found.server_blocked {
+            return Err(CallFailure::Held(format!(
+                "server `{}` is blocked: its description looks poisoned ({reason})",
+                spec.server_name
+            )));
+        }
+        if !found.is_visible(tool) {
+            return Err(match found.hidden.iter().find(|(name, _)| name == tool) {
+                Some((_, reason)) => CallFailure::Held(format!("tool `{tool}` is held back: {reason}")),
+                None => CallFailure::Unknown,
+            });
+        }
+        let guards = config.guards(&spec.server_name).cloned();
+        let Some(guards) = guards.filter(|g| g.broken.is_none() && g.any_enabled()) else {
+            if let Some(broken) = config.guards(&spec.server_name).and_then(|g| g.broken.clone()) {
+                return Err(CallFailure::Held(format!("the server's guardrail policy is invalid: {broken}")));
+            }
+            return self.forward_call(config, spec, request, tool, client, cancel).await;
+        };
+        let sent = request.arguments.take();
+        let screened = crate::guard::screen_input(&guards, sent.clone()).map_err(|b| {
+            self.record_findings(spec, "input", &b.findings, "blocked");
+            CallFailure::Blocked(b)
+        })?;
+        self.record_findings(spec, "input", &screened.warnings, "warned");
+        request.arguments = screened.arguments;
+        let response = self.forward_call(config, spec, request, tool, client, cancel).await?;
+        let CallToolResponse::Complete(mut result) = response else { return Ok(response) };
+        let output =
+            crate::guard::screen_output(&guards, sent.as_ref(), &mut result, &screened.redactions).map_err(|b| {
+                self.record_findings(spec, "output", &b.findings, "blocked");
+                CallFailure::Blocked(b)
+            })?;
+        self.record_findings(spec, "output", &output, "warned");
+        crate::guard::attach_warnings(&mut result, &screened.warnings, &output);
+        Ok(CallToolResponse::Complete(result))
+    }
+
+    fn record_findings(
+        &self,
+        spec: &ServerSpec,
+        stage: &'static str,
+        findings: &[guardrails::Finding],
+        action: &'static str,
+    ) {
+        for f in findings {
+            self.gateway.metrics.record_guardrail(&spec.server_name, stage, f.detector, action);
+        }
+        if !findings.is_empty() {
+            let kinds: Vec<&str> = findings.iter().map(|f| f.kind).collect();
+            tracing::warn!(server = %spec.server_name, stage, action, ?kinds, "guardrail findings");
+        }
     }
 
     /// Which server answers a client-facing tool name, and the upstream name.
@@ -271,6 +338,12 @@ pub enum CallFailure {
         size: usize,
         limit: usize,
     },
+    /// Refused by a guardrail policy.
+    Blocked(crate::guard::Blocked),
+    /// The tool (or its server) is held back by an integrity check.
+    Held(String),
+    /// Not a tool this caller can see.
+    Unknown,
 }
 
 impl CallFailure {
@@ -282,6 +355,20 @@ impl CallFailure {
             CallFailure::TooLarge { size, limit } => {
                 format!("upstream response of {size} bytes exceeds the gateway's limit of {limit} bytes")
             }
+            CallFailure::Blocked(b) => b.message(),
+            CallFailure::Held(reason) => reason.clone(),
+            CallFailure::Unknown => "unknown tool".into(),
+        }
+    }
+
+    /// Outcome label for metrics, the audit log and `gateway_call_tools`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            CallFailure::Cancelled => "cancelled",
+            CallFailure::Upstream(UpstreamError::Timeout { .. }) => "timeout",
+            CallFailure::Blocked(_) | CallFailure::Held(_) => "blocked",
+            CallFailure::Unknown => "denied",
+            _ => "error",
         }
     }
 }
@@ -402,13 +489,11 @@ impl ServerHandler for GatewayService {
             context.meta.get_progress_token().or_else(|| request.meta.as_ref().and_then(|m| m.get_progress_token()));
         let arguments = request.arguments.clone();
         let client = progress.map(|t| (&context.peer, t));
-        let result = self.forward_call(&config, &spec, request, &tool, client, &context.ct).await;
+        let result = self.guarded_call(&config, &spec, request, &tool, client, &context.ct).await;
         let (outcome, bytes) = match &result {
             Ok(r @ CallToolResponse::Complete(c)) if c.is_error == Some(true) => ("error", response_size(r)),
             Ok(r) => ("success", response_size(r)),
-            Err(CallFailure::Cancelled) => ("cancelled", 0),
-            Err(CallFailure::Upstream(UpstreamError::Timeout { .. })) => ("timeout", 0),
-            Err(_) => ("error", 0),
+            Err(failure) => (failure.outcome(), 0),
         };
         let summary = CallSummary {
             server: &spec.server_name,
@@ -423,6 +508,7 @@ impl ServerHandler for GatewayService {
             Ok(response) => Ok(response),
             Err(CallFailure::Protocol(e)) => Err(e),
             Err(CallFailure::Cancelled) => Err(McpError::internal_error("request cancelled", None)),
+            Err(CallFailure::Unknown) => Err(unknown_tool(&name)),
             Err(failure) => Ok(call_error(failure.message())),
         }
     }

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod gateway;
+pub mod guard;
 pub mod http;
 pub mod meta_tools;
 pub mod metrics;

@@ -252,7 +252,7 @@ async fn call_batch(
         }
         let mut request = CallToolRequestParams::new(tool.to_string());
         request.arguments = arguments;
-        let entry = match svc.forward_call(config, &spec, request, tool, None, &never).await {
+        let entry = match svc.guarded_call(config, &spec, request, tool, None, &never).await {
             Ok(CallToolResponse::Complete(result)) => {
                 let status = if result.is_error == Some(true) { "error" } else { "success" };
                 json!({"index": index, "name": tool, "status": status, "result": result})

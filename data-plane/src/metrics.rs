@@ -13,6 +13,8 @@ const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 
 /// (project, server, tool, outcome)
 type CallLabels = (String, String, String, &'static str);
+/// (server, stage, detector, action)
+type GuardrailLabels = (String, &'static str, String, &'static str);
 
 #[derive(Default)]
 pub struct Metrics {
@@ -21,6 +23,7 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
     auth_failures: Mutex<BTreeMap<&'static str, u64>>,
+    guardrails: Mutex<BTreeMap<GuardrailLabels, u64>>,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
     pub snapshot_revision: AtomicU64,
@@ -43,6 +46,13 @@ impl Metrics {
         }
         self.latency_count.fetch_add(1, Relaxed);
         self.latency_sum_micros.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    /// A guardrail or integrity event: stage `input`, `output` or `integrity`; action `blocked`,
+    /// `warned`, `redacted`, `hidden` or `server_blocked`.
+    pub fn record_guardrail(&self, server: &str, stage: &'static str, detector: &str, action: &'static str) {
+        let mut map = self.guardrails.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry((server.to_string(), stage, detector.to_string(), action)).or_default() += 1;
     }
 
     pub fn record_auth_failure(&self, reason: &'static str) {
@@ -77,6 +87,19 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE mcpgw_auth_failures_total counter");
         for (reason, n) in self.auth_failures.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(out, "mcpgw_auth_failures_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mcpgw_guardrail_events_total Guardrail and tool-integrity findings by server, stage, detector and action."
+        );
+        let _ = writeln!(out, "# TYPE mcpgw_guardrail_events_total counter");
+        for ((server, stage, detector, action), n) in self.guardrails.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(
+                out,
+                "mcpgw_guardrail_events_total{{server=\"{}\",stage=\"{stage}\",detector=\"{}\",action=\"{action}\"}} {n}",
+                escape(server),
+                escape(detector)
+            );
         }
         let scalars: [(&str, &str, &str, i64); 6] = [
             ("mcpgw_reloads_total", "counter", "Snapshots loaded.", self.reloads.load(Relaxed) as i64),

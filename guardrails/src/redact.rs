@@ -15,9 +15,23 @@ pub struct Redactions {
     /// original -> placeholder (the same value always gets the same placeholder)
     placeholders: HashMap<String, String>,
     counters: HashMap<&'static str, usize>,
+    /// Values left alone (for output redaction: the PII the client itself sent).
+    keep: std::collections::HashSet<String>,
 }
 
 impl Redactions {
+    /// Redactions that leave the PII found in `sent` alone: output redaction hides what the
+    /// upstream added, not what the client asked about.
+    pub fn keeping_pii_of(sent: &Value) -> Self {
+        let mut keep = std::collections::HashSet::new();
+        walk(sent, &mut |s| {
+            for (start, end, _) in pii_spans(s) {
+                keep.insert(s[start..end].to_string());
+            }
+        });
+        Redactions { keep, ..Default::default() }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.originals.is_empty()
     }
@@ -29,6 +43,10 @@ impl Redactions {
     /// Replaces PII in `text`; returns `None` when there was none.
     pub fn redact_text(&mut self, text: &str) -> Option<String> {
         let spans = pii_spans(text);
+        if spans.is_empty() {
+            return None;
+        }
+        let spans: Vec<_> = spans.into_iter().filter(|(s, e, _)| !self.keep.contains(&text[*s..*e])).collect();
         if spans.is_empty() {
             return None;
         }
@@ -122,6 +140,20 @@ impl Redactions {
     }
 }
 
+fn walk(v: &Value, f: &mut impl FnMut(&str)) {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(items) => items.iter().for_each(|i| walk(i, f)),
+        Value::Object(map) => {
+            for (k, v) in map {
+                f(k);
+                walk(v, f);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -147,5 +179,12 @@ mod tests {
         r.restore_value(&mut result);
         assert_eq!(result["text"], "Sent to jane@example.com and bob@example.org; card 4111 1111 1111 1111.");
         assert_eq!(r.restore_text("nothing here"), None);
+    }
+
+    #[test]
+    fn output_redaction_keeps_what_the_client_sent() {
+        let mut r = super::Redactions::keeping_pii_of(&json!({"q": "who is jane@example.com?"}));
+        let out = r.redact_text("jane@example.com works with bob@example.org").unwrap();
+        assert_eq!(out, "jane@example.com works with [EMAIL_1]");
     }
 }

@@ -8,6 +8,7 @@ pub mod pool;
 pub mod relay;
 mod transport;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use rmcp::model::Tool;
 use rmcp::service::RunningService;
 use rmcp::{Peer, RoleClient, ServiceError};
-use shared::server::ServerSpec;
+use shared::server::{PinningMode, ServerSpec};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -68,7 +69,26 @@ impl Drop for ProcessGauge {
     }
 }
 
-type ToolCache = Mutex<Option<(Instant, Arc<Vec<Tool>>)>>;
+type ToolCache = Mutex<Option<(Instant, Arc<Discovery>)>>;
+
+/// One discovery of an upstream's tools and what the integrity checks made of it.
+#[derive(Debug, Default)]
+pub struct Discovery {
+    /// Tools that passed the poisoning scan and match their pins (the allowlist is applied later,
+    /// per config, by `catalog::tool_allowed`).
+    pub tools: Vec<Tool>,
+    visible: HashSet<String>,
+    /// Tools held back, with the reason (kinds of findings, or a pin mismatch).
+    pub hidden: Vec<(String, String)>,
+    /// Why the whole server is blocked (its self-description looked poisoned).
+    pub server_blocked: Option<String>,
+}
+
+impl Discovery {
+    pub fn is_visible(&self, tool: &str) -> bool {
+        self.visible.contains(tool)
+    }
+}
 
 pub struct Upstream {
     pub config_id: Uuid,
@@ -82,6 +102,8 @@ pub struct Upstream {
     in_flight: AtomicUsize,
     last_used: Mutex<Instant>,
     retired: std::sync::atomic::AtomicBool,
+    /// Trust-on-first-use pins: tool name -> fingerprint of the first definition seen.
+    pins: Mutex<HashMap<String, String>>,
 }
 
 /// A connection that stays open for as long as the guard lives (idle reaping skips it).
@@ -125,6 +147,7 @@ impl Upstream {
             in_flight: AtomicUsize::new(0),
             last_used: Mutex::new(Instant::now()),
             retired: Default::default(),
+            pins: Mutex::new(HashMap::new()),
         })
     }
 
@@ -203,43 +226,117 @@ impl Upstream {
         Ok(peer)
     }
 
-    /// The upstream's tools (unfiltered), from the cache while it is fresh.
-    pub async fn tools(&self, ttl: Duration) -> Result<Arc<Vec<Tool>>, UpstreamError> {
-        if let Some(tools) = self.cached_tools(ttl) {
-            return Ok(tools);
+    /// The upstream's tools after the integrity checks, from the cache while it is fresh.
+    pub async fn tools(&self, ttl: Duration) -> Result<Arc<Discovery>, UpstreamError> {
+        if let Some(found) = self.cached_tools(ttl) {
+            return Ok(found);
         }
         let _one_at_a_time = self.discovery.lock().await;
-        if let Some(tools) = self.cached_tools(ttl) {
-            return Ok(tools);
+        if let Some(found) = self.cached_tools(ttl) {
+            return Ok(found);
         }
         let ms = self.spec.timeouts.discovery_ms;
-        let discovered = tokio::time::timeout(Duration::from_millis(ms), async {
+        let (listed, info) = tokio::time::timeout(Duration::from_millis(ms), async {
             let mut retried = false;
             loop {
                 let conn = self.acquire().await?;
                 match conn.peer.list_all_tools().await {
                     // Listing is idempotent: if the session died under us, reopen once and retry.
                     Err(ServiceError::TransportClosed | ServiceError::TransportSend(_)) if !retried => retried = true,
-                    other => return other.map_err(|e| UpstreamError::failed(self.name(), e)),
+                    other => {
+                        let info = conn.peer.peer_info();
+                        return other.map(|t| (t, info)).map_err(|e| UpstreamError::failed(self.name(), e));
+                    }
                 }
             }
         })
         .await
         .map_err(|_| UpstreamError::Timeout { server: self.name().to_string(), ms })??;
-        let tools = Arc::new(discovered);
-        *self.tools.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), tools.clone()));
-        Ok(tools)
+        let found = Arc::new(self.check_integrity(listed, info.as_deref()));
+        *self.tools.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), found.clone()));
+        Ok(found)
     }
 
-    fn cached_tools(&self, ttl: Duration) -> Option<Arc<Vec<Tool>>> {
+    /// Applies the poisoning scans and pins the server's settings ask for.
+    fn check_integrity(&self, listed: Vec<Tool>, info: Option<&rmcp::model::ServerPeerInfo>) -> Discovery {
+        let spec = &self.spec;
+        let mut found = Discovery::default();
+        if spec.enable_server_info_validation {
+            let mut findings = Vec::new();
+            if let Some(info) = info {
+                let texts = [
+                    info.instructions.as_deref(),
+                    info.server_info.as_ref().and_then(|i| i.title.as_deref()),
+                    info.server_info.as_ref().and_then(|i| i.description.as_deref()),
+                ];
+                for text in texts.into_iter().flatten() {
+                    guardrails::integrity::scan_text(text, &mut findings);
+                }
+            }
+            if !findings.is_empty() {
+                let reason = kinds(&findings);
+                tracing::warn!(server = %spec.server_name, %reason, "server description looks poisoned; blocking the whole server");
+                self.settings.metrics.record_guardrail(
+                    &spec.server_name,
+                    "integrity",
+                    "tool_poisoning",
+                    "server_blocked",
+                );
+                found.server_blocked = Some(reason);
+                return found;
+            }
+        }
+        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        for tool in listed {
+            let json = serde_json::to_value(&tool).unwrap_or_default();
+            let name = tool.name.to_string();
+            if spec.enable_tool_guardrails {
+                let findings = guardrails::integrity::scan_tool(&json);
+                if !findings.is_empty() {
+                    let reason = format!("tool_poisoning: {}", kinds(&findings));
+                    tracing::warn!(server = %spec.server_name, tool = %name, %reason, "tool hidden");
+                    self.settings.metrics.record_guardrail(&spec.server_name, "integrity", "tool_poisoning", "hidden");
+                    found.hidden.push((name, reason));
+                    continue;
+                }
+            }
+            if spec.pinning != PinningMode::Off {
+                let fingerprint = guardrails::integrity::fingerprint(&json);
+                let pinned = match spec.pinning {
+                    PinningMode::TrustOnFirstUse => pins.entry(name.clone()).or_insert(fingerprint.clone()).clone(),
+                    _ => pins.get(&name).cloned().unwrap_or_default(),
+                };
+                if pinned != fingerprint {
+                    let reason = if pinned.is_empty() {
+                        "not approved (strict pinning)".to_string()
+                    } else {
+                        format!(
+                            "definition changed since it was pinned (pinned {}, now {})",
+                            &pinned[..12],
+                            &fingerprint[..12]
+                        )
+                    };
+                    tracing::warn!(server = %spec.server_name, tool = %name, %reason, "tool hidden");
+                    self.settings.metrics.record_guardrail(&spec.server_name, "integrity", "pinning", "hidden");
+                    found.hidden.push((name, reason));
+                    continue;
+                }
+            }
+            found.visible.insert(name);
+            found.tools.push(tool);
+        }
+        found
+    }
+
+    fn cached_tools(&self, ttl: Duration) -> Option<Arc<Discovery>> {
         let cache = self.tools.lock().unwrap_or_else(|e| e.into_inner());
-        cache.as_ref().filter(|(at, _)| at.elapsed() < ttl).map(|(_, tools)| tools.clone())
+        cache.as_ref().filter(|(at, _)| at.elapsed() < ttl).map(|(_, found)| found.clone())
     }
 
     /// (age of the cached tool list, number of tools), if any.
     pub fn cache_status(&self) -> Option<(Duration, usize)> {
         let cache = self.tools.lock().unwrap_or_else(|e| e.into_inner());
-        cache.as_ref().map(|(at, tools)| (at.elapsed(), tools.len()))
+        cache.as_ref().map(|(at, found)| (at.elapsed(), found.tools.len()))
     }
 
     pub fn clear_cache(&self) {
@@ -287,6 +384,13 @@ impl Upstream {
             shut_down(session).await;
         }
     }
+}
+
+fn kinds(findings: &[guardrails::Finding]) -> String {
+    let mut kinds: Vec<&str> = findings.iter().map(|f| f.kind).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    kinds.join(", ")
 }
 
 /// Cancels the client session; dropping the transport kills a child process group.
