@@ -105,6 +105,41 @@ pub struct SnapshotSettings {
     /// How long discovered tool lists are cached by the data plane.
     #[serde(default = "default_tool_cache_ttl_secs")]
     pub tool_cache_ttl_secs: u64,
+    /// Where detectors that need a model (toxicity, nsfw, ...) are sent; none means they are refused
+    /// by the admin API. Its credential never travels in the snapshot: each data plane reads it from
+    /// its own environment (`MCPGW_GUARDRAIL_API_KEY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guardrail_provider: Option<GuardrailProvider>,
+}
+
+/// A remote guardrail provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardrailProvider {
+    pub kind: ProviderKind,
+    /// Webhook: the URL that receives each request. Enkrypt: the API base URL.
+    pub url: String,
+    #[serde(default = "default_provider_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Requests in flight to the provider at once, per data plane.
+    #[serde(default = "default_provider_concurrency")]
+    pub max_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// mcpgw's JSON webhook contract (see the README).
+    Webhook,
+    /// The Enkrypt AI guardrails detect API.
+    Enkrypt,
+}
+
+fn default_provider_timeout_ms() -> u64 {
+    3000
+}
+
+fn default_provider_concurrency() -> usize {
+    16
 }
 
 fn default_tool_cache_ttl_secs() -> u64 {
@@ -113,7 +148,7 @@ fn default_tool_cache_ttl_secs() -> u64 {
 
 impl Default for SnapshotSettings {
     fn default() -> Self {
-        Self { tool_cache_ttl_secs: default_tool_cache_ttl_secs() }
+        Self { tool_cache_ttl_secs: default_tool_cache_ttl_secs(), guardrail_provider: None }
     }
 }
 

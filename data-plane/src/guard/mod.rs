@@ -4,6 +4,8 @@
 //! A blocked input never leaves the gateway. Findings are reported by detector and kind, never with
 //! the text that triggered them.
 
+pub mod provider;
+
 use guardrails::{Finding, Redactions, Verdict};
 use rmcp::model::{CallToolResult, ContentBlock, JsonObject, MetaObject, ResourceContents};
 use serde_json::{Value, json};
