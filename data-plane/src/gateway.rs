@@ -174,8 +174,10 @@ impl GatewayService {
         findings: &[guardrails::Finding],
         action: &'static str,
     ) {
-        for f in findings {
-            self.gateway.metrics.record_guardrail(&spec.server_name, stage, f.detector, action);
+        // One event per detector and call, however many kinds it found.
+        let detectors: std::collections::BTreeSet<&str> = findings.iter().map(|f| f.detector).collect();
+        for detector in detectors {
+            self.gateway.metrics.record_guardrail(&spec.server_name, stage, detector, action);
         }
         if !findings.is_empty() {
             let kinds: Vec<&str> = findings.iter().map(|f| f.kind).collect();
