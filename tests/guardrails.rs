@@ -209,3 +209,136 @@ fn a_rug_pull_hides_the_changed_tool() {
     let (_, metrics) = dp.get("/metrics");
     assert!(metrics.contains(r#"server="fx",stage="integrity",detector="pinning",action="hidden""#), "{metrics}");
 }
+
+/// Polls the admin review of `config` until `ready` accepts it.
+fn review_until(cp: &ControlPlane, config: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let review = cp.ok("GET", &format!("/api/v1/configs/{config}/pins"), None, 200);
+        if ready(&review) {
+            return review;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {review}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn pending<'a>(review: &'a Value, server: &str, tool: &str) -> Option<&'a Value> {
+    review["pending"].as_array()?.iter().find(|p| p["server"] == server && p["tool"] == tool)
+}
+
+#[test]
+fn admins_review_and_approve_changed_definitions() {
+    let cp = ControlPlane::start();
+    let mut strict = fixture_server("strict");
+    strict["pinning"] = json!("strict");
+    let key = provision(&cp, "pins", json!([fixture_server("fx"), strict]));
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    let rt = runtime();
+    let gw = rt.block_on(connect(&dp.mcp_url(), &key)).unwrap();
+    let names = rt.block_on(tool_names(&gw));
+    assert!(names.contains(&"fx__echo".to_string()), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("strict__")), "strict pinning serves nothing unapproved: {names:?}");
+    let refused = rt.block_on(call(&gw, "strict__add", json!({"a": 1, "b": 2}))).unwrap();
+    assert!(text(&refused).contains("not approved yet (strict pinning)"), "{refused}");
+
+    // The data plane reports what it trusted on first use and what it holds back.
+    let review = review_until(&cp, "cfg-pins", "first-seen and held definitions", |r| {
+        pending(r, "fx", "echo").is_some() && pending(r, "strict", "add").is_some()
+    });
+    let echo = pending(&review, "fx", "echo").unwrap().clone();
+    assert_eq!(echo["status"], "first_seen");
+    assert_eq!(echo["definition"]["name"], "echo");
+    assert_eq!(pending(&review, "strict", "add").unwrap()["status"], "held");
+    assert_eq!(review["pending"][0]["status"], "held", "held definitions come first");
+
+    // Approving the first-seen definition makes it durable.
+    let approved = cp.ok(
+        "POST",
+        "/api/v1/configs/cfg-pins/pins",
+        Some(json!({"server": "fx", "tool": "echo", "fingerprint": echo["fingerprint"]})),
+        201,
+    );
+    assert_eq!(approved["changes"], json!([]));
+    assert_eq!(approved["pin"]["fingerprint"], echo["fingerprint"]);
+
+    // A rug pull: the held definition shows exactly what changed.
+    rt.block_on(call(&gw, "fx__mutate", json!({}))).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let result = rt.block_on(call(&gw, "fx__echo", json!({"message": "x"}))).unwrap();
+        if result["isError"] == true {
+            assert!(text(&result).contains("definition changed since it was pinned"), "{result}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the changed tool is still served");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let review = review_until(&cp, "cfg-pins", "the changed definition", |r| {
+        pending(r, "fx", "echo").is_some_and(|p| p["status"] == "held")
+    });
+    let changed = pending(&review, "fx", "echo").unwrap().clone();
+    assert_eq!(changed["approved_fingerprint"], echo["fingerprint"]);
+    assert_ne!(changed["fingerprint"], echo["fingerprint"]);
+    assert_eq!(changed["changes"][0]["path"], "/description");
+    assert_eq!(changed["changes"][0]["before"], echo["definition"]["description"]);
+    assert_eq!(changed["changes"][0]["after"], changed["definition"]["description"]);
+
+    // Bad approvals are refused clearly and change nothing.
+    let revision = cp.db_revision();
+    for (body, status) in [
+        (json!({"server": "fx", "tool": "echo", "fingerprint": "0".repeat(64)}), 422),
+        (json!({"server": "fx", "tool": "echo"}), 422),
+        (
+            json!({"server": "fx", "tool": "echo", "fingerprint": changed["fingerprint"], "definition": {"name": "echo"}}),
+            422,
+        ),
+        (json!({"server": "fx", "tool": "echo", "definition": {"name": "other"}}), 422),
+        (json!({"server": "nope", "tool": "echo", "fingerprint": changed["fingerprint"]}), 404),
+        (json!({"server": "fx", "tool": "echo", "fingerprint": 7}), 422),
+    ] {
+        let (got, err) = cp.call("POST", "/api/v1/configs/cfg-pins/pins", Some(body.clone()));
+        assert_eq!(got, status, "{body}: {err}");
+        assert!(err["error"]["message"].is_string(), "{err}");
+    }
+    let (got, _) = cp.call("DELETE", "/api/v1/configs/cfg-pins/pins/fx/nope", None);
+    assert_eq!(got, 404);
+    assert_eq!(cp.db_revision(), revision);
+
+    // Approving the new definition serves the tool again, within a second, with no restart.
+    let approved = cp.ok(
+        "POST",
+        "/api/v1/configs/cfg-pins/pins",
+        Some(json!({"server": "fx", "tool": "echo", "fingerprint": changed["fingerprint"]})),
+        201,
+    );
+    assert_eq!(approved["changes"], changed["changes"]);
+    dp.sync(&cp);
+    let echoed = rt.block_on(call(&gw, "fx__echo", json!({"message": "approved"}))).unwrap();
+    assert_eq!(text(&echoed), "approved", "{echoed}");
+    let review = review_until(&cp, "cfg-pins", "echo leaves the pending list", |r| pending(r, "fx", "echo").is_none());
+    assert!(review["approved"].as_array().unwrap().iter().any(|p| p["tool"] == "echo"));
+
+    // Strict: one approved tool is served, the others stay held; withdrawing the approval holds it again.
+    let add = pending(&review, "strict", "add").unwrap().clone();
+    cp.ok(
+        "POST",
+        "/api/v1/configs/cfg-pins/pins",
+        Some(json!({"server": "strict", "tool": "add", "fingerprint": add["fingerprint"]})),
+        201,
+    );
+    dp.sync(&cp);
+    let names = rt.block_on(tool_names(&gw));
+    assert!(names.contains(&"strict__add".to_string()), "{names:?}");
+    assert!(!names.contains(&"strict__echo".to_string()), "{names:?}");
+    assert_eq!(text(&rt.block_on(call(&gw, "strict__add", json!({"a": 1, "b": 2}))).unwrap()), "3");
+    cp.ok("DELETE", "/api/v1/configs/cfg-pins/pins/strict/add", None, 204);
+    dp.sync(&cp);
+    let refused = rt.block_on(call(&gw, "strict__add", json!({"a": 1, "b": 2}))).unwrap();
+    assert_eq!(refused["isError"], true, "{refused}");
+    // The snapshot carries fingerprints only.
+    let snapshot = std::fs::read_to_string(cp.snapshot_path()).unwrap();
+    assert!(snapshot.contains(changed["fingerprint"].as_str().unwrap()));
+    assert!(!snapshot.contains("inputSchema"), "definitions do not belong in the snapshot");
+}

@@ -15,7 +15,7 @@ use shared::settings as names;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::admin_key::{self, AdminKeyFile};
-use crate::api::{api_keys, configs, projects, system, users};
+use crate::api::{api_keys, configs, pins, projects, system, users};
 use crate::auth::require_admin;
 use crate::error::ApiError;
 use crate::publish::Publisher;
@@ -95,6 +95,7 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
                             .configure(users::routes)
                             .configure(projects::routes)
                             .configure(configs::routes)
+                            .configure(pins::routes)
                             .configure(api_keys::routes)
                             .configure(system::routes)
                             .default_service(web::to(not_found)),

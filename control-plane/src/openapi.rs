@@ -4,7 +4,7 @@
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::api::{api_keys, configs, projects, system, users};
+use crate::api::{api_keys, configs, pins, projects, system, users};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::publish::PublishStatus;
 
@@ -26,7 +26,7 @@ use crate::publish::PublishStatus;
         projects::assign_config, projects::unassign_config, projects::get_project_config,
         configs::create_config, configs::list_configs, configs::get_config, configs::update_config, configs::delete_config,
         configs::copy_config, configs::list_servers, configs::add_server, configs::get_server, configs::replace_server,
-        configs::delete_server,
+        configs::delete_server, pins::review_pins, pins::approve_pin, pins::revoke_pin,
         api_keys::create_key, api_keys::list_keys, api_keys::get_key, api_keys::delete_key, api_keys::rotate_key,
         api_keys::disable_key, api_keys::enable_key,
     ),
@@ -38,6 +38,7 @@ use crate::publish::PublishStatus;
         (name = "projects", description = "Teams: members, MCP config assignment"),
         (name = "configs", description = "MCP configs: lists of upstream MCP servers"),
         (name = "servers", description = "Upstream MCP servers inside a config"),
+        (name = "pins", description = "Approved tool definitions (rug-pull protection) and changes awaiting review"),
         (name = "api-keys", description = "Client keys for the MCP gateway (secrets shown once)"),
         (name = "system", description = "Health, snapshot publishing, admin key"),
     )

@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use shared::pins::ToolPin;
 use shared::snapshot::{
     FORMAT_VERSION, Snapshot, SnapshotApiKey, SnapshotConfig, SnapshotProject, SnapshotSettings, SnapshotUser,
     ToolNaming,
@@ -46,6 +47,11 @@ impl Publisher {
     pub fn new(path: PathBuf) -> Arc<Self> {
         let status = PublishStatus { path: path.display().to_string(), ..Default::default() };
         Arc::new(Self { path, status: Mutex::new(status) })
+    }
+
+    /// Where the snapshot is published.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
     }
 
     pub fn status(&self, db_revision: u64) -> PublishStatus {
@@ -129,11 +135,21 @@ pub async fn build(conn: &mut SqliteConnection) -> anyhow::Result<Snapshot> {
     for (config_id, spec) in servers {
         servers_by_config.entry(config_id).or_default().push(serde_json::from_str(&spec)?);
     }
+    let pins: Vec<(String, String, String, String)> =
+        sqlx::query_as("SELECT config_id, server, tool, fingerprint FROM tool_pins ORDER BY config_id, server, tool")
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut pins_by_config: HashMap<String, Vec<ToolPin>> = HashMap::new();
+    for (config_id, server, tool, fingerprint) in pins {
+        pins_by_config.entry(config_id).or_default().push(ToolPin { server, tool, fingerprint });
+    }
     let mut mcp_configs = Vec::with_capacity(configs.len());
     for (id, name, naming) in configs {
         let specs = servers_by_config.remove(&id).unwrap_or_default();
         let tool_naming = if naming == "bare" { ToolNaming::Bare } else { ToolNaming::Prefixed };
-        mcp_configs.push(SnapshotConfig { id: uuid(&id)?, name, tool_naming, servers: specs });
+        let mut pins = pins_by_config.remove(&id).unwrap_or_default();
+        pins.retain(|p| specs.iter().any(|s| s.server_name == p.server));
+        mcp_configs.push(SnapshotConfig { id: uuid(&id)?, name, tool_naming, servers: specs, pins });
     }
 
     let projects: Vec<(String, String, Option<String>)> =

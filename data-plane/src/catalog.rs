@@ -44,7 +44,12 @@ pub struct ConfigView {
     pub servers: Vec<Arc<ServerSpec>>,
     /// Compiled guardrail policies, by server name.
     guards: HashMap<String, Arc<ServerGuards>>,
+    /// Approved tool definitions, by server name.
+    pins: HashMap<String, Arc<ServerPins>>,
 }
+
+/// Approved tool definitions of one server: tool name -> fingerprint.
+pub type ServerPins = std::collections::BTreeMap<String, String>;
 
 /// A server's input and output policies, compiled once per revision.
 #[derive(Debug)]
@@ -104,12 +109,17 @@ impl Catalog {
             .map(|c| {
                 let guards =
                     c.servers.iter().map(|s| (s.server_name.clone(), Arc::new(ServerGuards::compile(s)))).collect();
+                let mut pins: HashMap<String, ServerPins> = HashMap::new();
+                for pin in c.pins {
+                    pins.entry(pin.server).or_default().insert(pin.tool, pin.fingerprint);
+                }
                 let view = ConfigView {
                     id: c.id,
                     name: c.name,
                     naming: c.tool_naming,
                     servers: c.servers.into_iter().map(Arc::new).collect(),
                     guards,
+                    pins: pins.into_iter().map(|(server, p)| (server, Arc::new(p))).collect(),
                 };
                 (c.id, Arc::new(view))
             })
@@ -184,9 +194,15 @@ impl ConfigView {
         self.guards.get(server)
     }
 
-    /// Same servers with the same settings (so upstream state and caches stay valid).
+    /// Approved definitions of `server`'s tools (empty when none are).
+    pub fn pins(&self, server: &str) -> Arc<ServerPins> {
+        static NONE: std::sync::LazyLock<Arc<ServerPins>> = std::sync::LazyLock::new(Default::default);
+        self.pins.get(server).cloned().unwrap_or_else(|| NONE.clone())
+    }
+
+    /// Same servers with the same settings and approvals (so what clients see is unchanged).
     pub fn same_as(&self, other: &ConfigView) -> bool {
-        self.naming == other.naming && self.servers == other.servers
+        self.naming == other.naming && self.servers == other.servers && self.pins == other.pins
     }
 
     /// The name a client sees for `server`'s upstream name (tool or prompt).
@@ -305,6 +321,7 @@ mod tests {
             naming: ToolNaming::Prefixed,
             servers: vec![Arc::new(spec(&[], &[]))],
             guards: HashMap::new(),
+            pins: HashMap::new(),
         };
         assert_eq!(view.exposed_name("s", "a__b"), "s__a__b");
         let (server, tool) = view.split_prefixed("s__a__b").unwrap();

@@ -37,6 +37,10 @@ pub struct Config {
     /// [default: <data dir>/audit.jsonl].
     #[arg(long, env = "MCPGW_AUDIT_LOG")]
     pub audit_log: Option<String>,
+    /// Name of this replica in the tool definitions it reports for review
+    /// [default: <host name>-<port>, or <host name>-stdio].
+    #[arg(long, env = "MCPGW_REPLICA_ID")]
+    pub replica_id: Option<String>,
     /// Also record tool-call arguments in the audit log (they may hold personal data).
     #[arg(long, env = "MCPGW_AUDIT_ARGUMENTS", default_value_t = false)]
     pub audit_arguments: bool,
@@ -55,6 +59,23 @@ impl Config {
 
     pub fn snapshot_path(&self) -> PathBuf {
         self.snapshot_path.clone().unwrap_or_else(|| names::default_snapshot_path(&self.data_dir))
+    }
+
+    /// This replica's name: the configured one, else host name and port.
+    pub fn replica_id(&self, port: Option<u16>) -> String {
+        if let Some(id) = &self.replica_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "data-plane".into());
+        match port {
+            Some(port) => format!("{host}-{port}"),
+            None => format!("{host}-stdio"),
+        }
     }
 
     pub fn upstream_idle(&self) -> Duration {

@@ -112,7 +112,7 @@ impl GatewayService {
         spec: &Arc<ServerSpec>,
     ) -> Result<Vec<Tool>, UpstreamError> {
         let ttl = self.gateway.catalog().tool_cache_ttl;
-        let found = self.upstream(config.id, spec).tools(ttl).await?;
+        let found = self.upstream(config.id, spec).tools(ttl, &config.pins(&spec.server_name)).await?;
         Ok(found.tools.iter().filter(|t| tool_allowed(spec, &t.name)).cloned().collect())
     }
 
@@ -128,7 +128,8 @@ impl GatewayService {
         cancel: &CancellationToken,
     ) -> Result<CallToolResponse, CallFailure> {
         let ttl = self.gateway.catalog().tool_cache_ttl;
-        let found = self.upstream(config.id, spec).tools(ttl).await.map_err(CallFailure::Upstream)?;
+        let pins = config.pins(&spec.server_name);
+        let found = self.upstream(config.id, spec).tools(ttl, &pins).await.map_err(CallFailure::Upstream)?;
         if let Some(reason) = &found.server_blocked {
             return Err(CallFailure::Held(format!(
                 "server `{}` is blocked: its description looks poisoned ({reason})",

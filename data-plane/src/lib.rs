@@ -33,7 +33,7 @@ use upstream::UpstreamSettings;
 use upstream::pool::UpstreamPool;
 
 /// Builds the gateway state, loads the snapshot and starts the watcher and the idle reaper.
-async fn start(config: Config) -> anyhow::Result<Arc<Gateway>> {
+async fn start(config: Config, local_port: Option<u16>) -> anyhow::Result<Arc<Gateway>> {
     // HTTPS to upstreams uses rustls with the ring provider (no C toolchain beyond ring's own).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(metrics::Metrics::default());
@@ -43,11 +43,18 @@ async fn start(config: Config) -> anyhow::Result<Arc<Gateway>> {
         .pool_max_idle_per_host(64)
         .build()
         .context("building the HTTP client")?;
+    let snapshot_path = config.snapshot_path();
+    let observer = upstream::observed::Observer::new(
+        config.replica_id(local_port),
+        Some(shared::pins::observations_dir(&snapshot_path)),
+    );
+    tokio::spawn(observer.clone().run());
     let settings = Arc::new(UpstreamSettings {
         http,
         max_response_bytes: config.max_response_bytes,
         metrics: metrics.clone(),
         events: events.clone(),
+        observer: observer.clone(),
     });
     let pool = Arc::new(UpstreamPool::new(settings));
     let audit = match config.audit_target() {
@@ -56,7 +63,6 @@ async fn start(config: Config) -> anyhow::Result<Arc<Gateway>> {
         None => audit::AuditLog::disabled(),
     };
     let idle = config.upstream_idle();
-    let snapshot_path = config.snapshot_path();
     let gateway = Arc::new(Gateway::new(config, pool.clone(), metrics, audit, events));
     reload::load(&gateway, &snapshot_path).await;
     tokio::spawn(reload::watch(gateway.clone(), snapshot_path));
@@ -69,8 +75,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let gateway = start(config).await?;
     let addr = listener.local_addr()?;
+    let gateway = start(config, Some(addr.port())).await?;
     tracing::info!("data plane listening on http://{addr}");
     let cancel = CancellationToken::new();
     let app = http::router(gateway.clone(), cancel.clone());
@@ -88,7 +94,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
 /// Serves one MCP client over stdin/stdout with the key in `MCPGW_API_KEY`; returns when the client
 /// disconnects.
 pub async fn serve_stdio(config: Config, key: String) -> anyhow::Result<()> {
-    let gateway = start(config).await?;
+    let gateway = start(config, None).await?;
     gateway.authenticate(Some(&key)).await.map_err(|e| anyhow::anyhow!("{}: {e}", shared::settings::ENV_API_KEY))?;
     let service = gateway::GatewayService::new(gateway.clone(), gateway::Identity::Key(key.into()));
     let running = service.serve(rmcp::transport::io::stdio()).await.context("starting the stdio session")?;

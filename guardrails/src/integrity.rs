@@ -5,7 +5,6 @@ use std::sync::LazyLock;
 
 use regex::RegexSet;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::detectors::{self, Finding};
 
@@ -111,34 +110,8 @@ fn walk_strings(v: &Value, f: &mut impl FnMut(&str)) {
     }
 }
 
-/// A stable SHA-256 over what a tool definition tells the model: name, title, description, schemas
-/// and annotations (object keys sorted, so key order does not matter).
-pub fn fingerprint(tool: &Value) -> String {
-    let relevant = serde_json::json!({
-        "name": tool.get("name"),
-        "title": tool.get("title"),
-        "description": tool.get("description"),
-        "inputSchema": tool.get("inputSchema"),
-        "outputSchema": tool.get("outputSchema"),
-        "annotations": tool.get("annotations"),
-    });
-    let canonical = canonical_json(&relevant);
-    hex::encode(Sha256::digest(canonical.as_bytes()))
-}
-
-fn canonical_json(v: &Value) -> String {
-    match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            let fields: Vec<String> =
-                keys.iter().map(|k| format!("{}:{}", Value::String((*k).clone()), canonical_json(&map[*k]))).collect();
-            format!("{{{}}}", fields.join(","))
-        }
-        Value::Array(items) => format!("[{}]", items.iter().map(canonical_json).collect::<Vec<_>>().join(",")),
-        other => other.to_string(),
-    }
-}
+/// Tool definition fingerprints are part of the contract between the planes.
+pub use shared::pins::fingerprint;
 
 #[cfg(test)]
 mod tests {
@@ -183,21 +156,5 @@ mod tests {
         ] {
             assert!(super::scan_tool(&tool).is_empty(), "{tool}: {:?}", super::scan_tool(&tool));
         }
-    }
-
-    #[test]
-    fn fingerprints_ignore_key_order_and_see_every_relevant_change() {
-        let a = json!({"name": "t", "description": "d", "inputSchema": {"type": "object", "properties": {"x": {"type": "string"}}}});
-        let b = json!({"inputSchema": {"properties": {"x": {"type": "string"}}, "type": "object"}, "description": "d", "name": "t"});
-        assert_eq!(super::fingerprint(&a), super::fingerprint(&b));
-        let mut c = a.clone();
-        c["description"] = json!("d!");
-        assert_ne!(super::fingerprint(&a), super::fingerprint(&c));
-        let mut d = a.clone();
-        d["annotations"] = json!({"destructiveHint": true});
-        assert_ne!(super::fingerprint(&a), super::fingerprint(&d));
-        let mut e = a.clone();
-        e["_meta"] = json!({"irrelevant": 1});
-        assert_eq!(super::fingerprint(&a), super::fingerprint(&e));
     }
 }

@@ -75,6 +75,9 @@ pub struct SnapshotConfig {
     pub tool_naming: ToolNaming,
     /// In the order the admin gave them.
     pub servers: Vec<ServerSpec>,
+    /// Tool definitions an admin approved (rug-pull protection).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pins: Vec<crate::pins::ToolPin>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,6 +309,7 @@ pub(crate) mod tests {
                 servers: vec![
                     serde_json::from_value(json!({"server_name": "echo", "config": {"command": "echo"}})).unwrap(),
                 ],
+                pins: vec![],
             }],
             projects: vec![SnapshotProject {
                 id: project,

@@ -173,7 +173,13 @@ fn validate(name: &str, description: &str, tool_naming: ToolNaming, servers: &[S
             return Err(ApiError::Invalid(format!("server `{}`: {}", s.server_name, all.join("; "))));
         }
     }
-    let config = SnapshotConfig { id: Uuid::nil(), name: name.to_string(), tool_naming, servers: servers.to_vec() };
+    let config = SnapshotConfig {
+        id: Uuid::nil(),
+        name: name.to_string(),
+        tool_naming,
+        servers: servers.to_vec(),
+        pins: vec![],
+    };
     validate_config_servers(&config).map_err(|e| {
         if e.field == "servers" && e.message.starts_with("duplicate") {
             ApiError::Conflict(e.message)
@@ -461,6 +467,13 @@ pub async fn replace_server(
         .bind(&server)
         .execute(&mut *w.tx)
         .await?;
+    // Approvals follow a renamed server.
+    sqlx::query("UPDATE tool_pins SET server = ? WHERE config_id = ? AND server = ?")
+        .bind(&spec.server_name)
+        .bind(&id)
+        .bind(&server)
+        .execute(&mut *w.tx)
+        .await?;
     touch(&mut w.tx, &id).await?;
     w.commit("replace_server", "mcp_config", &id).await?;
     Ok(HttpResponse::Ok().json(spec))
@@ -479,11 +492,12 @@ pub async fn delete_server(
     let config = load(&mut w.tx, &config).await?;
     find(&config, &server)?;
     let id = config.id.to_string();
-    sqlx::query("DELETE FROM servers WHERE config_id = ? AND name = ?")
-        .bind(&id)
-        .bind(&server)
-        .execute(&mut *w.tx)
-        .await?;
+    for table in [
+        "DELETE FROM servers WHERE config_id = ? AND name = ?",
+        "DELETE FROM tool_pins WHERE config_id = ? AND server = ?",
+    ] {
+        sqlx::query(table).bind(&id).bind(&server).execute(&mut *w.tx).await?;
+    }
     touch(&mut w.tx, &id).await?;
     w.commit("delete_server", "mcp_config", &id).await?;
     Ok(HttpResponse::NoContent().finish())

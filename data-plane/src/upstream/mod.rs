@@ -4,6 +4,7 @@
 //! for stdio servers, a streamable HTTP session otherwise), reopened with backoff when it dies, closed
 //! when idle, plus that server's tool-discovery cache. The [`pool`] shares them per (config, server).
 
+pub mod observed;
 pub mod pool;
 pub mod relay;
 mod transport;
@@ -16,11 +17,14 @@ use std::time::{Duration, Instant};
 use rmcp::model::Tool;
 use rmcp::service::RunningService;
 use rmcp::{Peer, RoleClient, ServiceError};
+use shared::pins::ObservedStatus;
 use shared::server::{PinningMode, ServerSpec};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use crate::catalog::ServerPins;
 use crate::metrics::Metrics;
+use observed::Observer;
 use relay::{ChangeEvent, ProgressRoutes, RelayTargets, UpstreamClient};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +51,8 @@ pub struct UpstreamSettings {
     pub max_response_bytes: usize,
     pub metrics: Arc<Metrics>,
     pub events: broadcast::Sender<ChangeEvent>,
+    /// Where definitions awaiting an admin's review are reported.
+    pub observer: Arc<Observer>,
 }
 
 type Session = RunningService<RoleClient, UpstreamClient>;
@@ -69,7 +75,16 @@ impl Drop for ProcessGauge {
     }
 }
 
-type ToolCache = Mutex<Option<(Instant, Arc<Discovery>)>>;
+/// The last tool listing and what the integrity checks made of it under a set of approvals.
+struct CachedTools {
+    at: Instant,
+    listed: Arc<Vec<Tool>>,
+    info: Option<Arc<rmcp::model::ServerPeerInfo>>,
+    approved: Arc<ServerPins>,
+    found: Arc<Discovery>,
+}
+
+type ToolCache = Mutex<Option<CachedTools>>;
 
 /// One discovery of an upstream's tools and what the integrity checks made of it.
 #[derive(Debug, Default)]
@@ -226,13 +241,14 @@ impl Upstream {
         Ok(peer)
     }
 
-    /// The upstream's tools after the integrity checks, from the cache while it is fresh.
-    pub async fn tools(&self, ttl: Duration) -> Result<Arc<Discovery>, UpstreamError> {
-        if let Some(found) = self.cached_tools(ttl) {
+    /// The upstream's tools after the integrity checks under `approved` pins, from the cache while
+    /// it is fresh.
+    pub async fn tools(&self, ttl: Duration, approved: &Arc<ServerPins>) -> Result<Arc<Discovery>, UpstreamError> {
+        if let Some(found) = self.cached_tools(ttl, approved) {
             return Ok(found);
         }
         let _one_at_a_time = self.discovery.lock().await;
-        if let Some(found) = self.cached_tools(ttl) {
+        if let Some(found) = self.cached_tools(ttl, approved) {
             return Ok(found);
         }
         let ms = self.spec.timeouts.discovery_ms;
@@ -252,13 +268,24 @@ impl Upstream {
         })
         .await
         .map_err(|_| UpstreamError::Timeout { server: self.name().to_string(), ms })??;
-        let found = Arc::new(self.check_integrity(listed, info.as_deref()));
-        *self.tools.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), found.clone()));
+        let found = Arc::new(self.check_integrity(&listed, info.as_deref(), approved));
+        *self.tools.lock().unwrap_or_else(|e| e.into_inner()) = Some(CachedTools {
+            at: Instant::now(),
+            listed: Arc::new(listed),
+            info,
+            approved: approved.clone(),
+            found: found.clone(),
+        });
         Ok(found)
     }
 
     /// Applies the poisoning scans and pins the server's settings ask for.
-    fn check_integrity(&self, listed: Vec<Tool>, info: Option<&rmcp::model::ServerPeerInfo>) -> Discovery {
+    fn check_integrity(
+        &self,
+        listed: &[Tool],
+        info: Option<&rmcp::model::ServerPeerInfo>,
+        approved: &ServerPins,
+    ) -> Discovery {
         let spec = &self.spec;
         let mut found = Discovery::default();
         if spec.enable_server_info_validation {
@@ -286,9 +313,10 @@ impl Upstream {
                 return found;
             }
         }
-        let mut pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        let mut first_seen = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        let observer = &self.settings.observer;
         for tool in listed {
-            let json = serde_json::to_value(&tool).unwrap_or_default();
+            let json = serde_json::to_value(tool).unwrap_or_default();
             let name = tool.name.to_string();
             if spec.enable_tool_guardrails {
                 let findings = guardrails::integrity::scan_tool(&json);
@@ -302,41 +330,65 @@ impl Upstream {
             }
             if spec.pinning != PinningMode::Off {
                 let fingerprint = guardrails::integrity::fingerprint(&json);
-                let pinned = match spec.pinning {
-                    PinningMode::TrustOnFirstUse => pins.entry(name.clone()).or_insert(fingerprint.clone()).clone(),
-                    _ => pins.get(&name).cloned().unwrap_or_default(),
+                // An admin's approval wins over what this process trusted on first use.
+                let expected = match approved.get(&name) {
+                    Some(pin) => {
+                        first_seen.insert(name.clone(), pin.clone());
+                        Some(pin.clone())
+                    }
+                    None if spec.pinning == PinningMode::TrustOnFirstUse => {
+                        Some(first_seen.entry(name.clone()).or_insert(fingerprint.clone()).clone())
+                    }
+                    None => None,
                 };
-                if pinned != fingerprint {
-                    let reason = if pinned.is_empty() {
-                        "not approved (strict pinning)".to_string()
-                    } else {
-                        format!(
-                            "definition changed since it was pinned (pinned {}, now {})",
-                            &pinned[..12],
+                if expected.as_deref() != Some(fingerprint.as_str()) {
+                    let reason = match &expected {
+                        None => "not approved yet (strict pinning); an admin can approve it".to_string(),
+                        Some(pinned) => format!(
+                            "definition changed since it was pinned (pinned {}, now {}); an admin can review and approve it",
+                            &pinned[..12.min(pinned.len())],
                             &fingerprint[..12]
-                        )
+                        ),
                     };
                     tracing::warn!(server = %spec.server_name, tool = %name, %reason, "tool hidden");
                     self.settings.metrics.record_guardrail(&spec.server_name, "integrity", "pinning", "hidden");
+                    observer.report(
+                        self.config_id,
+                        &spec.server_name,
+                        &name,
+                        Some((ObservedStatus::Held, &fingerprint, &json)),
+                    );
                     found.hidden.push((name, reason));
                     continue;
                 }
+                let status =
+                    (!approved.contains_key(&name)).then_some((ObservedStatus::FirstSeen, fingerprint.as_str(), &json));
+                observer.report(self.config_id, &spec.server_name, &name, status);
             }
             found.visible.insert(name);
-            found.tools.push(tool);
+            found.tools.push(tool.clone());
         }
         found
     }
 
-    fn cached_tools(&self, ttl: Duration) -> Option<Arc<Discovery>> {
-        let cache = self.tools.lock().unwrap_or_else(|e| e.into_inner());
-        cache.as_ref().filter(|(at, _)| at.elapsed() < ttl).map(|(_, found)| found.clone())
+    fn cached_tools(&self, ttl: Duration, approved: &Arc<ServerPins>) -> Option<Arc<Discovery>> {
+        let mut cache = self.tools.lock().unwrap_or_else(|e| e.into_inner());
+        let cached = cache.as_mut().filter(|c| c.at.elapsed() < ttl)?;
+        if !Arc::ptr_eq(&cached.approved, approved) {
+            // A reload brought a new set of approvals: re-check the same listing, no new discovery.
+            if *cached.approved != **approved {
+                let (listed, info) = (cached.listed.clone(), cached.info.clone());
+                cached.found = Arc::new(self.check_integrity(&listed, info.as_deref(), approved));
+            }
+            cached.approved = approved.clone();
+        }
+        Some(cached.found.clone())
     }
 
     /// (age of the cached tool list, number of tools), if any.
     pub fn cache_status(&self) -> Option<(Duration, usize)> {
         let cache = self.tools.lock().unwrap_or_else(|e| e.into_inner());
-        cache.as_ref().map(|(at, found)| (at.elapsed(), found.tools.len()))
+        cache.as_ref().map(|c| (c.at.elapsed(), c.found.tools.len()))
     }
 
     pub fn clear_cache(&self) {
