@@ -12,6 +12,7 @@ use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use shared::runtime::{init_tracing, shutdown_signal};
 use shared::settings as names;
+use shared::snapshot::{GuardrailProvider, ProviderKind, SnapshotSettings};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::admin_key::{self, AdminKeyFile};
@@ -36,6 +37,19 @@ pub struct Settings {
     /// Admin key; generated at first start (and written to <data dir>/admin_apikey) when unset.
     #[arg(long = "admin-api-key", env = names::ENV_ADMIN_API_KEY, hide_env_values = true)]
     pub admin_api_key: Option<String>,
+    /// Remote guardrail provider for detectors that need a model (toxicity, nsfw, bias,
+    /// topic_detector, policy_violation): `webhook` or `enkrypt`. Unset, the admin API refuses them.
+    #[arg(long, env = "MCPGW_GUARDRAIL_PROVIDER", value_parser = ["webhook", "enkrypt"])]
+    pub guardrail_provider: Option<String>,
+    /// The provider's URL (webhook: the endpoint; enkrypt: the API base, e.g. https://api.enkryptai.com).
+    #[arg(long, env = "MCPGW_GUARDRAIL_URL")]
+    pub guardrail_url: Option<String>,
+    /// Time one provider request may take before the call fails closed (or open, per policy).
+    #[arg(long, env = "MCPGW_GUARDRAIL_TIMEOUT_MS", default_value_t = 3000)]
+    pub guardrail_timeout_ms: u64,
+    /// Provider requests in flight at once, per data plane.
+    #[arg(long, env = "MCPGW_GUARDRAIL_MAX_CONCURRENCY", default_value_t = 16)]
+    pub guardrail_max_concurrency: usize,
 }
 
 impl Settings {
@@ -52,6 +66,29 @@ impl Settings {
     pub fn snapshot_path(&self) -> PathBuf {
         self.snapshot_path.clone().unwrap_or_else(|| names::default_snapshot_path(&self.data_dir))
     }
+
+    /// What every published snapshot carries besides the configuration.
+    pub fn snapshot_settings(&self) -> anyhow::Result<SnapshotSettings> {
+        let guardrail_provider = match (self.guardrail_provider.as_deref(), &self.guardrail_url) {
+            (None, _) => None,
+            (Some(_), None) => anyhow::bail!("MCPGW_GUARDRAIL_PROVIDER is set but MCPGW_GUARDRAIL_URL is not"),
+            (Some(kind), Some(url)) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    anyhow::bail!("MCPGW_GUARDRAIL_URL must be an http:// or https:// URL");
+                }
+                if self.guardrail_timeout_ms == 0 || self.guardrail_max_concurrency == 0 {
+                    anyhow::bail!("MCPGW_GUARDRAIL_TIMEOUT_MS and MCPGW_GUARDRAIL_MAX_CONCURRENCY must be positive");
+                }
+                Some(GuardrailProvider {
+                    kind: if kind == "enkrypt" { ProviderKind::Enkrypt } else { ProviderKind::Webhook },
+                    url: url.trim_end_matches('/').to_string(),
+                    timeout_ms: self.guardrail_timeout_ms,
+                    max_concurrency: self.guardrail_max_concurrency,
+                })
+            }
+        };
+        Ok(SnapshotSettings { guardrail_provider, ..SnapshotSettings::default() })
+    }
 }
 
 /// Runs the control plane until `shutdown` completes.
@@ -64,7 +101,7 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
     };
     let admin = web::Data::new(admin_key::bootstrap(&store.pool, &key_file, settings.admin_api_key.as_deref()).await?);
     let key_file = web::Data::new(key_file);
-    let publisher = Publisher::new(settings.snapshot_path());
+    let publisher = Publisher::new(settings.snapshot_path(), settings.snapshot_settings()?);
     let publishing = publisher.spawn(store.clone());
 
     let listener = TcpListener::bind(&settings.listen)

@@ -40,13 +40,20 @@ pub struct PublishStatus {
 
 pub struct Publisher {
     path: PathBuf,
+    /// Installation-wide settings every snapshot carries.
+    settings: SnapshotSettings,
     status: Mutex<PublishStatus>,
 }
 
 impl Publisher {
-    pub fn new(path: PathBuf) -> Arc<Self> {
+    pub fn new(path: PathBuf, settings: SnapshotSettings) -> Arc<Self> {
         let status = PublishStatus { path: path.display().to_string(), ..Default::default() };
-        Arc::new(Self { path, status: Mutex::new(status) })
+        Arc::new(Self { path, settings, status: Mutex::new(status) })
+    }
+
+    /// Whether detectors that need a remote provider can be used.
+    pub fn has_remote_provider(&self) -> bool {
+        self.settings.guardrail_provider.is_some()
     }
 
     /// Where the snapshot is published.
@@ -84,7 +91,7 @@ impl Publisher {
     async fn publish_once(&self, store: &Store) -> bool {
         let result = async {
             let mut tx = store.pool.begin().await?;
-            let snapshot = build(&mut tx).await?;
+            let snapshot = build(&mut tx, &self.settings).await?;
             tx.rollback().await?;
             snapshot.validate()?;
             let bytes = serde_json::to_vec_pretty(&snapshot)?;
@@ -114,7 +121,7 @@ impl Publisher {
 }
 
 /// Reads the whole configuration (call inside one transaction for a consistent view).
-pub async fn build(conn: &mut SqliteConnection) -> anyhow::Result<Snapshot> {
+pub async fn build(conn: &mut SqliteConnection, settings: &SnapshotSettings) -> anyhow::Result<Snapshot> {
     let revision = current_revision(&mut *conn).await?;
     let uuid = |s: &str| Uuid::parse_str(s).map_err(|e| anyhow::anyhow!("stored id `{s}` is not a UUID: {e}"));
 
@@ -210,6 +217,6 @@ pub async fn build(conn: &mut SqliteConnection) -> anyhow::Result<Snapshot> {
         users,
         mcp_configs,
         api_keys,
-        settings: SnapshotSettings::default(),
+        settings: settings.clone(),
     })
 }

@@ -282,7 +282,14 @@ pub struct ServerSpec {
 
 impl ServerSpec {
     /// Checks every field; returns all problems at once so a person can fix them in one go.
+    /// Detectors that need a remote provider are accepted here (a data plane without a provider
+    /// refuses the calls they guard); the admin API checks with [`ServerSpec::validate_with`].
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+        self.validate_with(true)
+    }
+
+    /// [`ServerSpec::validate`], refusing remote detectors unless `remote_provider` is configured.
+    pub fn validate_with(&self, remote_provider: bool) -> Result<(), Vec<FieldError>> {
         let mut errs = Vec::new();
         if !is_valid_name(&self.server_name) || self.server_name.contains("__") {
             errs.push(FieldError::new(
@@ -328,8 +335,8 @@ impl ServerSpec {
                 errs.push(FieldError::new("denied_tools", "patterns must not be empty"));
             }
         }
-        validate_policy("input_guardrails_policy", &self.input_guardrails_policy, &mut errs);
-        validate_policy("output_guardrails_policy", &self.output_guardrails_policy, &mut errs);
+        validate_policy("input_guardrails_policy", &self.input_guardrails_policy, remote_provider, &mut errs);
+        validate_policy("output_guardrails_policy", &self.output_guardrails_policy, remote_provider, &mut errs);
         let t = &self.timeouts;
         for (name, v) in [("connect_ms", t.connect_ms), ("discovery_ms", t.discovery_ms), ("call_ms", t.call_ms)]
             .into_iter()
@@ -346,9 +353,12 @@ impl ServerSpec {
     }
 }
 
-fn validate_policy(field: &str, p: &GuardrailPolicy, errs: &mut Vec<FieldError>) {
+fn validate_policy(field: &str, p: &GuardrailPolicy, remote_provider: bool, errs: &mut Vec<FieldError>) {
     for d in &p.block {
         if REMOTE_DETECTORS.contains(&d.as_str()) {
+            if remote_provider {
+                continue;
+            }
             errs.push(FieldError::new(
                 format!("{field}.block"),
                 format!("detector `{d}` needs a remote guardrail provider, and none is configured"),
@@ -356,7 +366,11 @@ fn validate_policy(field: &str, p: &GuardrailPolicy, errs: &mut Vec<FieldError>)
         } else if !BUILTIN_DETECTORS.contains(&d.as_str()) {
             errs.push(FieldError::new(
                 format!("{field}.block"),
-                format!("unknown detector `{d}`; known: {}", BUILTIN_DETECTORS.join(", ")),
+                format!(
+                    "unknown detector `{d}`; known: {}, and with a remote provider {}",
+                    BUILTIN_DETECTORS.join(", "),
+                    REMOTE_DETECTORS.join(", ")
+                ),
             ));
         }
     }
@@ -448,13 +462,17 @@ mod tests {
             "timeouts": {"call_ms": 0}
         }))
         .unwrap();
-        let errs = s.validate().unwrap_err();
+        let errs = s.validate_with(false).unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert!(fields.contains(&"server_name"));
         assert!(fields.contains(&"config.command"));
         assert!(fields.contains(&"input_guardrails_policy.block"));
         assert!(fields.contains(&"timeouts.call_ms"));
         assert!(errs.iter().any(|e| e.message.contains("remote guardrail provider")));
+        // With a provider, `toxicity` is fine and `nope` is still unknown.
+        let errs = s.validate_with(true).unwrap_err();
+        assert!(!errs.iter().any(|e| e.message.contains("remote guardrail provider")));
+        assert!(errs.iter().any(|e| e.message.contains("unknown detector `nope`")));
     }
 
     #[test]

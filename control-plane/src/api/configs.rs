@@ -1,6 +1,8 @@
 //! MCP configs and their servers: which upstream MCP servers a project's keys reach, and the policies
 //! that guard each one. Identified by id or name; servers by name within their config.
 
+use std::sync::Arc;
+
 use actix_web::{HttpResponse, delete, get, patch, post, put, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -12,6 +14,7 @@ use uuid::Uuid;
 
 use crate::error::{ActionErrors, ApiError, ListErrors, ReadErrors, WriteErrors};
 use crate::json::JsonBody;
+use crate::publish::Publisher;
 use crate::store::{PageQuery, Store, as_uuid, now, time};
 
 /// Most servers one config may hold.
@@ -160,7 +163,14 @@ pub(crate) async fn load(conn: &mut SqliteConnection, config_id: &str) -> Result
 }
 
 /// Every check the data plane will make on this config, made before anything is stored.
-fn validate(name: &str, description: &str, tool_naming: ToolNaming, servers: &[ServerSpec]) -> Result<(), ApiError> {
+/// `remote` says whether a remote guardrail provider is configured.
+fn validate(
+    name: &str,
+    description: &str,
+    tool_naming: ToolNaming,
+    servers: &[ServerSpec],
+    remote: bool,
+) -> Result<(), ApiError> {
     if description.len() > 4096 {
         return Err(ApiError::invalid("description", "must be at most 4096 characters"));
     }
@@ -168,7 +178,7 @@ fn validate(name: &str, description: &str, tool_naming: ToolNaming, servers: &[S
         return Err(ApiError::invalid("servers", format!("a config holds at most {MAX_SERVERS} servers")));
     }
     for s in servers {
-        if let Err(errs) = s.validate() {
+        if let Err(errs) = s.validate_with(remote) {
             let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
             return Err(ApiError::Invalid(format!("server `{}`: {}", s.server_name, all.join("; "))));
         }
@@ -215,8 +225,8 @@ async fn touch(conn: &mut SqliteConnection, config_id: &str) -> Result<(), ApiEr
     Ok(())
 }
 
-async fn create(conn: &mut SqliteConnection, body: &CreateConfig) -> Result<String, ApiError> {
-    validate(&body.name, &body.description, body.tool_naming, &body.servers)?;
+async fn create(conn: &mut SqliteConnection, body: &CreateConfig, remote: bool) -> Result<String, ApiError> {
+    validate(&body.name, &body.description, body.tool_naming, &body.servers, remote)?;
     if name_taken(&mut *conn, &body.name, None).await? {
         return Err(ApiError::Conflict(format!("an MCP config named `{}` already exists", body.name)));
     }
@@ -242,10 +252,11 @@ async fn create(conn: &mut SqliteConnection, body: &CreateConfig) -> Result<Stri
 #[post("/configs")]
 pub async fn create_config(
     store: web::Data<Store>,
+    publisher: web::Data<Arc<Publisher>>,
     JsonBody(body): JsonBody<CreateConfig>,
 ) -> Result<HttpResponse, ApiError> {
     let mut w = store.begin_write().await?;
-    let id = create(&mut w.tx, &body).await?;
+    let id = create(&mut w.tx, &body, publisher.has_remote_provider()).await?;
     let config = load(&mut w.tx, &id).await?;
     w.commit("create", "mcp_config", &id).await?;
     Ok(HttpResponse::Created().json(config))
@@ -309,6 +320,7 @@ pub async fn get_config(store: web::Data<Store>, path: web::Path<String>) -> Res
 #[patch("/configs/{config}")]
 pub async fn update_config(
     store: web::Data<Store>,
+    publisher: web::Data<Arc<Publisher>>,
     path: web::Path<String>,
     JsonBody(body): JsonBody<UpdateConfig>,
 ) -> Result<HttpResponse, ApiError> {
@@ -318,7 +330,7 @@ pub async fn update_config(
     let name = body.name.unwrap_or(current.name);
     let description = body.description.unwrap_or(current.description);
     let tool_naming = body.tool_naming.unwrap_or(current.tool_naming);
-    validate(&name, &description, tool_naming, &current.servers)?;
+    validate(&name, &description, tool_naming, &current.servers, publisher.has_remote_provider())?;
     if name_taken(&mut w.tx, &name, Some(&id)).await? {
         return Err(ApiError::Conflict(format!("an MCP config named `{name}` already exists")));
     }
@@ -364,6 +376,7 @@ pub async fn delete_config(store: web::Data<Store>, path: web::Path<String>) -> 
 #[post("/configs/{config}/copy")]
 pub async fn copy_config(
     store: web::Data<Store>,
+    publisher: web::Data<Arc<Publisher>>,
     path: web::Path<String>,
     JsonBody(body): JsonBody<CopyConfig>,
 ) -> Result<HttpResponse, ApiError> {
@@ -375,7 +388,7 @@ pub async fn copy_config(
         tool_naming: source.tool_naming,
         servers: source.servers,
     };
-    let id = create(&mut w.tx, &copy).await?;
+    let id = create(&mut w.tx, &copy, publisher.has_remote_provider()).await?;
     let config = load(&mut w.tx, &id).await?;
     w.commit("copy", "mcp_config", &id).await?;
     Ok(HttpResponse::Created().json(config))
@@ -396,6 +409,7 @@ pub async fn list_servers(store: web::Data<Store>, path: web::Path<String>) -> R
 #[post("/configs/{config}/servers")]
 pub async fn add_server(
     store: web::Data<Store>,
+    publisher: web::Data<Arc<Publisher>>,
     path: web::Path<String>,
     JsonBody(spec): JsonBody<ServerSpec>,
 ) -> Result<HttpResponse, ApiError> {
@@ -409,7 +423,7 @@ pub async fn add_server(
     }
     let mut servers = config.servers;
     servers.push(spec.clone());
-    validate(&config.name, &config.description, config.tool_naming, &servers)?;
+    validate(&config.name, &config.description, config.tool_naming, &servers, publisher.has_remote_provider())?;
     let id = config.id.to_string();
     insert_server(&mut w.tx, &id, &spec).await?;
     touch(&mut w.tx, &id).await?;
@@ -442,6 +456,7 @@ pub async fn get_server(store: web::Data<Store>, path: web::Path<(String, String
 #[put("/configs/{config}/servers/{server}")]
 pub async fn replace_server(
     store: web::Data<Store>,
+    publisher: web::Data<Arc<Publisher>>,
     path: web::Path<(String, String)>,
     JsonBody(spec): JsonBody<ServerSpec>,
 ) -> Result<HttpResponse, ApiError> {
@@ -457,7 +472,7 @@ pub async fn replace_server(
     }
     let servers: Vec<ServerSpec> =
         config.servers.iter().map(|s| if s.server_name == server { spec.clone() } else { s.clone() }).collect();
-    validate(&config.name, &config.description, config.tool_naming, &servers)?;
+    validate(&config.name, &config.description, config.tool_naming, &servers, publisher.has_remote_provider())?;
     let id = config.id.to_string();
     sqlx::query("UPDATE servers SET name = ?, spec = ?, updated_at = ? WHERE config_id = ? AND name = ?")
         .bind(&spec.server_name)
