@@ -342,3 +342,121 @@ fn admins_review_and_approve_changed_definitions() {
     assert!(snapshot.contains(changed["fingerprint"].as_str().unwrap()));
     assert!(!snapshot.contains("inputSchema"), "definitions do not belong in the snapshot");
 }
+
+/// A guardrail provider implementing the webhook contract: `toxicity` fires on "you idiot"; a text
+/// with "slowly" is answered after 3 s. Returns its URL and every request body it received.
+fn webhook_provider(key: &'static str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::http::{HeaderMap, StatusCode};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let recorded = seen.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let handler = move |headers: HeaderMap, axum::Json(body): axum::Json<Value>| {
+                let recorded = recorded.clone();
+                async move {
+                    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {key}")) {
+                        return (StatusCode::UNAUTHORIZED, axum::Json(json!({})));
+                    }
+                    recorded.lock().unwrap().push(body.clone());
+                    let text = body["text"].as_str().unwrap_or_default();
+                    if text.contains("slowly") {
+                        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                    }
+                    let findings = if text.contains("you idiot") {
+                        json!([{"detector": "toxicity", "kind": "insult"}])
+                    } else {
+                        json!([])
+                    };
+                    (StatusCode::OK, axum::Json(json!({ "findings": findings })))
+                }
+            };
+            let app = axum::Router::new().route("/hook", axum::routing::post(handler));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    let addr = rx.recv().unwrap();
+    (format!("http://{addr}/hook"), seen)
+}
+
+#[test]
+fn remote_detectors_go_to_the_configured_provider_and_fail_closed() {
+    // Without a provider, the admin API refuses a remote detector.
+    let plain = ControlPlane::start();
+    let mut toxic = fixture_server("fx");
+    toxic["input_guardrails_policy"] = json!({"enabled": true, "block": ["toxicity"]});
+    let (status, body) = plain.call("POST", "/api/v1/configs", Some(json!({"name": "c", "servers": [toxic.clone()]})));
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("needs a remote guardrail provider"), "{body}");
+
+    let (url, seen) = webhook_provider("webhook-secret");
+    let cp = ControlPlane::start_with_env(&[
+        ("MCPGW_GUARDRAIL_PROVIDER", "webhook"),
+        ("MCPGW_GUARDRAIL_URL", &url),
+        ("MCPGW_GUARDRAIL_TIMEOUT_MS", "300"),
+    ]);
+    let mut checked = fixture_server("fx");
+    checked["input_guardrails_policy"] = json!({"enabled": true, "block": ["injection_attack", "toxicity"]});
+    let mut output_only = fixture_server("out");
+    output_only["output_guardrails_policy"] = json!({"enabled": true, "block": ["toxicity"]});
+    let mut open = fixture_server("open");
+    open["input_guardrails_policy"] = json!({"enabled": true, "block": ["toxicity"], "fail_open": true});
+    let key = provision(&cp, "remote", json!([checked, output_only, open]));
+    let dp = DataPlane::start(&cp, &[("MCPGW_GUARDRAIL_API_KEY", "webhook-secret")]);
+    dp.sync(&cp);
+    let dir = common::control_plane::tempdir::TempDir::new("mcpgw-remote");
+    let file = |name: &str| dir.path().join(name);
+    runtime().block_on(async {
+        let gw = connect(&dp.mcp_url(), &key).await.unwrap();
+        // Flagged by the provider: refused before the upstream runs.
+        let path = file("toxic");
+        let result =
+            call(&gw, "fx__touch_file", json!({"path": path.to_str().unwrap(), "note": "you idiot"})).await.unwrap();
+        assert_eq!(text(&result), "blocked by the gateway's input guardrails: toxicity (toxicity)", "{result}");
+        assert!(!path.exists());
+        // What the provider received: the contract's fields, only the detectors asked for.
+        let request = seen.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(request["stage"], "input");
+        assert_eq!(request["server"], "fx");
+        assert_eq!(request["tool"], "touch_file");
+        assert_eq!(request["detectors"], json!(["toxicity"]));
+        assert!(request["text"].as_str().unwrap().contains("you idiot"));
+        // Clean input passes.
+        assert_eq!(text(&call(&gw, "fx__echo", json!({"message": "hello"})).await.unwrap()), "hello");
+        // Output checked by the provider.
+        let result = call(&gw, "out__echo", json!({"message": "you idiot"})).await.unwrap();
+        assert_eq!(text(&result), "blocked by the gateway's output guardrails: toxicity (toxicity)", "{result}");
+        assert_eq!(seen.lock().unwrap().last().unwrap()["stage"], "output");
+        // A provider that does not answer in time: refused (fail closed) ...
+        let path = file("slow-closed");
+        let result = call(&gw, "fx__touch_file", json!({"path": path.to_str().unwrap(), "note": "answer slowly"}))
+            .await
+            .unwrap();
+        assert_eq!(result["isError"], true);
+        let message = text(&result);
+        assert!(message.contains("could not run") && message.contains("300 ms") && message.contains("fails closed"));
+        assert!(!path.exists());
+        // ... unless the policy fails open: the call proceeds with a warning.
+        let path = file("slow-open");
+        let result = call(&gw, "open__touch_file", json!({"path": path.to_str().unwrap(), "note": "answer slowly"}))
+            .await
+            .unwrap();
+        assert_ne!(result["isError"], true, "{result}");
+        assert!(path.exists());
+        assert_eq!(
+            result["_meta"]["mcpgw/guardrails"]["input_warnings"],
+            json!([{"detector": "guardrail_provider", "kind": "unavailable"}])
+        );
+    });
+    let (_, metrics) = dp.get("/metrics");
+    assert!(metrics.contains(r#"server="fx",stage="input",detector="toxicity",action="blocked"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"server="out",stage="output",detector="toxicity",action="blocked"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"server="fx",stage="input",detector="guardrail_provider",action="blocked"} 1"#));
+    assert!(metrics.contains(r#"server="open",stage="input",detector="guardrail_provider",action="warned"} 1"#));
+    // The provider's credential never travels in the snapshot or reaches a log.
+    assert!(!std::fs::read_to_string(cp.snapshot_path()).unwrap().contains("webhook-secret"));
+    assert!(!dp.log_text().contains("webhook-secret") && !cp.log_text().contains("webhook-secret"));
+}

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use guardrails::Policy;
-use shared::server::ServerSpec;
+use shared::server::{GuardrailPolicy, REMOTE_DETECTORS, ServerSpec};
+use shared::snapshot::GuardrailProvider as ProviderSettings;
 use shared::snapshot::{Snapshot, ToolNaming};
 use uuid::Uuid;
 
@@ -58,15 +59,52 @@ pub struct ServerGuards {
     pub output: Policy,
     /// Why a policy could not be compiled; calls to the server are refused (fail closed).
     pub broken: Option<String>,
+    /// What the input and output policies ask of the remote provider.
+    pub input_remote: RemoteChecks,
+    pub output_remote: RemoteChecks,
+}
+
+/// The part of a policy a remote provider answers: remote detectors named in `block`, or a named
+/// remote policy.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteChecks {
+    pub detectors: Vec<String>,
+    pub policy_name: Option<String>,
+    pub fail_open: bool,
+}
+
+impl RemoteChecks {
+    fn of(p: &GuardrailPolicy) -> Self {
+        if !p.enabled {
+            return RemoteChecks::default();
+        }
+        let detectors: Vec<String> =
+            p.block.iter().filter(|d| REMOTE_DETECTORS.contains(&d.as_str())).cloned().collect();
+        // A named policy without remote detectors stays local (imported Python-gateway configs name one).
+        let policy_name = p.policy_name.clone().filter(|_| !detectors.is_empty());
+        RemoteChecks { detectors, policy_name, fail_open: p.fail_open }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.detectors.is_empty()
+    }
 }
 
 impl ServerGuards {
     pub fn compile(spec: &ServerSpec) -> Self {
+        let input_remote = RemoteChecks::of(&spec.input_guardrails_policy);
+        let output_remote = RemoteChecks::of(&spec.output_guardrails_policy);
         match (Policy::new(&spec.input_guardrails_policy), Policy::new(&spec.output_guardrails_policy)) {
-            (Ok(input), Ok(output)) => ServerGuards { input, output, broken: None },
+            (Ok(input), Ok(output)) => ServerGuards { input, output, broken: None, input_remote, output_remote },
             (Err(e), _) | (_, Err(e)) => {
                 tracing::error!(server = %spec.server_name, error = %e, "guardrail policy does not compile; refusing calls");
-                ServerGuards { input: Policy::off(), output: Policy::off(), broken: Some(e.to_string()) }
+                ServerGuards {
+                    input: Policy::off(),
+                    output: Policy::off(),
+                    broken: Some(e.to_string()),
+                    input_remote,
+                    output_remote,
+                }
             }
         }
     }
@@ -76,11 +114,27 @@ impl ServerGuards {
     }
 }
 
+/// The remote guardrail provider of a revision (shared across revisions with the same settings).
+#[derive(Clone)]
+pub struct Remote {
+    pub settings: ProviderSettings,
+    pub provider: Arc<dyn crate::guard::remote::GuardrailProvider>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Remote({} at {})", self.provider.name(), self.settings.url)
+    }
+}
+
 #[derive(Debug)]
 pub struct Catalog {
     pub revision: u64,
     pub generated_at: Option<DateTime<Utc>>,
     pub tool_cache_ttl: Duration,
+    /// The snapshot's remote provider settings, and the provider built from them on install.
+    pub provider_settings: Option<ProviderSettings>,
+    pub remote: Option<Remote>,
     keys: HashMap<Arc<str>, KeyRecord>,
     projects: HashMap<Uuid, Arc<ProjectRecord>>,
     configs: HashMap<Uuid, Arc<ConfigView>>,
@@ -94,6 +148,8 @@ impl Catalog {
             revision: 0,
             generated_at: None,
             tool_cache_ttl: Duration::from_secs(300),
+            provider_settings: None,
+            remote: None,
             keys: HashMap::new(),
             projects: HashMap::new(),
             configs: HashMap::new(),
@@ -153,6 +209,8 @@ impl Catalog {
             revision: snapshot.revision,
             generated_at: Some(snapshot.generated_at),
             tool_cache_ttl: Duration::from_secs(snapshot.settings.tool_cache_ttl_secs),
+            provider_settings: snapshot.settings.guardrail_provider,
+            remote: None,
             keys,
             projects,
             configs,

@@ -41,6 +41,9 @@ pub struct Config {
     /// [default: <host name>-<port>, or <host name>-stdio].
     #[arg(long, env = "MCPGW_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// Credential for the remote guardrail provider the snapshot names (never part of the snapshot).
+    #[arg(long, env = "MCPGW_GUARDRAIL_API_KEY", hide_env_values = true)]
+    pub guardrail_api_key: Option<String>,
     /// Also record tool-call arguments in the audit log (they may hold personal data).
     #[arg(long, env = "MCPGW_AUDIT_ARGUMENTS", default_value_t = false)]
     pub audit_arguments: bool,

@@ -21,6 +21,8 @@ use uuid::Uuid;
 use crate::audit::AuditRecord;
 use crate::auth::Principal;
 use crate::catalog::{ConfigView, tool_allowed};
+use crate::guard::remote::Stage;
+use crate::guard::screen_remote;
 use crate::meta_tools;
 use crate::state::Gateway;
 use crate::upstream::relay::{ChangeEvent, ListKind};
@@ -150,22 +152,39 @@ impl GatewayService {
             return self.forward_call(config, spec, request, tool, client, cancel).await;
         };
         let sent = request.arguments.take();
-        let screened = crate::guard::screen_input(&guards, sent.clone()).map_err(|b| {
-            self.record_findings(spec, "input", &b.findings, "blocked");
-            CallFailure::Blocked(b)
-        })?;
-        self.record_findings(spec, "input", &screened.warnings, "warned");
+        let screened = crate::guard::screen_input(&guards, sent.clone()).map_err(|b| self.blocked(spec, "input", b))?;
+        let catalog = self.gateway.catalog();
+        let provider = catalog.remote.as_ref().map(|r| r.provider.as_ref());
+        let mut input_warnings = screened.warnings;
+        if !guards.input_remote.is_empty() {
+            // The provider sees the arguments as the upstream will (redacted), as one JSON text.
+            let text = serde_json::to_string(&screened.arguments).unwrap_or_default();
+            let server = &spec.server_name;
+            let remote = screen_remote(provider, &guards.input_remote, Stage::Input, server, tool, &text).await;
+            input_warnings.extend(remote.map_err(|b| self.blocked(spec, "input", b))?);
+        }
+        self.record_findings(spec, "input", &input_warnings, "warned");
         request.arguments = screened.arguments;
         let response = self.forward_call(config, spec, request, tool, client, cancel).await?;
         let CallToolResponse::Complete(mut result) = response else { return Ok(response) };
-        let output =
-            crate::guard::screen_output(&guards, sent.as_ref(), &mut result, &screened.redactions).map_err(|b| {
-                self.record_findings(spec, "output", &b.findings, "blocked");
-                CallFailure::Blocked(b)
-            })?;
-        self.record_findings(spec, "output", &output, "warned");
-        crate::guard::attach_warnings(&mut result, &screened.warnings, &output);
+        let mut output_warnings = Vec::new();
+        if !guards.output_remote.is_empty() {
+            let text = crate::guard::result_text(&mut result);
+            let server = &spec.server_name;
+            let remote = screen_remote(provider, &guards.output_remote, Stage::Output, server, tool, &text).await;
+            output_warnings.extend(remote.map_err(|b| self.blocked(spec, "output", b))?);
+        }
+        let output = crate::guard::screen_output(&guards, sent.as_ref(), &mut result, &screened.redactions)
+            .map_err(|b| self.blocked(spec, "output", b))?;
+        output_warnings.extend(output);
+        self.record_findings(spec, "output", &output_warnings, "warned");
+        crate::guard::attach_warnings(&mut result, &input_warnings, &output_warnings);
         Ok(CallToolResponse::Complete(result))
+    }
+
+    fn blocked(&self, spec: &ServerSpec, stage: &'static str, blocked: crate::guard::Blocked) -> CallFailure {
+        self.record_findings(spec, stage, &blocked.findings, "blocked");
+        CallFailure::Blocked(blocked)
     }
 
     fn record_findings(

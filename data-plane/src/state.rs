@@ -9,11 +9,12 @@ use tokio::sync::broadcast;
 
 use crate::audit::AuditLog;
 use crate::auth::{AuthError, Authenticator, Principal};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Remote};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::upstream::pool::UpstreamPool;
 use crate::upstream::relay::ChangeEvent;
+use shared::snapshot::GuardrailProvider as ProviderSettings;
 
 /// What `/readyz` reports about snapshot loading.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -71,7 +72,8 @@ impl Gateway {
     }
 
     /// Swaps in a newer catalog. An equal revision is a no-op; a lower one is refused.
-    pub fn install(&self, next: Catalog) -> Result<bool, InstallError> {
+    pub fn install(&self, mut next: Catalog) -> Result<bool, InstallError> {
+        next.remote = self.remote_for(next.provider_settings.as_ref());
         let next = Arc::new(next);
         {
             let mut current = self.catalog.write().unwrap_or_else(|e| e.into_inner());
@@ -92,6 +94,23 @@ impl Gateway {
         let _ = self.events.send(ChangeEvent::Reloaded);
         tracing::info!(revision = next.revision, keys = next.key_count(), "snapshot loaded");
         Ok(true)
+    }
+
+    /// The remote guardrail provider for `settings`: the current one when they are unchanged (its
+    /// connections stay warm), a new one otherwise.
+    fn remote_for(&self, settings: Option<&ProviderSettings>) -> Option<Remote> {
+        let settings = settings?;
+        if let Some(current) = self.catalog().remote.as_ref().filter(|r| &r.settings == settings) {
+            return Some(current.clone());
+        }
+        match crate::guard::remote::from_settings(settings, self.config.guardrail_api_key.clone()) {
+            Ok(provider) => Some(Remote { settings: settings.clone(), provider }),
+            Err(e) => {
+                // Calls that need it fail closed (or open, per policy) with "no provider".
+                tracing::error!(error = %e, "cannot set up the remote guardrail provider");
+                None
+            }
+        }
     }
 
     pub fn record_reload_failure(&self, reason: String) {

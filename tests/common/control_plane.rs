@@ -52,6 +52,15 @@ impl ControlPlane {
 
     /// Starts on `dir`; with `admin_key` None, the key is generated and read back from the key file.
     pub fn start_with(dir: tempdir::TempDir, admin_key: Option<&str>) -> Self {
+        Self::start_full(dir, admin_key, &[])
+    }
+
+    /// Starts with extra environment variables (e.g. a guardrail provider).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Self {
+        Self::start_full(tempdir::TempDir::new("mcpgw-cp"), Some(ADMIN_KEY), env)
+    }
+
+    fn start_full(dir: tempdir::TempDir, admin_key: Option<&str>, env: &[(&str, &str)]) -> Self {
         super::tls();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_control-plane"));
         cmd.env_clear()
@@ -59,6 +68,7 @@ impl ControlPlane {
             .env("MCPGW_DATA_DIR", dir.path())
             .env("MCPGW_CONTROL_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(k) = admin_key {

@@ -4,23 +4,96 @@
 //! A blocked input never leaves the gateway. Findings are reported by detector and kind, never with
 //! the text that triggered them.
 
-pub mod provider;
+pub mod remote;
 
 use guardrails::{Finding, Redactions, Verdict};
 use rmcp::model::{CallToolResult, ContentBlock, JsonObject, MetaObject, ResourceContents};
 use serde_json::{Value, json};
 
-use crate::catalog::ServerGuards;
+use crate::catalog::{RemoteChecks, ServerGuards};
+use remote::{DetectRequest, GuardrailProvider, Stage};
+
+/// Detector name of findings about the provider itself (it could not answer).
+pub const PROVIDER_UNAVAILABLE: Finding = Finding { detector: "guardrail_provider", kind: "unavailable" };
+
+/// Asks the remote provider about `text` for the detectors `checks` names. Findings in the policy's
+/// `block` (every remote detector there is) refuse the call. A provider error refuses it too, unless
+/// the policy fails open: then it proceeds with a warning.
+pub async fn screen_remote(
+    provider: Option<&dyn GuardrailProvider>,
+    checks: &RemoteChecks,
+    stage: Stage,
+    server: &str,
+    tool: &str,
+    text: &str,
+) -> Result<Vec<Finding>, Blocked> {
+    if checks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let label = match stage {
+        Stage::Input => "input",
+        Stage::Output => "output",
+    };
+    let answer = match provider {
+        None => Err(remote::ProviderError::NotConfigured),
+        Some(provider) => {
+            let request = DetectRequest {
+                stage,
+                server,
+                tool,
+                detectors: &checks.detectors,
+                policy_name: checks.policy_name.as_deref(),
+                text,
+            };
+            provider.detect(&request).await
+        }
+    };
+    match answer {
+        // Remote detectors run only when named in `block`: every finding blocks.
+        Ok(findings) if findings.is_empty() => Ok(Vec::new()),
+        Ok(findings) => Err(Blocked { stage: label, findings, unavailable: None }),
+        Err(e) if checks.fail_open => {
+            tracing::warn!(server, stage = label, error = %e, "guardrail provider failed; the policy fails open");
+            Ok(vec![PROVIDER_UNAVAILABLE])
+        }
+        Err(e) => {
+            tracing::warn!(server, stage = label, error = %e, "guardrail provider failed; refusing the call");
+            Err(Blocked { stage: label, findings: vec![PROVIDER_UNAVAILABLE], unavailable: Some(e.to_string()) })
+        }
+    }
+}
+
+/// Everything of a result a client reads as text, for a remote check.
+pub fn result_text(result: &mut CallToolResult) -> String {
+    let mut out = String::new();
+    for_each_text(result, &mut |text| {
+        out.push_str(text);
+        out.push('\n');
+        None
+    });
+    if let Some(structured) = &result.structured_content {
+        out.push_str(&structured.to_string());
+    }
+    out
+}
 
 /// Why a call was refused.
 #[derive(Debug)]
 pub struct Blocked {
     pub stage: &'static str,
     pub findings: Vec<Finding>,
+    /// Set when the guardrails could not run and the policy fails closed.
+    pub unavailable: Option<String>,
 }
 
 impl Blocked {
     pub fn message(&self) -> String {
+        if let Some(reason) = &self.unavailable {
+            return format!(
+                "refused by the gateway: the {} guardrails could not run ({reason}) and the policy fails closed",
+                self.stage
+            );
+        }
         let mut detectors: Vec<&str> = self.findings.iter().map(|f| f.detector).collect();
         detectors.dedup();
         let mut kinds: Vec<&str> = self.findings.iter().map(|f| f.kind).collect();
@@ -51,7 +124,7 @@ pub fn screen_input(guards: &ServerGuards, arguments: Option<JsonObject>) -> Res
     let blocking = verdict.blocking(policy);
     if !blocking.is_empty() {
         let findings = verdict.findings.iter().filter(|f| blocking.contains(&f.detector)).copied().collect();
-        return Err(Blocked { stage: "input", findings });
+        return Err(Blocked { stage: "input", findings, unavailable: None });
     }
     let arguments = match value {
         Value::Object(map) => Some(map),
@@ -81,7 +154,7 @@ pub fn screen_output(
         let blocking = verdict.blocking(policy);
         if !blocking.is_empty() {
             let findings = verdict.findings.iter().filter(|f| blocking.contains(&f.detector)).copied().collect();
-            return Err(Blocked { stage: "output", findings });
+            return Err(Blocked { stage: "output", findings, unavailable: None });
         }
         warnings = verdict.warnings(policy);
         if policy.redact_pii {
