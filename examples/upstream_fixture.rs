@@ -8,6 +8,7 @@
 //! (tools/list_changed), `mutate` (changes `echo`'s description: a rug pull), `whoami` (this process's
 //! pid) and `exit` (the process dies). One resource, one resource template and one prompt.
 //!
+//! With `FIXTURE_CALL_LOG=<file>`, each call received is appended to that file as a JSON line.
 //! `--poisoned-tool` adds a tool whose description hides instructions to the model;
 //! `--poisoned-server` makes the server's own instructions poisoned.
 //!
@@ -31,6 +32,17 @@ struct Fixture {
 
 /// Set by the `mutate` tool: `echo` then describes itself differently (a rug pull).
 static MUTATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// With `FIXTURE_CALL_LOG` set, every call this server receives is appended to that file as a JSON
+/// line, so a test can compare what the gateway let through with what it decided.
+fn record_call(tool: &str, args: &JsonObject) {
+    use std::io::Write;
+    let Ok(path) = std::env::var("FIXTURE_CALL_LOG") else { return };
+    let line = json!({"tool": tool, "arguments": args}).to_string();
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{line}");
+    }
+}
 
 fn object(v: Value) -> Arc<JsonObject> {
     Arc::new(v.as_object().cloned().unwrap_or_default())
@@ -144,6 +156,7 @@ impl ServerHandler for Fixture {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let args = request.arguments.unwrap_or_default();
+        record_call(&request.name, &args);
         let result = match request.name.as_ref() {
             "echo" => CallToolResult::success(vec![ContentBlock::text(string_arg(&args, "message")?)]),
             "add" => {

@@ -170,6 +170,19 @@ fn poisoned_tools_are_hidden_and_poisoned_servers_blocked() {
         assert_eq!(refused["isError"], true);
         assert!(text(&refused).contains("server `srv` is blocked"), "{refused}");
         assert_eq!(text(&call(&gw, "tools__echo", json!({"message": "hi"})).await.unwrap()), "hi");
+        // Discovery says what is withheld and why, without repeating the poisoned text.
+        let found = call(&gw, "gateway_discover_tools", json!({})).await.unwrap();
+        let found: Value = serde_json::from_str(&text(&found)).unwrap();
+        let server =
+            |name: &str| found["servers"].as_array().unwrap().iter().find(|s| s["server_name"] == name).unwrap();
+        assert_eq!(server("srv")["status"], "blocked", "{found}");
+        let held = &server("tools")["held_back"];
+        assert_eq!(held[0]["name"], "tools__helper", "{found}");
+        assert!(held[0]["reason"].as_str().unwrap().starts_with("tool_poisoning"), "{found}");
+        for checked in ["tools", "srv"] {
+            assert!(!server(checked).to_string().contains("id_rsa"), "{found}");
+        }
+        assert_eq!(found["status"], "partial");
     });
     let (_, metrics) = dp.get("/metrics");
     assert!(metrics.contains(r#"server="tools",stage="integrity",detector="tool_poisoning",action="hidden""#));

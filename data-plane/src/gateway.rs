@@ -113,9 +113,18 @@ impl GatewayService {
         config: &ConfigView,
         spec: &Arc<ServerSpec>,
     ) -> Result<Vec<Tool>, UpstreamError> {
-        let ttl = self.gateway.catalog().tool_cache_ttl;
-        let found = self.upstream(config.id, spec).tools(ttl, &config.pins(&spec.server_name)).await?;
+        let found = self.discovery(config, spec).await?;
         Ok(found.tools.iter().filter(|t| tool_allowed(spec, &t.name)).cloned().collect())
+    }
+
+    /// `spec`'s tools after the integrity checks (before the allow/deny lists).
+    pub(crate) async fn discovery(
+        &self,
+        config: &ConfigView,
+        spec: &Arc<ServerSpec>,
+    ) -> Result<Arc<crate::upstream::Discovery>, UpstreamError> {
+        let ttl = self.gateway.catalog().tool_cache_ttl;
+        self.upstream(config.id, spec).tools(ttl, &config.pins(&spec.server_name)).await
     }
 
     /// A tool call with every check: integrity (the tool is listed, clean and matches its pin),

@@ -32,8 +32,8 @@ use state::Gateway;
 use upstream::UpstreamSettings;
 use upstream::pool::UpstreamPool;
 
-/// Builds the gateway state, loads the snapshot and starts the watcher and the idle reaper.
-async fn start(config: Config, local_port: Option<u16>) -> anyhow::Result<Arc<Gateway>> {
+/// The gateway state and its upstream pool; `observed` is where definitions awaiting review go.
+fn assemble(config: Config, replica: String, observed: Option<std::path::PathBuf>) -> anyhow::Result<Arc<Gateway>> {
     // HTTPS to upstreams uses rustls with the ring provider (no C toolchain beyond ring's own).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(metrics::Metrics::default());
@@ -43,18 +43,14 @@ async fn start(config: Config, local_port: Option<u16>) -> anyhow::Result<Arc<Ga
         .pool_max_idle_per_host(64)
         .build()
         .context("building the HTTP client")?;
-    let snapshot_path = config.snapshot_path();
-    let observer = upstream::observed::Observer::new(
-        config.replica_id(local_port),
-        Some(shared::pins::observations_dir(&snapshot_path)),
-    );
+    let observer = upstream::observed::Observer::new(replica, observed);
     tokio::spawn(observer.clone().run());
     let settings = Arc::new(UpstreamSettings {
         http,
         max_response_bytes: config.max_response_bytes,
         metrics: metrics.clone(),
         events: events.clone(),
-        observer: observer.clone(),
+        observer,
     });
     let pool = Arc::new(UpstreamPool::new(settings));
     let audit = match config.audit_target() {
@@ -62,12 +58,30 @@ async fn start(config: Config, local_port: Option<u16>) -> anyhow::Result<Arc<Ga
             .with_context(|| format!("opening the audit log {target}"))?,
         None => audit::AuditLog::disabled(),
     };
+    Ok(Arc::new(Gateway::new(config, pool, metrics, audit, events)))
+}
+
+/// Builds the gateway state, loads the snapshot and starts the watcher and the idle reaper.
+async fn start(config: Config, local_port: Option<u16>) -> anyhow::Result<Arc<Gateway>> {
+    let snapshot_path = config.snapshot_path();
+    let replica = config.replica_id(local_port);
     let idle = config.upstream_idle();
-    let gateway = Arc::new(Gateway::new(config, pool.clone(), metrics, audit, events));
+    let gateway = assemble(config, replica, Some(shared::pins::observations_dir(&snapshot_path)))?;
     reload::load(&gateway, &snapshot_path).await;
     tokio::spawn(reload::watch(gateway.clone(), snapshot_path));
-    tokio::spawn(pool.reap_idle(idle));
+    tokio::spawn(gateway.pool.clone().reap_idle(idle));
     Ok(gateway)
+}
+
+/// The gateway as an in-process HTTP service serving `snapshot`, with no listener, no file watching
+/// and no audit file: for embedding it, property tests and fuzzing. Call inside a Tokio runtime.
+pub fn in_process(mut config: Config, snapshot: shared::Snapshot) -> anyhow::Result<(axum::Router, Arc<Gateway>)> {
+    snapshot.validate()?;
+    config.audit_log = Some("off".into());
+    let gateway = assemble(config, "in-process".into(), None)?;
+    gateway.install(catalog::Catalog::build(snapshot))?;
+    let router = http::router(gateway.clone(), CancellationToken::new());
+    Ok((router, gateway))
 }
 
 /// Serves streamable HTTP until `shutdown` completes, then closes every upstream.

@@ -172,19 +172,31 @@ pub async fn call(
                 None => config.servers.clone(),
             };
             let results = join_all(targets.iter().map(|spec| async move {
-                match svc.allowed_tools(config, spec).await {
-                    Ok(tools) => json!({
-                        "server_name": spec.server_name, "status": "success",
-                        "tools": tools.iter().map(|t| json!({
-                            "name": config.exposed_name(&spec.server_name, &t.name),
-                            "description": t.description,
-                        })).collect::<Vec<_>>(),
+                match svc.discovery(config, spec).await {
+                    Ok(found) if found.server_blocked.is_some() => json!({
+                        "server_name": spec.server_name, "status": "blocked",
+                        "error": format!("the server's description looks poisoned ({})", found.server_blocked.as_deref().unwrap_or_default()),
                     }),
+                    Ok(found) => {
+                        let allowed = |name: &str| crate::catalog::tool_allowed(spec, name);
+                        json!({
+                            "server_name": spec.server_name, "status": "success",
+                            "tools": found.tools.iter().filter(|t| allowed(&t.name)).map(|t| json!({
+                                "name": config.exposed_name(&spec.server_name, &t.name),
+                                "description": t.description,
+                            })).collect::<Vec<_>>(),
+                            // Tool integrity: what is withheld and why (kinds only, never the text).
+                            "held_back": found.hidden.iter().filter(|(name, _)| allowed(name)).map(|(name, reason)| json!({
+                                "name": config.exposed_name(&spec.server_name, name),
+                                "reason": reason,
+                            })).collect::<Vec<_>>(),
+                        })
+                    }
                     Err(e) => json!({"server_name": spec.server_name, "status": "error", "error": e.to_string()}),
                 }
             }))
             .await;
-            let failed = results.iter().filter(|r| r["status"] == "error").count();
+            let failed = results.iter().filter(|r| r["status"] != "success").count();
             ok(json!({
                 "status": if failed == 0 { "success" } else if failed == results.len() { "error" } else { "partial" },
                 "servers": results,

@@ -223,8 +223,19 @@ pub fn pii_spans(text: &str) -> Vec<(usize, usize, &'static str)> {
             {
                 start += text[start..].chars().next().map_or(1, char::len_utf8);
             }
-            if start < end
-                && (pattern.check)(&text[start..end])
+            if start >= end {
+                continue;
+            }
+            let span = if (pattern.check)(&text[start..end]) {
+                Some((start, end))
+            } else if pattern.kind == "payment_card" || pattern.kind == "iban" {
+                // Greedy matching can swallow a neighbouring number ("<card> 123-45-6789"): look
+                // for the longest group-aligned part that passes the checksum.
+                best_part(text, start, end, pattern.check)
+            } else {
+                None
+            };
+            if let Some((start, end)) = span
                 && !spans.iter().any(|(s, e, _)| start < *e && *s < end)
             {
                 spans.push((start, end, pattern.kind));
@@ -233,6 +244,18 @@ pub fn pii_spans(text: &str) -> Vec<(usize, usize, &'static str)> {
     }
     spans.sort_unstable();
     spans
+}
+
+/// The longest part of `text[start..end]` cut at separators (space or `-`) that passes `check`.
+fn best_part(text: &str, start: usize, end: usize, check: fn(&str) -> bool) -> Option<(usize, usize)> {
+    let seps: Vec<usize> = text[start..end].match_indices([' ', '-']).map(|(i, _)| start + i).collect();
+    let starts = std::iter::once(start).chain(seps.iter().map(|i| i + 1));
+    let mut parts: Vec<(usize, usize)> = starts
+        .flat_map(|s| seps.iter().copied().chain(std::iter::once(end)).filter(move |e| *e > s).map(move |e| (s, e)))
+        .filter(|&(s, e)| (s, e) != (start, end))
+        .collect();
+    parts.sort_by_key(|&(s, e)| (std::cmp::Reverse(e - s), s));
+    parts.into_iter().find(|&(s, e)| check(&text[s..e]))
 }
 
 pub fn scan_injection(text: &str, out: &mut Vec<Finding>) {

@@ -8,6 +8,9 @@ use serde_json::Value;
 
 use crate::detectors::pii_spans;
 
+/// Most redaction passes over one text.
+const ROUNDS: usize = 4;
+
 #[derive(Debug, Default)]
 pub struct Redactions {
     /// placeholder -> original
@@ -42,6 +45,19 @@ impl Redactions {
 
     /// Replaces PII in `text`; returns `None` when there was none.
     pub fn redact_text(&mut self, text: &str) -> Option<String> {
+        // Taking one match out can expose another (greedy patterns over numbers that run together):
+        // repeat until the detector finds nothing, a few rounds at most.
+        let mut current: Option<String> = None;
+        for _ in 0..ROUNDS {
+            match self.redact_once(current.as_deref().unwrap_or(text)) {
+                Some(next) => current = Some(next),
+                None => break,
+            }
+        }
+        current
+    }
+
+    fn redact_once(&mut self, text: &str) -> Option<String> {
         let spans = pii_spans(text);
         if spans.is_empty() {
             return None;
@@ -111,10 +127,18 @@ impl Redactions {
         }
         let mut out = text.to_string();
         let mut changed = false;
-        for (placeholder, original) in &self.originals {
-            if out.contains(placeholder.as_str()) {
-                out = out.replace(placeholder.as_str(), original);
-                changed = true;
+        // A later round's original may hold an earlier round's placeholder: unwrap until stable.
+        for _ in 0..=ROUNDS {
+            let mut round = false;
+            for (placeholder, original) in &self.originals {
+                if out.contains(placeholder.as_str()) {
+                    out = out.replace(placeholder.as_str(), original);
+                    round = true;
+                }
+            }
+            changed |= round;
+            if !round {
+                break;
             }
         }
         changed.then_some(out)
@@ -157,6 +181,20 @@ fn walk(v: &Value, f: &mut impl FnMut(&str)) {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    #[test]
+    fn numbers_that_run_together_are_all_redacted_and_restored() {
+        // Found by the property tests: greedy card matching swallowed a neighbour, and taking one
+        // match out exposed another.
+        for text in ["4111 1111 1111 1111 123-45-6789", "+1 415 555 0100123-45-6789123-45-6789; rm -rf /"] {
+            let mut r = super::Redactions::default();
+            let redacted = r.redact_text(text).unwrap();
+            assert!(crate::detectors::pii_spans(&redacted).is_empty(), "{redacted}");
+            assert_eq!(r.restore_text(&redacted).unwrap(), text);
+        }
+        let mut r = super::Redactions::default();
+        assert_eq!(r.redact_text("4111 1111 1111 1111 123-45-6789").unwrap(), "[PAYMENT_CARD_1] [US_SSN_1]");
+    }
 
     #[test]
     fn redacts_stably_and_restores() {

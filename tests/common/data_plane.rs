@@ -256,3 +256,59 @@ pub fn children_of(pid: u32) -> Vec<u32> {
     }
     out
 }
+
+/// A hand-driven MCP session over raw HTTP, for requests no SDK would send (duplicate JSON keys,
+/// odd names): `initialize`, then any body as a string, answers parsed from JSON or SSE.
+pub struct RawSession {
+    url: String,
+    key: String,
+    session: Option<String>,
+    client: reqwest::blocking::Client,
+}
+
+impl RawSession {
+    pub fn open(url: &str, key: &str) -> Self {
+        super::tls();
+        super::blocking(|| {
+            let client = reqwest::blocking::Client::new();
+            let mut s = RawSession { url: url.to_string(), key: key.to_string(), session: None, client };
+            let resp = s.request(&initialize_body().to_string());
+            s.session = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+            assert_eq!(resp.status().as_u16(), 200, "initialize");
+            let _ = s.request(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string());
+            s
+        })
+    }
+
+    fn request(&self, body: &str) -> reqwest::blocking::Response {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .header("Authorization", format!("Bearer {}", self.key));
+        if let Some(id) = &self.session {
+            req = req.header("Mcp-Session-Id", id).header("MCP-Protocol-Version", "2025-06-18");
+        }
+        req.body(body.to_string()).send().expect("request")
+    }
+
+    /// Sends `body` verbatim; the HTTP status and the JSON-RPC answer (if any).
+    pub fn send(&self, body: &str) -> (u16, Value) {
+        super::blocking(|| {
+            let resp = self.request(body);
+            let status = resp.status().as_u16();
+            let text = resp.text().unwrap_or_default();
+            let json = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| v.get("id").is_some())
+                .or_else(|| serde_json::from_str(&text).ok())
+                .unwrap_or(Value::Null);
+            (status, json)
+        })
+    }
+}
