@@ -1,0 +1,667 @@
+//! `mcpgw-bench`: the gateway's overhead against the direct path, on loopback, with real processes.
+//!
+//! Starts an rmcp echo upstream (streamable HTTP, and stdio), the `control-plane` and `data-plane`
+//! binaries found next to this one, provisions a config through the admin API, then drives MCP
+//! client sessions calling a tool with distinct arguments, alternating direct and gateway runs so
+//! drift affects both. Also measures reload latency, key verification, a 100,000-key snapshot and
+//! memory. Build everything first: `cargo build --release && target/release/mcpgw-bench`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock, ListToolsResult, PaginatedRequestParams, Tool};
+use rmcp::service::{RequestContext, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ErrorData as McpError, RoleClient, RoleServer, ServerHandler, ServiceExt};
+use serde_json::{Value, json};
+
+const ADMIN_KEY: &str = "bench-admin-key-0123456789abcdef0123456789abcdef";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("upstream-http") => return upstream(true),
+        Some("upstream-stdio") => return upstream(false),
+        _ => {}
+    }
+    let opts = Options::parse(&args[1..])?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(opts))
+}
+
+struct Options {
+    seconds: f64,
+    levels: Vec<usize>,
+    json: bool,
+    large: bool,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> anyhow::Result<Self> {
+        let mut o = Options { seconds: 3.0, levels: vec![1, 16, 64], json: false, large: true };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--seconds" => o.seconds = it.next().context("--seconds N")?.parse()?,
+                "--levels" => {
+                    o.levels =
+                        it.next().context("--levels 1,16,64")?.split(',').map(str::parse).collect::<Result<_, _>>()?
+                }
+                "--json" => o.json = true,
+                "--no-large" => o.large = false,
+                "-h" | "--help" => {
+                    println!("mcpgw-bench [--seconds 3] [--levels 1,16,64] [--json] [--no-large]");
+                    std::process::exit(0);
+                }
+                other => bail!("unknown argument `{other}` (see --help)"),
+            }
+        }
+        Ok(o)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The upstream: one `echo` tool, over streamable HTTP or stdio.
+
+#[derive(Clone)]
+struct Echo;
+
+impl ServerHandler for Echo {
+    fn get_info(&self) -> rmcp::model::ServerConfig {
+        let caps = rmcp::model::ServerCapabilities::builder().enable_tools().build();
+        rmcp::model::ServerConfig::new(caps)
+    }
+
+    async fn list_tools(
+        &self,
+        _r: Option<PaginatedRequestParams>,
+        _c: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let schema = json!({"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]});
+        let schema = Arc::new(schema.as_object().cloned().unwrap_or_default());
+        Ok(ListToolsResult::with_all_items(vec![Tool::new("echo", "Echo the message back", schema)]))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _c: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, McpError> {
+        let message = request.arguments.as_ref().and_then(|a| a.get("message")).and_then(Value::as_str).unwrap_or("");
+        Ok(CallToolResult::success(vec![ContentBlock::text(message.to_string())]).into())
+    }
+}
+
+fn upstream(http: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        if http {
+            use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+            use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            eprintln!("listening on http://{}", listener.local_addr()?);
+            let service = StreamableHttpService::new(
+                || Ok(Echo),
+                Arc::new(LocalSessionManager::default()),
+                StreamableHttpServerConfig::default(),
+            );
+            axum::serve(listener, axum::Router::new().route_service("/mcp", service)).await?;
+        } else {
+            Echo.serve(rmcp::transport::io::stdio()).await?.waiting().await?;
+        }
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes.
+
+/// A child process killed on drop; `addr` is what it logged after `marker`.
+struct Proc {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn start(mut cmd: Command, marker: &str) -> anyhow::Result<Proc> {
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().context("spawn")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let marker = marker.to_string();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent && let Some(i) = line.find(&marker) {
+                    let _ = tx.send(line[i + marker.len()..].trim().to_string());
+                    sent = true;
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(60)).context("the process did not start")?;
+        Ok(Proc { child, addr })
+    }
+
+    /// Peak and current resident memory in KiB (Linux).
+    fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    if !path.exists() {
+        bail!("{} not found: build the workspace first (`cargo build --release`)", path.display());
+    }
+    Ok(path)
+}
+
+fn data_plane(data_dir: &Path, snapshot: &Path) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new(sibling("data-plane")?);
+    cmd.env("MCPGW_DATA_DIR", data_dir)
+        .env("MCPGW_SNAPSHOT_PATH", snapshot)
+        .env("MCPGW_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn,data_plane=info");
+    Proc::start(cmd, "data plane listening on ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin API and MCP clients.
+
+struct Admin {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Admin {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(ADMIN_KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{path}: {status} {body}");
+        }
+        Ok(body)
+    }
+}
+
+type Client = RunningService<RoleClient, ()>;
+
+async fn connect(url: &str, key: Option<&str>) -> anyhow::Result<Client> {
+    let mut config = StreamableHttpClientTransportConfig::with_uri(url.to_string());
+    if let Some(k) = key {
+        config = config.auth_header(k.to_string());
+    }
+    Ok(().serve(StreamableHttpClientTransport::from_config(config)).await?)
+}
+
+async fn connect_stdio(exe: &Path) -> anyhow::Result<Client> {
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("upstream-stdio");
+    Ok(().serve(rmcp::transport::TokioChildProcess::new(cmd)?).await?)
+}
+
+async fn call(client: &Client, tool: &str, message: String) -> anyhow::Result<()> {
+    let mut params = CallToolRequestParams::new(tool.to_string());
+    params.arguments = json!({ "message": message }).as_object().cloned();
+    let result = client.call_tool(params).await?;
+    if result.is_error == Some(true) {
+        bail!("{tool} failed: {:?}", result.content);
+    }
+    Ok(())
+}
+
+/// Latencies in microseconds of every call made by `clients` in `seconds`.
+async fn drive(clients: &[Arc<Client>], tool: &str, payload: usize, seconds: f64) -> anyhow::Result<Run> {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let tasks = clients.iter().enumerate().map(|(n, client)| {
+        let client = client.clone();
+        let tool = tool.to_string();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let pad = "x".repeat(payload);
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                call(&client, &tool, format!("{n}-{i}-{pad}")).await?;
+                latencies.push(t.elapsed().as_micros() as u64);
+                i += 1;
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        })
+    });
+    let mut all = Vec::new();
+    for t in futures::future::join_all(tasks).await {
+        all.extend(t??);
+    }
+    Ok(Run::new(all, started.elapsed()))
+}
+
+#[derive(Clone, serde::Serialize)]
+struct Run {
+    calls: usize,
+    calls_per_sec: f64,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+}
+
+impl Run {
+    fn new(mut latencies: Vec<u64>, took: Duration) -> Run {
+        latencies.sort_unstable();
+        let q = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        Run {
+            calls: latencies.len(),
+            calls_per_sec: latencies.len() as f64 / took.as_secs_f64(),
+            p50_us: q(0.5),
+            p90_us: q(0.9),
+            p99_us: q(0.99),
+        }
+    }
+
+    /// Two runs of the same kind as one (calls add up; percentiles averaged).
+    fn merge(a: &Run, b: &Run) -> Run {
+        let avg = |x: u64, y: u64| (x + y) / 2;
+        Run {
+            calls: a.calls + b.calls,
+            calls_per_sec: (a.calls_per_sec + b.calls_per_sec) / 2.0,
+            p50_us: avg(a.p50_us, b.p50_us),
+            p90_us: avg(a.p90_us, b.p90_us),
+            p99_us: avg(a.p99_us, b.p99_us),
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Comparison {
+    scenario: String,
+    sessions: usize,
+    direct: Run,
+    gateway: Run,
+    p50_overhead_us: i64,
+    p99_overhead_us: i64,
+    throughput_ratio: f64,
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn run(opts: Options) -> anyhow::Result<()> {
+    let me = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("mcpgw-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = Cleanup(dir.clone());
+    let snapshot = dir.join("snapshot.json");
+
+    let upstream = Proc::start(
+        {
+            let mut c = Command::new(&me);
+            c.arg("upstream-http");
+            c
+        },
+        "listening on ",
+    )?;
+    let upstream_url = format!("{}/mcp", upstream.addr);
+    let control = Proc::start(
+        {
+            let mut c = Command::new(sibling("control-plane")?);
+            c.env("MCPGW_DATA_DIR", &dir)
+                .env("MCPGW_CONTROL_LISTEN", "127.0.0.1:0")
+                .env("MCPGW_ADMIN_API_KEY", ADMIN_KEY)
+                .env("RUST_LOG", "info");
+            c
+        },
+        "control plane listening on ",
+    )?;
+    let admin = Admin { base: control.addr.clone(), http: reqwest::Client::new() };
+    let guarded = json!({"enabled": true, "block": ["injection_attack", "pii", "keyword_detector", "sponge_attack"]});
+    let servers = json!([
+        {"server_name": "http", "config": {"url": upstream_url}},
+        {"server_name": "stdio", "config": {"command": me.to_string_lossy(), "args": ["upstream-stdio"]}},
+        {"server_name": "guarded", "config": {"url": upstream_url},
+         "input_guardrails_policy": guarded, "output_guardrails_policy": guarded},
+        {"server_name": "reload", "config": {"url": upstream_url}},
+    ]);
+    use reqwest::Method;
+    admin.call(Method::POST, "/api/v1/users", Some(json!({"email": "bench@example.com"}))).await?;
+    admin.call(Method::POST, "/api/v1/configs", Some(json!({"name": "bench", "servers": servers}))).await?;
+    admin.call(Method::POST, "/api/v1/projects", Some(json!({"name": "bench", "mcp_config": "bench"}))).await?;
+    admin.call(Method::POST, "/api/v1/projects/bench/users", Some(json!({"user": "bench@example.com"}))).await?;
+    let new_key = || async {
+        let k = admin
+            .call(Method::POST, "/api/v1/api-keys", Some(json!({"project": "bench", "user": "bench@example.com"})))
+            .await?;
+        Ok::<_, anyhow::Error>(k["key"].as_str().context("key")?.to_string())
+    };
+    let key = new_key().await?;
+    let gateway = data_plane(&dir, &snapshot)?;
+    let gateway_url = format!("{}/mcp", gateway.addr);
+    wait_ready(&gateway.addr, None).await?;
+
+    let mut comparisons = Vec::new();
+    let scenarios: [(&str, &str, usize); 3] =
+        [("http", "http__echo", 16), ("stdio", "stdio__echo", 16), ("guardrails-1KiB", "guarded__echo", 1024)];
+    for (scenario, tool, payload) in scenarios {
+        for &n in &opts.levels {
+            let direct: Vec<Arc<Client>> = if scenario == "stdio" {
+                futures::future::try_join_all((0..n).map(|_| connect_stdio(&me)))
+                    .await?
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect()
+            } else {
+                futures::future::try_join_all((0..n).map(|_| connect(&upstream_url, None)))
+                    .await?
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect()
+            };
+            let via: Vec<Arc<Client>> =
+                futures::future::try_join_all((0..n).map(|_| connect(&gateway_url, Some(&key))))
+                    .await?
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect();
+            // Warm up both paths, then alternate.
+            drive(&direct, "echo", payload, 0.3).await?;
+            drive(&via, tool, payload, 0.3).await?;
+            let half = opts.seconds / 2.0;
+            let d1 = drive(&direct, "echo", payload, half).await?;
+            let g1 = drive(&via, tool, payload, half).await?;
+            let g2 = drive(&via, tool, payload, half).await?;
+            let d2 = drive(&direct, "echo", payload, half).await?;
+            let (direct_run, gateway_run) = (Run::merge(&d1, &d2), Run::merge(&g1, &g2));
+            comparisons.push(Comparison {
+                scenario: scenario.to_string(),
+                sessions: n,
+                p50_overhead_us: gateway_run.p50_us as i64 - direct_run.p50_us as i64,
+                p99_overhead_us: gateway_run.p99_us as i64 - direct_run.p99_us as i64,
+                throughput_ratio: gateway_run.calls_per_sec / direct_run.calls_per_sec,
+                direct: direct_run,
+                gateway: gateway_run,
+            });
+            for c in direct.into_iter().chain(via) {
+                if let Ok(c) = Arc::try_unwrap(c) {
+                    let _ = c.cancel().await;
+                }
+            }
+        }
+    }
+    let (peak_rss_kib, _) = gateway.memory_kib();
+
+    // Reload latency: admin change committed -> first call served under the new config.
+    let poller = connect(&gateway_url, Some(&key)).await?;
+    let mut reload = Vec::new();
+    for i in 0..50 {
+        let deny = i % 2 == 0;
+        let spec = json!({"server_name": "reload", "config": {"url": upstream_url}, "denied_tools": if deny { json!(["echo"]) } else { json!([]) }});
+        admin.call(Method::PUT, "/api/v1/configs/bench/servers/reload", Some(spec)).await?;
+        let committed = Instant::now();
+        loop {
+            let refused = call(&poller, "reload__echo", "r".into()).await.is_err();
+            if refused == deny {
+                break;
+            }
+            if committed.elapsed() > Duration::from_secs(10) {
+                bail!("change {i} not served after 10 s");
+            }
+        }
+        reload.push(committed.elapsed().as_micros() as u64);
+    }
+    let reload = Run::new(reload, Duration::from_secs(1));
+
+    // Key verification: the first request with a new key pays argon2 once; later ones do not.
+    let fresh = new_key().await?;
+    let revision = admin.call(Method::GET, "/api/v1/snapshot/status", None).await?["revision"].as_u64().unwrap_or(0);
+    wait_ready(&gateway.addr, Some(revision)).await?;
+    let http = reqwest::Client::new();
+    let mut key_times = Vec::new();
+    for _ in 0..21 {
+        let t = Instant::now();
+        let resp = http
+            .post(&gateway_url)
+            .bearer_auth(&fresh)
+            .header("Accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}}))
+            .send()
+            .await?;
+        let _ = resp.bytes().await;
+        key_times.push(t.elapsed().as_micros() as u64);
+    }
+    let first_key_us = key_times[0];
+    let later_key = Run::new(key_times[1..].to_vec(), Duration::from_secs(1));
+
+    // Memory: an idle data plane, then with 1,000 open sessions.
+    let idle_plane = data_plane(&dir, &snapshot)?;
+    wait_ready(&idle_plane.addr, None).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, idle_rss_kib) = idle_plane.memory_kib();
+    let idle_url = format!("{}/mcp", idle_plane.addr);
+    let mut sessions = Vec::new();
+    for chunk in 0..10 {
+        let _ = chunk;
+        sessions.extend(futures::future::try_join_all((0..100).map(|_| connect(&idle_url, Some(&key)))).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, sessions_rss_kib) = idle_plane.memory_kib();
+    for s in sessions {
+        let _ = s.cancel().await;
+    }
+    drop(idle_plane);
+
+    let large = if opts.large { Some(large_snapshot(&dir).await?) } else { None };
+    drop(gateway);
+    drop(control);
+    drop(upstream);
+
+    let report = json!({
+        "machine": machine(),
+        "seconds_per_run": opts.seconds,
+        "comparisons": comparisons,
+        "data_plane_peak_rss_kib": peak_rss_kib,
+        "reload_latency_us": {"p50": reload.p50_us, "p99": reload.p99_us, "changes": reload.calls},
+        "key_verification_us": {"first": first_key_us, "later_p50": later_key.p50_us, "later_p99": later_key.p99_us},
+        "idle_rss_kib": idle_rss_kib,
+        "rss_with_1000_sessions_kib": sessions_rss_kib,
+        "large_snapshot": large,
+    });
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report, &comparisons);
+    }
+    Ok(())
+}
+
+/// 10,000 projects and 100,000 keys: publish (serialise, write, fsync, rename) and data-plane load.
+async fn large_snapshot(dir: &Path) -> anyhow::Result<Value> {
+    let big_dir = dir.join("large");
+    std::fs::create_dir_all(&big_dir)?;
+    let path = big_dir.join("snapshot.json");
+    // One real argon2 hash shared by all keys: hashing 100,000 secrets would take the benchmark's
+    // whole budget, and the loader treats every hash the same.
+    let hash = shared::api_key::hash(&shared::api_key::generate().secret)?;
+    let config = uuid::Uuid::new_v4();
+    let users: Vec<Value> =
+        (0..10_000).map(|i| json!({"id": uuid::Uuid::new_v4(), "email": format!("u{i}@example.com")})).collect();
+    let projects: Vec<Value> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| json!({"id": uuid::Uuid::new_v4(), "name": format!("p{i}"), "mcp_config_id": config, "members": [u["id"]]}))
+        .collect();
+    let keys: Vec<Value> = (0..100_000)
+        .map(|i| {
+            let p = &projects[i % projects.len()];
+            json!({"id": shared::api_key::new_key_id(), "project_id": p["id"], "user_id": p["members"][0], "hash": hash})
+        })
+        .collect();
+    let snapshot: shared::Snapshot = serde_json::from_value(json!({
+        "format_version": 1, "revision": 1, "generated_at": chrono::Utc::now(),
+        "users": users, "projects": projects, "api_keys": keys,
+        "mcp_configs": [{"id": config, "name": "c", "servers": [{"server_name": "s", "config": {"command": "true"}}]}],
+    }))?;
+    let t = Instant::now();
+    shared::snapshot_file::write(&path, &snapshot)?;
+    let publish_ms = t.elapsed().as_secs_f64() * 1e3;
+    let size_mib = std::fs::metadata(&path)?.len() as f64 / (1024.0 * 1024.0);
+    let t = Instant::now();
+    let plane = data_plane(&big_dir, &path)?;
+    wait_ready(&plane.addr, Some(1)).await?;
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (peak, rss) = plane.memory_kib();
+    Ok(json!({"projects": 10_000, "keys": 100_000, "file_mib": size_mib, "publish_ms": publish_ms,
+        "load_ms": load_ms, "rss_kib": rss, "peak_rss_kib": peak}))
+}
+
+async fn wait_ready(addr: &str, revision: Option<u64>) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(resp) = http.get(format!("{addr}/readyz")).send().await
+            && resp.status().is_success()
+        {
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            if revision.is_none_or(|r| body["revision"].as_u64().unwrap_or(0) >= r) {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{addr} not ready");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{} x {cpu}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+fn print_table(report: &Value, comparisons: &[Comparison]) {
+    println!(
+        "mcpgw benchmark on {} ({} s per run, alternating direct/gateway)",
+        report["machine"].as_str().unwrap_or(""),
+        report["seconds_per_run"]
+    );
+    println!();
+    println!(
+        "{:<16} {:>8} | {:>10} {:>8} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>8} | {:>9} {:>9} {:>6}",
+        "scenario",
+        "sessions",
+        "direct/s",
+        "p50 us",
+        "p90 us",
+        "p99 us",
+        "gateway/s",
+        "p50 us",
+        "p90 us",
+        "p99 us",
+        "+p50 us",
+        "+p99 us",
+        "ratio"
+    );
+    for c in comparisons {
+        println!(
+            "{:<16} {:>8} | {:>10.0} {:>8} {:>8} {:>8} | {:>10.0} {:>8} {:>8} {:>8} | {:>9} {:>9} {:>6.2}",
+            c.scenario,
+            c.sessions,
+            c.direct.calls_per_sec,
+            c.direct.p50_us,
+            c.direct.p90_us,
+            c.direct.p99_us,
+            c.gateway.calls_per_sec,
+            c.gateway.p50_us,
+            c.gateway.p90_us,
+            c.gateway.p99_us,
+            c.p50_overhead_us,
+            c.p99_overhead_us,
+            c.throughput_ratio
+        );
+    }
+    println!();
+    println!("data plane peak RSS under load:   {:.1} MiB", kib_to_mib(&report["data_plane_peak_rss_kib"]));
+    let r = &report["reload_latency_us"];
+    println!(
+        "reload latency (admin change -> first call on the new config, {} changes): p50 {:.1} ms, p99 {:.1} ms",
+        r["changes"],
+        us_to_ms(&r["p50"]),
+        us_to_ms(&r["p99"])
+    );
+    let k = &report["key_verification_us"];
+    println!(
+        "key verification: first request with a new key {:.1} ms; later requests p50 {:.2} ms, p99 {:.2} ms",
+        us_to_ms(&k["first"]),
+        us_to_ms(&k["later_p50"]),
+        us_to_ms(&k["later_p99"])
+    );
+    println!(
+        "idle data plane RSS: {:.1} MiB; with 1,000 open sessions: {:.1} MiB",
+        kib_to_mib(&report["idle_rss_kib"]),
+        kib_to_mib(&report["rss_with_1000_sessions_kib"])
+    );
+    if let Some(l) = report["large_snapshot"].as_object() {
+        println!(
+            "snapshot of 10,000 projects and 100,000 keys ({:.1} MiB): publish {:.0} ms, data-plane start to ready {:.0} ms, RSS {:.1} MiB (peak {:.1} MiB)",
+            l["file_mib"].as_f64().unwrap_or(0.0),
+            l["publish_ms"].as_f64().unwrap_or(0.0),
+            l["load_ms"].as_f64().unwrap_or(0.0),
+            kib_to_mib(&l["rss_kib"]),
+            kib_to_mib(&l["peak_rss_kib"])
+        );
+    }
+}
+
+fn kib_to_mib(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0) / 1024.0
+}
+
+fn us_to_ms(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0) / 1000.0
+}
+
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
