@@ -35,7 +35,12 @@ pub enum ChangeEvent {
 #[derive(Default)]
 pub struct ProgressRoutes {
     routes: Mutex<HashMap<ProgressToken, Route>>,
+    /// Routes closed more than `LINGER` ago are swept at most this often, not on every call (a
+    /// sweep visits every route).
+    last_sweep: Mutex<Option<Instant>>,
 }
+
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
 struct Route {
     client: Peer<RoleServer>,
@@ -71,8 +76,14 @@ impl ProgressRoutes {
         client: Peer<RoleServer>,
         client_token: ProgressToken,
     ) -> ProgressRoute<'_> {
+        let now = Instant::now();
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        routes.retain(|_, r| r.closed_at.is_none_or(|t| t.elapsed() < LINGER));
+        let mut last_sweep = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
+        if last_sweep.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY) {
+            routes.retain(|_, r| r.closed_at.is_none_or(|t| now.duration_since(t) < LINGER));
+            *last_sweep = Some(now);
+        }
+        drop(last_sweep);
         routes.insert(upstream_token.clone(), Route { client, client_token, closed_at: None, last: None });
         ProgressRoute { routes: self, upstream_token }
     }
