@@ -138,9 +138,7 @@ impl GatewayService {
         client: Option<(&Peer<RoleServer>, ProgressToken)>,
         cancel: &CancellationToken,
     ) -> Result<CallToolResponse, CallFailure> {
-        let ttl = self.gateway.catalog().tool_cache_ttl;
-        let pins = config.pins(&spec.server_name);
-        let found = self.upstream(config.id, spec).tools(ttl, &pins).await.map_err(CallFailure::Upstream)?;
+        let found = self.discovery(config, spec).await.map_err(CallFailure::Upstream)?;
         if let Some(reason) = &found.server_blocked {
             return Err(CallFailure::Held(format!(
                 "server `{}` is blocked: its description looks poisoned ({reason})",

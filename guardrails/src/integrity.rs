@@ -88,7 +88,7 @@ pub fn scan_tool(tool: &Value) -> Vec<Finding> {
     }
     for schema in ["inputSchema", "outputSchema"] {
         if let Some(v) = tool.get(schema) {
-            walk_strings(v, &mut |s| scan_text(s, &mut out));
+            for_each_string(v, &mut |s| scan_text(s, &mut out));
         }
     }
     out.sort();
@@ -96,14 +96,15 @@ pub fn scan_tool(tool: &Value) -> Vec<Finding> {
     out
 }
 
-fn walk_strings(v: &Value, f: &mut impl FnMut(&str)) {
+/// Calls `f` on every string in `v`, object keys included, at any depth.
+pub fn for_each_string(v: &Value, f: &mut impl FnMut(&str)) {
     match v {
         Value::String(s) => f(s),
-        Value::Array(items) => items.iter().for_each(|i| walk_strings(i, f)),
+        Value::Array(items) => items.iter().for_each(|i| for_each_string(i, f)),
         Value::Object(map) => {
             for (k, v) in map {
                 f(k);
-                walk_strings(v, f);
+                for_each_string(v, f);
             }
         }
         _ => {}

@@ -27,7 +27,7 @@ impl Redactions {
     /// upstream added, not what the client asked about.
     pub fn keeping_pii_of(sent: &Value) -> Self {
         let mut keep = std::collections::HashSet::new();
-        walk(sent, &mut |s| {
+        crate::integrity::for_each_string(sent, &mut |s| {
             for (start, end, _) in pii_spans(s) {
                 keep.insert(s[start..end].to_string());
             }
@@ -161,20 +161,6 @@ impl Redactions {
             }
             _ => {}
         }
-    }
-}
-
-fn walk(v: &Value, f: &mut impl FnMut(&str)) {
-    match v {
-        Value::String(s) => f(s),
-        Value::Array(items) => items.iter().for_each(|i| walk(i, f)),
-        Value::Object(map) => {
-            for (k, v) in map {
-                f(k);
-                walk(v, f);
-            }
-        }
-        _ => {}
     }
 }
 

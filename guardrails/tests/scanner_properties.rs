@@ -62,7 +62,7 @@ proptest! {
         redactions.redact_value(&mut redacted);
         // Nothing the PII detector recognises is left for the upstream ...
         let mut left = Vec::new();
-        walk(&redacted, &mut |s| left.extend(guardrails::detectors::pii_spans(s)));
+        guardrails::integrity::for_each_string(&redacted, &mut |s| left.extend(guardrails::detectors::pii_spans(s)));
         prop_assert!(left.is_empty(), "PII left after redaction: {redacted}");
         // ... and the client gets back exactly what it sent.
         redactions.restore_value(&mut redacted);
@@ -75,17 +75,5 @@ proptest! {
         let tool = json!({"name": "t", "description": value.to_string(), "inputSchema": value});
         let _ = guardrails::integrity::scan_tool(&tool);
         let _ = guardrails::integrity::fingerprint(&tool);
-    }
-}
-
-fn walk(v: &Value, f: &mut impl FnMut(&str)) {
-    match v {
-        Value::String(s) => f(s),
-        Value::Array(items) => items.iter().for_each(|i| walk(i, f)),
-        Value::Object(map) => map.iter().for_each(|(k, v)| {
-            f(k);
-            walk(v, f);
-        }),
-        _ => {}
     }
 }
