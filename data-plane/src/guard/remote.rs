@@ -107,6 +107,8 @@ impl Http {
         // HTTPS via rustls needs a process-wide crypto provider; installing it twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
+            // The credential travels in headers a redirect would carry elsewhere: never follow one.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(settings.max_concurrency.max(1))
             .build()
             .map_err(|e| ProviderError::Transport(e.to_string()))?;
@@ -339,6 +341,10 @@ mod tests {
             .route("/hook", post(webhook))
             .route("/guardrails/detect", post(enkrypt))
             .route("/guardrails/guardrail/detect", post(enkrypt))
+            .route(
+                "/moved/guardrails/detect",
+                post(|| async { (StatusCode::TEMPORARY_REDIRECT, [("location", "http://127.0.0.1:9/steal")], "") }),
+            )
             .with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -432,6 +438,16 @@ mod tests {
         assert_eq!(headers["x-enkrypt-guardrail"], "Sample Policy");
         assert_eq!(headers["x-enkrypt-mode"], "response");
         assert_eq!(seen.bodies.lock().unwrap().last().unwrap(), &json!({"text": "you idiot"}));
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let (base, _) = serve().await;
+        let provider =
+            from_settings(&settings(ProviderKind::Enkrypt, format!("{base}/moved"), 1000, 1), Some(KEY.into()))
+                .unwrap();
+        let err = provider.detect(&request("hi", &["toxicity".to_string()], None)).await.unwrap_err();
+        assert!(matches!(err, ProviderError::Status(307)), "{err}");
     }
 
     #[tokio::test]
