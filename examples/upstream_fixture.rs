@@ -8,7 +8,8 @@
 //! (tools/list_changed), `mutate` (changes `echo`'s description: a rug pull), `whoami` (this process's
 //! pid) and `exit` (the process dies). One resource, one resource template and one prompt.
 //!
-//! With `FIXTURE_CALL_LOG=<file>`, each call received is appended to that file as a JSON line.
+//! With `FIXTURE_CALL_LOG=<file>`, each call received is appended to that file as a JSON line; with
+//! `FIXTURE_MUTATED_IF=<file>`, `echo` starts changed when that file exists.
 //! `--poisoned-tool` adds a tool whose description hides instructions to the model;
 //! `--poisoned-server` makes the server's own instructions poisoned.
 //!
@@ -302,6 +303,11 @@ impl ServerHandler for Fixture {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    // `FIXTURE_MUTATED_IF=<file>`: start with `echo` already changed when that file exists (a rug
+    // pull between two runs of the server).
+    if std::env::var_os("FIXTURE_MUTATED_IF").is_some_and(|f| std::path::Path::new(&f).exists()) {
+        MUTATED.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     let fixture = Fixture {
         poisoned_tool: args.iter().any(|a| a == "--poisoned-tool"),
         poisoned_server: args.iter().any(|a| a == "--poisoned-server"),

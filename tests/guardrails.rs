@@ -473,3 +473,40 @@ fn remote_detectors_go_to_the_configured_provider_and_fail_closed() {
     assert!(!std::fs::read_to_string(cp.snapshot_path()).unwrap().contains("webhook-secret"));
     assert!(!dp.log_text().contains("webhook-secret") && !cp.log_text().contains("webhook-secret"));
 }
+
+#[test]
+fn trust_on_first_use_survives_a_data_plane_restart() {
+    let cp = ControlPlane::start();
+    let dir = common::control_plane::tempdir::TempDir::new("mcpgw-tofu");
+    let marker = dir.path().join("rug-pulled");
+    let mut fx = fixture_server("fx");
+    fx["config"]["env"] = json!({"FIXTURE_MUTATED_IF": marker.to_str().unwrap()});
+    let key = provision(&cp, "tofu", json!([fx]));
+    let echo_served = |dp: &DataPlane| {
+        runtime().block_on(async {
+            let gw = connect(&dp.mcp_url(), &key).await.unwrap();
+            let result = call(&gw, "fx__echo", json!({"message": "hi"})).await.unwrap();
+            (result["isError"] != true, text(&result))
+        })
+    };
+    // First run: `echo` is trusted on first use, and the data plane reports it.
+    let first = DataPlane::start(&cp, &[("MCPGW_REPLICA_ID", "replica-a")]);
+    first.sync(&cp);
+    assert_eq!(echo_served(&first), (true, "hi".to_string()));
+    review_until(&cp, "cfg-tofu", "the first-seen report", |r| {
+        pending(r, "fx", "echo").is_some_and(|p| p["status"] == "first_seen")
+    });
+    drop(first);
+    // The upstream changes `echo` while the gateway is down.
+    std::fs::write(&marker, b"").unwrap();
+    let second = DataPlane::start(&cp, &[("MCPGW_REPLICA_ID", "replica-a")]);
+    second.sync(&cp);
+    let (served, message) = echo_served(&second);
+    assert!(!served && message.contains("definition changed since it was pinned"), "{message}");
+    drop(second);
+    // A replica with no history of its own trusts what it sees first: the memory above came from
+    // replica-a's report, not from anywhere else.
+    let fresh = DataPlane::start(&cp, &[("MCPGW_REPLICA_ID", "replica-b")]);
+    fresh.sync(&cp);
+    assert_eq!(echo_served(&fresh), (true, "hi".to_string()));
+}

@@ -115,6 +115,9 @@ pub struct ObservedTool {
     pub tool: String,
     pub fingerprint: String,
     pub status: ObservedStatus,
+    /// For a held definition: the fingerprint it was held against (what was trusted or approved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned: Option<String>,
     /// The whole definition as the upstream gave it.
     pub definition: Value,
     pub seen_at: DateTime<Utc>,
@@ -133,14 +136,16 @@ pub fn observations_dir(snapshot_path: &Path) -> PathBuf {
     snapshot_path.parent().unwrap_or(Path::new(".")).join("observed")
 }
 
+/// The file one replica reports into.
+pub fn observations_file(dir: &Path, replica: &str) -> PathBuf {
+    let name: String =
+        replica.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    dir.join(format!("{name}.json"))
+}
+
 /// Writes one replica's report atomically.
 pub fn write_observations(dir: &Path, report: &Observations) -> Result<(), crate::SnapshotError> {
-    let name: String = report
-        .replica
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-        .collect();
-    crate::snapshot_file::write_bytes(&dir.join(format!("{name}.json")), &serde_json::to_vec_pretty(report)?)
+    crate::snapshot_file::write_bytes(&observations_file(dir, &report.replica), &serde_json::to_vec_pretty(report)?)
 }
 
 /// Every replica's report; unreadable files are skipped (a replica may be mid-write on a file
@@ -204,6 +209,7 @@ mod tests {
                 tool: "echo".into(),
                 fingerprint: "ab".into(),
                 status: ObservedStatus::Held,
+                pinned: Some("cd".into()),
                 definition: json!({"name": "echo"}),
                 seen_at: Utc::now(),
             }],

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::catalog::ServerPins;
 use crate::metrics::Metrics;
-use observed::Observer;
+use observed::{Observer, Seen};
 use relay::{ChangeEvent, ProgressRoutes, RelayTargets, UpstreamClient};
 
 #[derive(Debug, thiserror::Error)]
@@ -336,9 +336,17 @@ impl Upstream {
                         first_seen.insert(name.clone(), pin.clone());
                         Some(pin.clone())
                     }
-                    None if spec.pinning == PinningMode::TrustOnFirstUse => {
-                        Some(first_seen.entry(name.clone()).or_insert(fingerprint.clone()).clone())
-                    }
+                    None if spec.pinning == PinningMode::TrustOnFirstUse => Some(
+                        first_seen
+                            .entry(name.clone())
+                            // Trusted before this connection (or this process) existed: that still holds.
+                            .or_insert_with(|| {
+                                observer
+                                    .trusted(self.config_id, &spec.server_name, &name)
+                                    .unwrap_or_else(|| fingerprint.clone())
+                            })
+                            .clone(),
+                    ),
                     None => None,
                 };
                 if expected.as_deref() != Some(fingerprint.as_str()) {
@@ -352,18 +360,23 @@ impl Upstream {
                     };
                     tracing::warn!(server = %spec.server_name, tool = %name, %reason, "tool hidden");
                     self.settings.metrics.record_guardrail(&spec.server_name, "integrity", "pinning", "hidden");
-                    observer.report(
-                        self.config_id,
-                        &spec.server_name,
-                        &name,
-                        Some((ObservedStatus::Held, &fingerprint, &json)),
-                    );
+                    let seen = Seen {
+                        status: ObservedStatus::Held,
+                        fingerprint: &fingerprint,
+                        pinned: expected.as_deref(),
+                        definition: &json,
+                    };
+                    observer.report(self.config_id, &spec.server_name, &name, Some(seen));
                     found.hidden.push((name, reason));
                     continue;
                 }
-                let status =
-                    (!approved.contains_key(&name)).then_some((ObservedStatus::FirstSeen, fingerprint.as_str(), &json));
-                observer.report(self.config_id, &spec.server_name, &name, status);
+                let seen = (!approved.contains_key(&name)).then_some(Seen {
+                    status: ObservedStatus::FirstSeen,
+                    fingerprint: &fingerprint,
+                    pinned: None,
+                    definition: &json,
+                });
+                observer.report(self.config_id, &spec.server_name, &name, seen);
             }
             found.visible.insert(name);
             found.tools.push(tool.clone());

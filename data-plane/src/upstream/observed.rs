@@ -23,20 +23,50 @@ pub struct Observer {
     changed: Notify,
 }
 
+/// What the pin check made of one tool definition.
+pub struct Seen<'a> {
+    pub status: ObservedStatus,
+    pub fingerprint: &'a str,
+    /// For a held definition: the fingerprint it differs from.
+    pub pinned: Option<&'a str>,
+    pub definition: &'a Value,
+}
+
 impl Observer {
-    /// An observer writing into `dir`; `None` keeps reports in memory only.
+    /// An observer writing into `dir`; `None` keeps reports in memory only. What this replica
+    /// reported before (under the same name) is read back, so trust on first use survives a restart.
     pub fn new(replica: String, dir: Option<PathBuf>) -> Arc<Self> {
-        Arc::new(Observer { replica, dir, tools: Mutex::new(BTreeMap::new()), changed: Notify::new() })
+        let previous: BTreeMap<Key, ObservedTool> = dir
+            .as_deref()
+            .and_then(|d| std::fs::read(shared::pins::observations_file(d, &replica)).ok())
+            .and_then(|bytes| serde_json::from_slice::<Observations>(&bytes).ok())
+            .map(|report| {
+                report.tools.into_iter().map(|t| ((t.config_id, t.server.clone(), t.tool.clone()), t)).collect()
+            })
+            .unwrap_or_default();
+        Arc::new(Observer { replica, dir, tools: Mutex::new(previous), changed: Notify::new() })
+    }
+
+    /// The fingerprint this replica trusted for a tool before: its first-seen definition, or the
+    /// one a held definition was held against.
+    pub fn trusted(&self, config_id: Uuid, server: &str, tool: &str) -> Option<String> {
+        let tools = self.tools.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = tools.get(&(config_id, server.to_string(), tool.to_string()))?;
+        match seen.status {
+            ObservedStatus::FirstSeen => Some(seen.fingerprint.clone()),
+            ObservedStatus::Held => seen.pinned.clone(),
+        }
     }
 
     /// Records what the pin check made of one tool: `Some` to report it, `None` when it is approved.
-    pub fn report(&self, config_id: Uuid, server: &str, tool: &str, seen: Option<(ObservedStatus, &str, &Value)>) {
+    pub fn report(&self, config_id: Uuid, server: &str, tool: &str, seen: Option<Seen<'_>>) {
         let key = (config_id, server.to_string(), tool.to_string());
         let mut tools = self.tools.lock().unwrap_or_else(|e| e.into_inner());
         let changed = match seen {
             None => tools.remove(&key).is_some(),
-            Some((status, fingerprint, definition)) => {
-                let same = tools.get(&key).is_some_and(|t| t.status == status && t.fingerprint == fingerprint);
+            Some(seen) => {
+                let same =
+                    tools.get(&key).is_some_and(|t| t.status == seen.status && t.fingerprint == seen.fingerprint);
                 if !same {
                     tools.insert(
                         key,
@@ -44,9 +74,10 @@ impl Observer {
                             config_id,
                             server: server.to_string(),
                             tool: tool.to_string(),
-                            fingerprint: fingerprint.to_string(),
-                            status,
-                            definition: definition.clone(),
+                            fingerprint: seen.fingerprint.to_string(),
+                            status: seen.status,
+                            pinned: seen.pinned.map(str::to_string),
+                            definition: seen.definition.clone(),
                             seen_at: Utc::now(),
                         },
                     );
