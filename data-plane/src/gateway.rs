@@ -25,7 +25,7 @@ use crate::guard::remote::Stage;
 use crate::guard::screen_remote;
 use crate::meta_tools;
 use crate::state::Gateway;
-use crate::upstream::relay::{ChangeEvent, ListKind};
+use crate::upstream::relay::{ChangeEvent, ListKind, ProgressRoute};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// How a session proves who it is.
@@ -247,17 +247,31 @@ impl GatewayService {
             .await
             .map_err(failed)?;
         // rmcp gives every outgoing request its own progress token; route that one back.
-        let _route =
+        let mut route =
             client.map(|(peer, token)| upstream.progress().open(handle.progress_token.clone(), peer.clone(), token));
         let (peer, id) = (handle.peer.clone(), handle.id.clone());
         let ms = spec.timeouts.tools.get(tool).copied().unwrap_or(spec.timeouts.call_ms);
-        let outcome = tokio::select! {
-            r = tokio::time::timeout(Duration::from_millis(ms), handle.await_response()) => r,
-            _ = cancel.cancelled() => {
-                let _ = peer.notify_cancelled(CancelledNotificationParam::new(Some(id), Some("cancelled by the client".into()))).await;
-                return Err(CallFailure::Cancelled);
+        let response = tokio::time::timeout(Duration::from_millis(ms), handle.await_response());
+        tokio::pin!(response);
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                Some(note) = next_progress(&mut route) => {
+                    if let Some(route) = &route {
+                        route.forward(note).await;
+                    }
+                }
+                r = &mut response => break r,
+                _ = cancel.cancelled() => {
+                    let _ = peer.notify_cancelled(CancelledNotificationParam::new(Some(id), Some("cancelled by the client".into()))).await;
+                    return Err(CallFailure::Cancelled);
+                }
             }
         };
+        // What the upstream reported before answering reaches the client before the answer.
+        if let Some(route) = &mut route {
+            route.drain().await;
+        }
         let response = match outcome {
             Err(_) => {
                 let reason = Some(format!("gateway timeout ({ms} ms)"));
@@ -702,5 +716,13 @@ impl ServerHandler for GatewayService {
             }
             other => other,
         })
+    }
+}
+
+/// The next progress notification of a call, or never when its client did not ask for progress.
+async fn next_progress(route: &mut Option<ProgressRoute<'_>>) -> Option<ProgressNotificationParam> {
+    match route {
+        Some(route) => route.next().await,
+        None => std::future::pending().await,
     }
 }

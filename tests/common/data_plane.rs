@@ -295,20 +295,28 @@ impl RawSession {
 
     /// Sends `body` verbatim; the HTTP status and the JSON-RPC answer (if any).
     pub fn send(&self, body: &str) -> (u16, Value) {
+        let (status, messages) = self.exchange(body);
+        (status, messages.into_iter().find(|m| m.get("id").is_some()).unwrap_or(Value::Null))
+    }
+
+    /// Sends `body` verbatim; the HTTP status and every JSON-RPC message of the answer, in the
+    /// order the gateway sent them.
+    pub fn exchange(&self, body: &str) -> (u16, Vec<Value>) {
         super::blocking(|| {
             let resp = self.request(body);
             let status = resp.status().as_u16();
             let text = resp.text().unwrap_or_default();
-            let json = text
+            let mut messages: Vec<Value> = text
                 .lines()
                 .filter_map(|l| l.strip_prefix("data:"))
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .find(|v| v.get("id").is_some())
-                .or_else(|| serde_json::from_str(&text).ok())
-                .unwrap_or(Value::Null);
-            (status, json)
+                .collect();
+            if messages.is_empty() {
+                messages.extend(serde_json::from_str::<Value>(&text).ok());
+            }
+            (status, messages)
         })
     }
 }

@@ -1,17 +1,21 @@
 //! The gateway as an MCP client of one upstream: receives its notifications and relays them.
 //!
 //! - `list_changed` (tools, prompts, resources): drop the discovery cache and tell client sessions.
-//! - progress: map the token of the gateway's upstream request back to the client's own token and
-//!   forward to the client session that made the call.
+//! - progress: recorded in arrival order by [`ProgressRecorder`] and forwarded by the call that
+//!   asked for it, under the client's own token.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, ProgressNotificationParam, ProgressToken};
-use rmcp::service::NotificationContext;
+use rmcp::model::{
+    ClientCapabilities, ClientConfig, Implementation, JsonRpcMessage, ProgressNotificationParam, ProgressToken,
+    ServerNotification,
+};
+use rmcp::service::{NotificationContext, RxJsonRpcMessage, TxJsonRpcMessage};
+use rmcp::transport::Transport;
 use rmcp::{ClientHandler, Peer, RoleClient, RoleServer};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
 /// What changed upstream (or through a reload), for sessions to pass on to their clients.
@@ -31,72 +35,175 @@ pub enum ChangeEvent {
 }
 
 /// Calls in flight whose client asked for progress: the token the gateway's request to the
-/// upstream carries (rmcp issues one per request) -> (client session, client's own token).
+/// upstream carries (rmcp issues one per request) -> the channel the call forwards from.
+///
+/// Progress is recorded by the upstream transport as each message is read, so everything an
+/// upstream reported before its response is in the call's channel by the time the response is
+/// seen, and the call forwards it all before answering its client (on streamable HTTP, a
+/// notification sent after the response would find the client's stream closed).
 #[derive(Default)]
 pub struct ProgressRoutes {
-    routes: Mutex<HashMap<ProgressToken, Route>>,
-    /// Routes closed more than `LINGER` ago are swept at most this often, not on every call (a
-    /// sweep visits every route).
-    last_sweep: Mutex<Option<Instant>>,
+    table: Mutex<RouteTable>,
 }
 
-const SWEEP_EVERY: Duration = Duration::from_millis(500);
+#[derive(Default)]
+struct RouteTable {
+    routes: HashMap<ProgressToken, Route>,
+    /// Notifications for a token with no route yet: rmcp reveals a request's token only once the
+    /// request is on its way, and a fast upstream can report progress before the route is open.
+    early: HashMap<ProgressToken, Early>,
+    early_len: usize,
+    /// Unclaimed early notifications are swept at most this often (a sweep visits every entry).
+    last_sweep: Option<Instant>,
+}
+
+struct Early {
+    since: Instant,
+    notes: Vec<ProgressNotificationParam>,
+}
 
 struct Route {
-    client: Peer<RoleServer>,
-    client_token: ProgressToken,
-    /// When the call finished. rmcp hands notifications to the handler on their own tasks, so one
-    /// sent just before the response can be handled just after it: keep the route briefly.
-    closed_at: Option<Instant>,
-    /// Highest progress forwarded: handler tasks may run out of order, and progress must increase.
+    notes: mpsc::Sender<ProgressNotificationParam>,
+    /// Highest progress recorded: progress must increase, whatever the upstream sends.
     last: Option<f64>,
 }
 
-const LINGER: Duration = Duration::from_secs(2);
-
-/// Closes a progress route when the call ends, however it ends.
-pub struct ProgressRoute<'a> {
-    routes: &'a ProgressRoutes,
-    upstream_token: ProgressToken,
-}
-
-impl Drop for ProgressRoute<'_> {
-    fn drop(&mut self) {
-        if let Some(route) = self.routes.routes.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&self.upstream_token)
-        {
-            route.closed_at = Some(Instant::now());
+impl Route {
+    fn push(&mut self, note: ProgressNotificationParam) {
+        if self.last.is_none_or(|last| note.progress > last) {
+            self.last = Some(note.progress);
+            // A full channel means a client not keeping up: progress is advisory, drop it.
+            let _ = self.notes.try_send(note);
         }
     }
 }
 
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+/// How long an early notification waits for its route.
+const LINGER: Duration = Duration::from_secs(2);
+/// Early notifications held at most, across all tokens (most are for calls whose client did not
+/// ask for progress, and are never claimed).
+const MAX_EARLY: usize = 1024;
+/// Notifications one call may have waiting to be forwarded.
+const ROUTE_CAPACITY: usize = 256;
+
+/// One call's progress, forwarded to its client under the client's own token; closes the route
+/// when dropped, however the call ends.
+pub struct ProgressRoute<'a> {
+    routes: &'a ProgressRoutes,
+    upstream_token: ProgressToken,
+    client: Peer<RoleServer>,
+    client_token: ProgressToken,
+    notes: mpsc::Receiver<ProgressNotificationParam>,
+}
+
+impl ProgressRoute<'_> {
+    /// The next notification recorded for this call.
+    pub async fn next(&mut self) -> Option<ProgressNotificationParam> {
+        self.notes.recv().await
+    }
+
+    /// Sends one notification to the client.
+    pub async fn forward(&self, mut note: ProgressNotificationParam) {
+        note.progress_token = self.client_token.clone();
+        let _ = self.client.notify_progress(note).await;
+    }
+
+    /// Forwards everything recorded so far.
+    pub async fn drain(&mut self) {
+        while let Ok(note) = self.notes.try_recv() {
+            self.forward(note).await;
+        }
+    }
+}
+
+impl Drop for ProgressRoute<'_> {
+    fn drop(&mut self) {
+        self.routes.lock().routes.remove(&self.upstream_token);
+    }
+}
+
+impl RouteTable {
+    fn sweep(&mut self, now: Instant) {
+        if self.last_sweep.is_some_and(|t| now.duration_since(t) < SWEEP_EVERY) {
+            return;
+        }
+        self.early.retain(|_, e| now.duration_since(e.since) < LINGER);
+        self.early_len = self.early.values().map(|e| e.notes.len()).sum();
+        self.last_sweep = Some(now);
+    }
+}
+
 impl ProgressRoutes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RouteTable> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Routes the progress of the upstream request `upstream_token` to `client`.
     pub fn open(
         &self,
         upstream_token: ProgressToken,
         client: Peer<RoleServer>,
         client_token: ProgressToken,
     ) -> ProgressRoute<'_> {
-        let now = Instant::now();
-        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut last_sweep = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
-        if last_sweep.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY) {
-            routes.retain(|_, r| r.closed_at.is_none_or(|t| now.duration_since(t) < LINGER));
-            *last_sweep = Some(now);
+        let (sender, notes) = mpsc::channel(ROUTE_CAPACITY);
+        let mut route = Route { notes: sender, last: None };
+        let mut table = self.lock();
+        table.sweep(Instant::now());
+        if let Some(early) = table.early.remove(&upstream_token) {
+            table.early_len -= early.notes.len();
+            early.notes.into_iter().for_each(|note| route.push(note));
         }
-        drop(last_sweep);
-        routes.insert(upstream_token.clone(), Route { client, client_token, closed_at: None, last: None });
-        ProgressRoute { routes: self, upstream_token }
+        table.routes.insert(upstream_token.clone(), route);
+        ProgressRoute { routes: self, upstream_token, client, client_token, notes }
     }
 
-    /// Where to forward `progress` for `token`, if anywhere (stale or out-of-order values are not).
-    fn advance(&self, token: &ProgressToken, progress: f64) -> Option<(Peer<RoleServer>, ProgressToken)> {
-        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        let route = routes.get_mut(token).filter(|r| r.closed_at.is_none_or(|t| t.elapsed() < LINGER))?;
-        if route.last.is_some_and(|last| progress <= last) {
-            return None;
+    /// Records a notification from the upstream, in the order the upstream sent it.
+    pub fn record(&self, note: &ProgressNotificationParam) {
+        let mut table = self.lock();
+        if let Some(route) = table.routes.get_mut(&note.progress_token) {
+            route.push(note.clone());
+            return;
         }
-        route.last = Some(progress);
-        Some((route.client.clone(), route.client_token.clone()))
+        let now = Instant::now();
+        table.sweep(now);
+        if table.early_len < MAX_EARLY {
+            table.early_len += 1;
+            let early = table.early.entry(note.progress_token.clone()).or_insert(Early { since: now, notes: vec![] });
+            early.notes.push(note.clone());
+        }
+    }
+}
+
+/// An upstream transport that records progress notifications as they are read, before rmcp
+/// dispatches them (its handlers run on their own tasks, possibly after the response).
+pub struct ProgressRecorder<T> {
+    pub inner: T,
+    pub targets: Arc<RelayTargets>,
+}
+
+impl<T: Transport<RoleClient>> Transport<RoleClient> for ProgressRecorder<T> {
+    type Error = T::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.inner.send(item)
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        let message = self.inner.receive().await;
+        if let Some(JsonRpcMessage::Notification(n)) = &message
+            && let ServerNotification::ProgressNotification(progress) = &n.notification
+        {
+            self.targets.progress.record(&progress.params);
+        }
+        message
+    }
+
+    fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.inner.close()
     }
 }
 
@@ -123,14 +230,6 @@ impl UpstreamClient {
 impl ClientHandler for UpstreamClient {
     fn get_info(&self) -> ClientConfig {
         ClientConfig::new(ClientCapabilities::default(), Implementation::new("mcpgw", env!("CARGO_PKG_VERSION")))
-    }
-
-    async fn on_progress(&self, params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
-        if let Some((client, client_token)) = self.targets.progress.advance(&params.progress_token, params.progress) {
-            let mut forwarded = params;
-            forwarded.progress_token = client_token;
-            let _ = client.notify_progress(forwarded).await;
-        }
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {

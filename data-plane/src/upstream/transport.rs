@@ -10,7 +10,7 @@ use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use shared::server::{ServerSpec, Transport};
 use tokio::io::AsyncBufReadExt;
 
-use super::relay::UpstreamClient;
+use super::relay::{ProgressRecorder, UpstreamClient};
 use super::{Session, UpstreamSettings};
 
 /// Opens and initialises a session; the flag says whether it runs a child process.
@@ -42,7 +42,8 @@ pub(super) async fn open(
                     }
                 });
             }
-            let session = client.serve(process).await.map_err(|e| e.to_string())?;
+            let recorder = ProgressRecorder { inner: process, targets: client.targets.clone() };
+            let session = client.serve(recorder).await.map_err(|e| e.to_string())?;
             Ok((session, true))
         }
         Transport::Http { url, headers } => {
@@ -68,7 +69,8 @@ pub(super) async fn open(
             config.reinit_on_expired_session = true;
             config = config.max_concurrent_requests(256);
             let transport = StreamableHttpClientTransport::with_client(settings.http.clone(), config);
-            let session = client.serve(transport).await.map_err(|e| e.to_string())?;
+            let recorder = ProgressRecorder { inner: transport, targets: client.targets.clone() };
+            let session = client.serve(recorder).await.map_err(|e| e.to_string())?;
             Ok((session, false))
         }
     }
