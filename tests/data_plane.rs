@@ -484,6 +484,10 @@ fn dns_rebinding_is_refused_and_probes_are_open() {
     let (status, _) =
         raw_post(&dp.mcp_url(), &[("Authorization", &auth), ("Origin", "http://evil.example")], &initialize_body());
     assert_eq!(status, 403);
+    // A loopback origin is the same machine: accepted by default, on any port.
+    let (status, _) =
+        raw_post(&dp.mcp_url(), &[("Authorization", &auth), ("Origin", "http://localhost:6274")], &initialize_body());
+    assert_eq!(status, 200);
     let (status, _) = raw_post(&dp.mcp_url(), &[("Authorization", &auth)], &initialize_body());
     assert_eq!(status, 200);
     // The trailing-slash path of the Python gateway's client configs works too.

@@ -20,9 +20,15 @@ pub struct Config {
     /// `Host` values accepted on /mcp (DNS-rebinding protection), comma separated; `*` accepts any.
     #[arg(long, env = "MCPGW_ALLOWED_HOSTS", value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
     pub allowed_hosts: Vec<String>,
-    /// Browser `Origin` values accepted on /mcp, comma separated (e.g. `https://app.example.com:443`).
-    /// Requests that carry any other Origin are refused; requests without one are not affected.
-    #[arg(long, env = "MCPGW_ALLOWED_ORIGINS", value_delimiter = ',')]
+    /// Browser `Origin` values accepted on /mcp, comma separated (e.g. `https://app.example.com:443`,
+    /// `http://localhost:*` for any port); loopback origins by default, as for `Host`. Requests that
+    /// carry any other Origin are refused; requests without one are not affected. Empty: none.
+    #[arg(
+        long,
+        env = "MCPGW_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = "http://localhost:*,http://127.0.0.1:*,http://[::1]:*,https://localhost:*,https://127.0.0.1:*,https://[::1]:*"
+    )]
     pub allowed_origins: Vec<String>,
     /// Largest accepted MCP request body in bytes (bigger ones get HTTP 413).
     #[arg(long, env = "MCPGW_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]

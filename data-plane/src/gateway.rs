@@ -4,6 +4,10 @@
 //! Every request resolves the caller against the current catalog first; the allow/deny decision is
 //! `catalog::tool_allowed`, shared by `tools/list` and `tools/call`.
 
+// Logging, sampling and resource subscriptions: rmcp marks them deprecated for a future protocol
+// version; clients speak today's, and the gateway relays them.
+#![allow(deprecated)]
+
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -25,6 +29,7 @@ use crate::guard::remote::Stage;
 use crate::guard::screen_remote;
 use crate::meta_tools;
 use crate::state::Gateway;
+use crate::upstream::callers::ClientLink;
 use crate::upstream::relay::{ChangeEvent, ListKind, ProgressRoute};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -44,6 +49,8 @@ pub struct Session {
     private: Mutex<HashMap<(Uuid, String), Arc<Upstream>>>,
     /// Stops the notification relay when the session ends.
     relay: Mutex<Option<DropGuard>>,
+    /// What upstreams' own messages (logs, sampling, elicitation, resource updates) reach it by.
+    link: Arc<ClientLink>,
 }
 
 impl Drop for Session {
@@ -58,6 +65,14 @@ impl Drop for Session {
     }
 }
 
+/// The client request a tool call serves: where its progress goes, and what server-to-client
+/// requests of the upstream relate to.
+pub(crate) struct CallOrigin<'a> {
+    pub peer: &'a Peer<RoleServer>,
+    pub request: RequestId,
+    pub progress: Option<ProgressToken>,
+}
+
 #[derive(Clone)]
 pub struct GatewayService {
     pub(crate) gateway: Arc<Gateway>,
@@ -68,8 +83,12 @@ pub struct GatewayService {
 impl GatewayService {
     pub fn new(gateway: Arc<Gateway>, identity: Identity) -> Self {
         gateway.metrics.active_sessions.fetch_add(1, Ordering::Relaxed);
-        let session =
-            Arc::new(Session { gateway: gateway.clone(), private: Default::default(), relay: Mutex::new(None) });
+        let session = Arc::new(Session {
+            gateway: gateway.clone(),
+            private: Default::default(),
+            relay: Mutex::new(None),
+            link: ClientLink::new(),
+        });
         GatewayService { gateway, identity, session }
     }
 
@@ -99,6 +118,7 @@ impl GatewayService {
             Some(u) if *u.spec == **spec => u.clone(),
             _ => {
                 let fresh = self.gateway.pool.private(config_id, spec);
+                fresh.callers().set_owner(&self.session.link);
                 if let Some(old) = private.insert(key, fresh.clone()) {
                     tokio::spawn(async move { old.retire(Duration::from_secs(60)).await });
                 }
@@ -135,7 +155,7 @@ impl GatewayService {
         spec: &Arc<ServerSpec>,
         mut request: CallToolRequestParams,
         tool: &str,
-        client: Option<(&Peer<RoleServer>, ProgressToken)>,
+        origin: Option<&CallOrigin<'_>>,
         cancel: &CancellationToken,
     ) -> Result<CallToolResponse, CallFailure> {
         let found = self.discovery(config, spec).await.map_err(CallFailure::Upstream)?;
@@ -156,7 +176,7 @@ impl GatewayService {
             if let Some(broken) = config.guards(&spec.server_name).and_then(|g| g.broken.clone()) {
                 return Err(CallFailure::Held(format!("the server's guardrail policy is invalid: {broken}")));
             }
-            return self.forward_call(config, spec, request, tool, client, cancel).await;
+            return self.forward_call(config, spec, request, tool, origin, cancel).await;
         };
         let sent = request.arguments.take();
         let screened = crate::guard::screen_input(&guards, sent.clone()).map_err(|b| self.blocked(spec, "input", b))?;
@@ -172,7 +192,7 @@ impl GatewayService {
         }
         self.record_findings(spec, "input", &input_warnings, "warned");
         request.arguments = screened.arguments;
-        let response = self.forward_call(config, spec, request, tool, client, cancel).await?;
+        let response = self.forward_call(config, spec, request, tool, origin, cancel).await?;
         let CallToolResponse::Complete(mut result) = response else { return Ok(response) };
         let mut output_warnings = Vec::new();
         if !guards.output_remote.is_empty() {
@@ -230,7 +250,7 @@ impl GatewayService {
         spec: &Arc<ServerSpec>,
         mut request: CallToolRequestParams,
         tool: &str,
-        client: Option<(&Peer<RoleServer>, ProgressToken)>,
+        origin: Option<&CallOrigin<'_>>,
         cancel: &CancellationToken,
     ) -> Result<CallToolResponse, CallFailure> {
         let upstream = self.upstream(config.id, spec);
@@ -238,6 +258,7 @@ impl GatewayService {
         request.name = tool.to_string().into();
         request.meta = upstream_meta(request.meta.take());
         let failed = |e| CallFailure::Upstream(UpstreamError::failed(&spec.server_name, e));
+        let _in_flight = origin.map(|o| upstream.callers().enter(&self.session.link, o.request.clone()));
         let handle = conn
             .peer
             .send_request_with_option(
@@ -247,8 +268,10 @@ impl GatewayService {
             .await
             .map_err(failed)?;
         // rmcp gives every outgoing request its own progress token; route that one back.
-        let mut route =
-            client.map(|(peer, token)| upstream.progress().open(handle.progress_token.clone(), peer.clone(), token));
+        let mut route = origin.and_then(|o| {
+            let token = o.progress.clone()?;
+            Some(upstream.progress().open(handle.progress_token.clone(), o.peer.clone(), token))
+        });
         let (peer, id) = (handle.peer.clone(), handle.id.clone());
         let ms = spec.timeouts.tools.get(tool).copied().unwrap_or(spec.timeouts.call_ms);
         let response = tokio::time::timeout(Duration::from_millis(ms), handle.await_response());
@@ -464,12 +487,16 @@ impl ServerHandler for GatewayService {
             .enable_prompts_list_changed()
             .enable_resources()
             .enable_resources_list_changed()
+            .enable_resources_subscribe()
+            .enable_logging()
+            .enable_completions()
             .build();
         ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("mcpgw", env!("CARGO_PKG_VERSION")).with_title("mcpgw MCP gateway"))
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        self.session.link.attach(&context.peer);
         if let Ok(p) = self.principal(&context.extensions).await {
             self.start_relay(context.peer.clone(), p.project_id);
         }
@@ -531,8 +558,9 @@ impl ServerHandler for GatewayService {
         let progress =
             context.meta.get_progress_token().or_else(|| request.meta.as_ref().and_then(|m| m.get_progress_token()));
         let arguments = request.arguments.clone();
-        let client = progress.map(|t| (&context.peer, t));
-        let result = self.guarded_call(&config, &spec, request, &tool, client, &context.ct).await;
+        self.session.link.attach(&context.peer);
+        let origin = CallOrigin { peer: &context.peer, request: context.id.clone(), progress };
+        let result = self.guarded_call(&config, &spec, request, &tool, Some(&origin), &context.ct).await;
         let (outcome, bytes) = match &result {
             Ok(r @ CallToolResponse::Complete(c)) if c.is_error == Some(true) => ("error", response_size(r)),
             Ok(r) => ("success", response_size(r)),
@@ -592,11 +620,7 @@ impl ServerHandler for GatewayService {
         let p = self.principal(&context.extensions).await?;
         let unknown = || McpError::invalid_params(format!("unknown prompt: {}", request.name), None);
         let Some(config) = p.config else { return Err(unknown()) };
-        let (spec, name) = match config.naming {
-            ToolNaming::Prefixed => config.split_prefixed(&request.name).map(|(s, n)| (s.clone(), n.to_string())),
-            ToolNaming::Bare => config.servers.first().map(|s| (s.clone(), request.name.clone())),
-        }
-        .ok_or_else(unknown)?;
+        let (spec, name) = route_prompt(&config, &request.name).ok_or_else(unknown)?;
         let upstream = self.upstream(config.id, &spec);
         let conn = upstream.acquire().await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
         request.name = name;
@@ -678,11 +702,7 @@ impl ServerHandler for GatewayService {
         let exposed = request.uri.clone();
         let unknown = || McpError::resource_not_found(format!("unknown resource: {exposed}"), None);
         let Some(config) = p.config else { return Err(unknown()) };
-        let (spec, uri) = match config.naming {
-            ToolNaming::Prefixed => config.split_uri(&exposed).map(|(s, u)| (s.clone(), u.to_string())),
-            ToolNaming::Bare => config.servers.first().map(|s| (s.clone(), exposed.clone())),
-        }
-        .ok_or_else(unknown)?;
+        let (spec, uri) = route_resource(&config, &exposed).ok_or_else(unknown)?;
         let upstream = self.upstream(config.id, &spec);
         let conn = upstream.acquire().await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
         request.uri = uri;
@@ -716,6 +736,146 @@ impl ServerHandler for GatewayService {
             }
             other => other,
         })
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let p = self.principal(&context.extensions).await?;
+        self.session.link.attach(&context.peer);
+        self.session.link.set_log_level(request.level);
+        let Some(config) = p.config else { return Ok(()) };
+        // Upstreams send at the level asked; the gateway filters again per session, so a shared
+        // upstream's level (the last one set) never makes a client see more than it asked for.
+        let config = &config;
+        join_all(config.servers.iter().map(|spec| async move {
+            let upstream = self.upstream(config.id, spec);
+            let Ok(conn) = upstream.acquire().await else { return };
+            if conn.peer.peer_info().is_some_and(|i| i.capabilities.logging.is_some()) {
+                let ms = Duration::from_millis(spec.timeouts.call_ms);
+                let params = SetLevelRequestParams::new(request.level);
+                let _ = tokio::time::timeout(ms, conn.peer.set_level(params)).await;
+            }
+        }))
+        .await;
+        Ok(())
+    }
+
+    async fn complete(
+        &self,
+        mut request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        let p = self.principal(&context.extensions).await?;
+        let Some(config) = p.config else { return Ok(CompleteResult::default()) };
+        let (spec, upstream_ref) = match &request.r#ref {
+            Reference::Prompt(prompt) => route_prompt(&config, &prompt.name).map(|(spec, name)| {
+                let mut prompt = prompt.clone();
+                prompt.name = name;
+                (spec, Reference::Prompt(prompt))
+            }),
+            Reference::Resource(template) => route_resource(&config, &template.uri)
+                .map(|(spec, uri)| (spec, Reference::Resource(ResourceTemplateReference::new(uri)))),
+            _ => None,
+        }
+        .ok_or_else(|| McpError::invalid_params("unknown prompt or resource template", None))?;
+        let upstream = self.upstream(config.id, &spec);
+        let conn = upstream.acquire().await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        if conn.peer.peer_info().is_some_and(|i| i.capabilities.completions.is_none()) {
+            return Ok(CompleteResult::default());
+        }
+        request.r#ref = upstream_ref;
+        request.meta = upstream_meta(request.meta.take());
+        let ms = spec.timeouts.call_ms;
+        upstream_answer(&spec, ms, tokio::time::timeout(Duration::from_millis(ms), conn.peer.complete(request)).await)
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let p = self.principal(&context.extensions).await?;
+        let exposed = request.uri.clone();
+        let unknown = || McpError::resource_not_found(format!("unknown resource: {exposed}"), None);
+        let Some(config) = p.config else { return Err(unknown()) };
+        let (spec, uri) = route_resource(&config, &exposed).ok_or_else(unknown)?;
+        self.session.link.attach(&context.peer);
+        let upstream = self.upstream(config.id, &spec);
+        let conn = upstream.acquire().await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        let subscribable = conn.peer.peer_info().and_then(|i| i.capabilities.resources.as_ref()?.subscribe);
+        if subscribable != Some(true) {
+            return Err(McpError::invalid_request(
+                format!("server `{}` does not offer resource subscriptions", spec.server_name),
+                None,
+            ));
+        }
+        if !upstream.callers().subscribe(&uri, &self.session.link, exposed.clone()) {
+            return Ok(());
+        }
+        let ms = spec.timeouts.call_ms;
+        let params = SubscribeRequestParams::new(uri.clone());
+        let answer = tokio::time::timeout(Duration::from_millis(ms), conn.peer.subscribe(params)).await;
+        let answer = upstream_answer(&spec, ms, answer);
+        if answer.is_err() {
+            upstream.callers().unsubscribe(&uri, &self.session.link);
+        }
+        answer
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let p = self.principal(&context.extensions).await?;
+        let exposed = request.uri.clone();
+        let unknown = || McpError::resource_not_found(format!("unknown resource: {exposed}"), None);
+        let Some(config) = p.config else { return Err(unknown()) };
+        let (spec, uri) = route_resource(&config, &exposed).ok_or_else(unknown)?;
+        let upstream = self.upstream(config.id, &spec);
+        if !upstream.callers().unsubscribe(&uri, &self.session.link) {
+            return Ok(());
+        }
+        let conn = upstream.acquire().await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        let ms = spec.timeouts.call_ms;
+        let params = UnsubscribeRequestParams::new(uri);
+        upstream_answer(&spec, ms, tokio::time::timeout(Duration::from_millis(ms), conn.peer.unsubscribe(params)).await)
+    }
+}
+
+/// A prompt's server and upstream name, from the name the client knows it by.
+fn route_prompt(config: &ConfigView, name: &str) -> Option<(Arc<ServerSpec>, String)> {
+    match config.naming {
+        ToolNaming::Prefixed => config.split_prefixed(name).map(|(s, n)| (s.clone(), n.to_string())),
+        ToolNaming::Bare => config.servers.first().map(|s| (s.clone(), name.to_string())),
+    }
+}
+
+/// A resource's server and upstream URI, from the URI the client knows it by.
+fn route_resource(config: &ConfigView, uri: &str) -> Option<(Arc<ServerSpec>, String)> {
+    match config.naming {
+        ToolNaming::Prefixed => config.split_uri(uri).map(|(s, u)| (s.clone(), u.to_string())),
+        ToolNaming::Bare => config.servers.first().map(|s| (s.clone(), uri.to_string())),
+    }
+}
+
+/// An upstream's answer to a request passed on, with a timeout turned into a clear error.
+fn upstream_answer<T>(
+    spec: &ServerSpec,
+    ms: u64,
+    answer: Result<Result<T, ServiceError>, tokio::time::error::Elapsed>,
+) -> Result<T, McpError> {
+    match answer {
+        Err(_) => Err(McpError::internal_error(
+            format!("upstream `{}` did not answer within {ms} ms", spec.server_name),
+            None,
+        )),
+        Ok(Err(ServiceError::McpError(e))) => Err(e),
+        Ok(Err(e)) => Err(McpError::internal_error(UpstreamError::failed(&spec.server_name, e).to_string(), None)),
+        Ok(Ok(answer)) => Ok(answer),
     }
 }
 

@@ -28,12 +28,9 @@ pub fn router(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Router {
     } else {
         mcp_config.with_allowed_hosts(config.allowed_hosts.clone())
     };
-    if !config.allowed_origins.is_empty() {
-        mcp_config = mcp_config.with_allowed_origins(config.allowed_origins.clone());
-    } else {
-        // No browser origin is trusted unless configured: refuse any request that carries one.
-        mcp_config = mcp_config.enforce_origin_validation();
-    }
+    let origins: Vec<String> = config.allowed_origins.iter().filter(|o| !o.trim().is_empty()).cloned().collect();
+    // An empty list trusts no browser origin: any request that carries one is refused.
+    mcp_config = mcp_config.with_allowed_origins(origins).enforce_origin_validation();
     let factory_gateway = gateway.clone();
     let mcp = StreamableHttpService::new(
         move || Ok(GatewayService::new(factory_gateway.clone(), Identity::Http)),

@@ -24,9 +24,14 @@ pub struct DataPlane {
 
 /// The rmcp upstream fixture (built by `cargo test` as an example of this package).
 pub fn fixture() -> String {
+    example("upstream_fixture")
+}
+
+/// An example of this package, built by `cargo test`.
+pub fn example(name: &str) -> String {
     let exe = std::env::current_exe().expect("test exe");
     let debug_dir = exe.parent().and_then(|deps| deps.parent()).expect("target dir");
-    let path = debug_dir.join("examples").join("upstream_fixture");
+    let path = debug_dir.join("examples").join(name);
     assert!(path.exists(), "{} missing: run the tests with `cargo test` (it builds examples)", path.display());
     path.to_string_lossy().into_owned()
 }

@@ -4,6 +4,7 @@
 //! for stdio servers, a streamable HTTP session otherwise), reopened with backoff when it dies, closed
 //! when idle, plus that server's tool-discovery cache. The [`pool`] shares them per (config, server).
 
+pub mod callers;
 pub mod observed;
 pub mod pool;
 pub mod relay;
@@ -24,6 +25,7 @@ use uuid::Uuid;
 
 use crate::catalog::ServerPins;
 use crate::metrics::Metrics;
+use callers::Callers;
 use observed::{Observer, Seen};
 use relay::{ChangeEvent, ProgressRoutes, RelayTargets, UpstreamClient};
 
@@ -138,13 +140,12 @@ impl Upstream {
     pub fn new(config_id: Uuid, spec: Arc<ServerSpec>, settings: Arc<UpstreamSettings>) -> Arc<Self> {
         let tools: Arc<ToolCache> = Arc::new(Mutex::new(None));
         let cache = tools.clone();
-        let targets = Arc::new(RelayTargets {
+        let targets = Arc::new(RelayTargets::new(
             config_id,
-            server: spec.server_name.clone(),
-            progress: ProgressRoutes::default(),
-            events: settings.events.clone(),
-            tools_changed: Box::new(move || *cache.lock().unwrap_or_else(|e| e.into_inner()) = None),
-        });
+            spec.server_name.clone(),
+            settings.events.clone(),
+            Box::new(move || *cache.lock().unwrap_or_else(|e| e.into_inner()) = None),
+        ));
         Arc::new(Upstream {
             config_id,
             spec,
@@ -172,6 +173,11 @@ impl Upstream {
 
     pub fn progress(&self) -> &ProgressRoutes {
         &self.targets.progress
+    }
+
+    /// The client sessions this upstream's own messages may be relayed to.
+    pub fn callers(&self) -> &Callers {
+        &self.targets.callers
     }
 
     /// A live session to the upstream, opening (or reopening) it when needed.

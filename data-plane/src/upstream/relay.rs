@@ -1,22 +1,34 @@
 //! The gateway as an MCP client of one upstream: receives its notifications and relays them.
 //!
 //! - `list_changed` (tools, prompts, resources): drop the discovery cache and tell client sessions.
-//! - progress: recorded in arrival order by [`ProgressRecorder`] and forwarded by the call that
+//! - progress: recorded in arrival order by [`NotificationTap`] and forwarded by the call that
 //!   asked for it, under the client's own token.
+//! - log messages, sampling and elicitation: relayed to the session they can be attributed to
+//!   (see [`super::callers`]); resource updates to the sessions subscribed.
+
+// Logging and sampling: rmcp marks them deprecated for a future protocol version; clients speak
+// today's, and the gateway relays them.
+#![allow(deprecated)]
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    ClientCapabilities, ClientConfig, Implementation, JsonRpcMessage, ProgressNotificationParam, ProgressToken,
-    ServerNotification,
+    ClientCapabilities, ClientConfig, ClientResult, CreateMessageRequest, CreateMessageRequestParams,
+    CreateMessageResult, ElicitRequest, ElicitRequestParams, ElicitResult, Extensions, Implementation, JsonRpcMessage,
+    LoggingMessageNotification, LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken,
+    ResourceUpdatedNotification, ResourceUpdatedNotificationParam, ServerNotification, ServerRequest,
 };
-use rmcp::service::{NotificationContext, RxJsonRpcMessage, TxJsonRpcMessage};
+use rmcp::service::{
+    NotificationContext, OriginatingRequestId, RequestContext, RxJsonRpcMessage, ServiceError, TxJsonRpcMessage,
+};
 use rmcp::transport::Transport;
-use rmcp::{ClientHandler, Peer, RoleClient, RoleServer};
+use rmcp::{ClientHandler, ErrorData as McpError, Peer, RoleClient, RoleServer};
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
+
+use super::callers::Callers;
 
 /// What changed upstream (or through a reload), for sessions to pass on to their clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,14 +187,15 @@ impl ProgressRoutes {
     }
 }
 
-/// An upstream transport that records progress notifications as they are read, before rmcp
-/// dispatches them (its handlers run on their own tasks, possibly after the response).
-pub struct ProgressRecorder<T> {
+/// An upstream transport that acts on notifications as they are read, before rmcp dispatches
+/// them (its handlers run on their own tasks, possibly after the response they preceded): progress
+/// is recorded for its call, and log messages are attributed while their call is still in flight.
+pub struct NotificationTap<T> {
     pub inner: T,
     pub targets: Arc<RelayTargets>,
 }
 
-impl<T: Transport<RoleClient>> Transport<RoleClient> for ProgressRecorder<T> {
+impl<T: Transport<RoleClient>> Transport<RoleClient> for NotificationTap<T> {
     type Error = T::Error;
 
     fn send(
@@ -194,10 +207,15 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for ProgressRecorder<T> {
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
         let message = self.inner.receive().await;
-        if let Some(JsonRpcMessage::Notification(n)) = &message
-            && let ServerNotification::ProgressNotification(progress) = &n.notification
-        {
-            self.targets.progress.record(&progress.params);
+        if let Some(JsonRpcMessage::Notification(n)) = &message {
+            match &n.notification {
+                ServerNotification::ProgressNotification(progress) => self.targets.progress.record(&progress.params),
+                ServerNotification::LoggingMessageNotification(log) => self.targets.relay_log(&log.params),
+                ServerNotification::ResourceUpdatedNotification(update) => {
+                    self.targets.relay_resource_update(&update.params)
+                }
+                _ => {}
+            }
         }
         message
     }
@@ -212,9 +230,98 @@ pub struct RelayTargets {
     pub config_id: Uuid,
     pub server: String,
     pub progress: ProgressRoutes,
+    pub callers: Callers,
     pub events: broadcast::Sender<ChangeEvent>,
     /// Called when the upstream's tool list changed (drops the discovery cache).
     pub tools_changed: Box<dyn Fn() + Send + Sync>,
+    /// Sends relayed notifications to clients in the order they were read, off the read loop.
+    outbox: OnceLock<mpsc::Sender<(Peer<RoleServer>, ServerNotification)>>,
+}
+
+/// Relayed notifications waiting for a slow client, per upstream; beyond that they are dropped.
+const OUTBOX_CAPACITY: usize = 1024;
+
+impl RelayTargets {
+    pub fn new(
+        config_id: Uuid,
+        server: String,
+        events: broadcast::Sender<ChangeEvent>,
+        tools_changed: Box<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        RelayTargets {
+            config_id,
+            server,
+            progress: ProgressRoutes::default(),
+            callers: Callers::default(),
+            events,
+            tools_changed,
+            outbox: OnceLock::new(),
+        }
+    }
+
+    fn send(&self, peer: Peer<RoleServer>, notification: ServerNotification) {
+        let outbox = self.outbox.get_or_init(|| {
+            let (tx, mut rx) = mpsc::channel::<(Peer<RoleServer>, ServerNotification)>(OUTBOX_CAPACITY);
+            tokio::spawn(async move {
+                while let Some((peer, notification)) = rx.recv().await {
+                    let _ = peer.send_notification(notification).await;
+                }
+            });
+            tx
+        });
+        if outbox.try_send((peer, notification)).is_err() {
+            tracing::debug!(server = %self.server, "a client is not keeping up; a notification was dropped");
+        }
+    }
+
+    fn relay_log(&self, params: &LoggingMessageNotificationParam) {
+        let Some(caller) = self.callers.attributable() else {
+            tracing::debug!(server = %self.server, "a log message no single session can be told for; not relayed");
+            return;
+        };
+        if let Some(peer) = caller.link.peer()
+            && caller.link.wants_log(params.level)
+        {
+            let notification = LoggingMessageNotification::new(params.clone());
+            self.send(peer.clone(), ServerNotification::LoggingMessageNotification(notification));
+        }
+    }
+
+    fn relay_resource_update(&self, params: &ResourceUpdatedNotificationParam) {
+        for (link, shown_as) in self.callers.subscribers(&params.uri) {
+            if let Some(peer) = link.peer() {
+                let mut update = params.clone();
+                update.uri = shown_as;
+                let notification = ResourceUpdatedNotification::new(update);
+                self.send(peer.clone(), ServerNotification::ResourceUpdatedNotification(notification));
+            }
+        }
+    }
+
+    /// The client a server-to-client request belongs to, if it can be told and it can answer.
+    fn requester(
+        &self,
+        what: &str,
+        can: impl Fn(&ClientCapabilities) -> bool,
+    ) -> Result<(Peer<RoleServer>, Extensions), McpError> {
+        let refuse = |why: String| {
+            tracing::info!(server = %self.server, "{what} request refused: {why}");
+            Err(McpError::invalid_request(format!("{what} is not available through the gateway here: {why}"), None))
+        };
+        let Some(caller) = self.callers.attributable() else {
+            return refuse("no single client session can be told for it".into());
+        };
+        let Some(peer) = caller.link.peer().cloned() else { return refuse("the client session is gone".into()) };
+        if !peer.peer_info().is_some_and(|info| can(&info.capabilities)) {
+            return refuse("the client did not declare the capability".into());
+        }
+        let mut extensions = Extensions::new();
+        if let Some(request) = caller.request {
+            // The client's request in flight: the server request rides that request's stream.
+            extensions.insert(OriginatingRequestId(request));
+        }
+        Ok((peer, extensions))
+    }
 }
 
 pub struct UpstreamClient {
@@ -227,9 +334,47 @@ impl UpstreamClient {
     }
 }
 
+fn relay_failure(e: ServiceError) -> McpError {
+    match e {
+        ServiceError::McpError(e) => e,
+        other => McpError::internal_error(format!("the client did not answer: {other}"), None),
+    }
+}
+
 impl ClientHandler for UpstreamClient {
     fn get_info(&self) -> ClientConfig {
-        ClientConfig::new(ClientCapabilities::default(), Implementation::new("mcpgw", env!("CARGO_PKG_VERSION")))
+        // Server-to-client requests are relayed to the client the call came from, which is
+        // checked for the capability then.
+        let capabilities = ClientCapabilities::builder().enable_sampling().enable_elicitation().build();
+        ClientConfig::new(capabilities, Implementation::new("mcpgw", env!("CARGO_PKG_VERSION")))
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, McpError> {
+        let (peer, extensions) = self.targets.requester("sampling", |c| c.sampling.is_some())?;
+        let mut request = CreateMessageRequest::new(params);
+        request.extensions = extensions;
+        match peer.send_request(ServerRequest::CreateMessageRequest(request)).await.map_err(relay_failure)? {
+            ClientResult::CreateMessageResult(result) => Ok(*result),
+            _ => Err(McpError::internal_error("the client answered sampling with something else", None)),
+        }
+    }
+
+    async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, McpError> {
+        let (peer, extensions) = self.targets.requester("elicitation", |c| c.elicitation.is_some())?;
+        let mut request = ElicitRequest::new(params);
+        request.extensions = extensions;
+        match peer.send_request(ServerRequest::ElicitRequest(request)).await.map_err(relay_failure)? {
+            ClientResult::ElicitResult(result) => Ok(result),
+            _ => Err(McpError::internal_error("the client answered elicitation with something else", None)),
+        }
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {

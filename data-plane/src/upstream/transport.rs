@@ -10,7 +10,7 @@ use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use shared::server::{ServerSpec, Transport};
 use tokio::io::AsyncBufReadExt;
 
-use super::relay::{ProgressRecorder, UpstreamClient};
+use super::relay::{NotificationTap, UpstreamClient};
 use super::{Session, UpstreamSettings};
 
 /// Opens and initialises a session; the flag says whether it runs a child process.
@@ -42,7 +42,7 @@ pub(super) async fn open(
                     }
                 });
             }
-            let recorder = ProgressRecorder { inner: process, targets: client.targets.clone() };
+            let recorder = NotificationTap { inner: process, targets: client.targets.clone() };
             let session = client.serve(recorder).await.map_err(|e| e.to_string())?;
             Ok((session, true))
         }
@@ -69,7 +69,7 @@ pub(super) async fn open(
             config.reinit_on_expired_session = true;
             config = config.max_concurrent_requests(256);
             let transport = StreamableHttpClientTransport::with_client(settings.http.clone(), config);
-            let recorder = ProgressRecorder { inner: transport, targets: client.targets.clone() };
+            let recorder = NotificationTap { inner: transport, targets: client.targets.clone() };
             let session = client.serve(recorder).await.map_err(|e| e.to_string())?;
             Ok((session, false))
         }
