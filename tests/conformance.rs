@@ -176,3 +176,130 @@ fn the_conformance_suite_passes_directly_and_through_the_gateway() {
     let gateway = run_suite(&format!("http://localhost:{port}/mcp"), "gateway");
     assert!(gateway.contains("tools-call-sampling") && gateway.contains("dns-rebinding-protection"), "{gateway}");
 }
+
+/// A client that records what the gateway relays to it and answers sampling as `name`.
+#[derive(Clone)]
+struct Relayed {
+    name: &'static str,
+    sampling: bool,
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    updates: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    sampled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Relayed {
+    fn new(name: &'static str, sampling: bool) -> Self {
+        Relayed { name, sampling, logs: Default::default(), updates: Default::default(), sampled: Default::default() }
+    }
+}
+
+#[allow(deprecated)] // logging and sampling, as clients speak them today
+impl rmcp::ClientHandler for Relayed {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        let capabilities = if self.sampling {
+            rmcp::model::ClientCapabilities::builder().enable_sampling().build()
+        } else {
+            rmcp::model::ClientCapabilities::default()
+        };
+        rmcp::model::ClientConfig::new(capabilities, rmcp::model::Implementation::new(self.name, "1.0.0"))
+    }
+
+    async fn create_message(
+        &self,
+        _params: rmcp::model::CreateMessageRequestParams,
+        _context: rmcp::service::RequestContext<rmcp::RoleClient>,
+    ) -> Result<rmcp::model::CreateMessageResult, rmcp::ErrorData> {
+        self.sampled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let answer = json!({"role": "assistant", "content": {"type": "text", "text": format!("from {}", self.name)},
+            "model": "test-model", "stopReason": "endTurn"});
+        Ok(serde_json::from_value(answer).unwrap())
+    }
+
+    async fn on_logging_message(
+        &self,
+        params: rmcp::model::LoggingMessageNotificationParam,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        self.logs.lock().unwrap().push(params.data.to_string());
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: rmcp::model::ResourceUpdatedNotificationParam,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        self.updates.lock().unwrap().push(params.uri);
+    }
+}
+
+#[test]
+#[allow(deprecated)]
+fn relays_reach_only_the_session_they_belong_to() {
+    use rmcp::ServiceExt;
+    use rmcp::model::{CallToolRequestParams, LoggingLevel, SetLevelRequestParams, SubscribeRequestParams};
+
+    // One shared upstream process, prefixed names, two sessions of the same key.
+    let cp = ControlPlane::start();
+    let key =
+        provision(&cp, "relays", json!([{"server_name": "cs", "config": {"command": example("conformance_server")}}]));
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    runtime().block_on(async {
+        let open = |handler: Relayed| {
+            let config =
+                rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(dp.mcp_url())
+                    .auth_header(key.clone());
+            handler.serve(rmcp::transport::StreamableHttpClientTransport::from_config(config))
+        };
+        let (a, b) = (Relayed::new("a", true), Relayed::new("b", true));
+        let client_a = open(a.clone()).await.unwrap();
+        let client_b = open(b.clone()).await.unwrap();
+        let call = |client: &rmcp::service::RunningService<rmcp::RoleClient, Relayed>, tool: &str| {
+            let peer = client.peer().clone();
+            let tool = tool.to_string();
+            async move { serde_json::to_value(peer.call_tool(CallToolRequestParams::new(tool)).await.unwrap()).unwrap() }
+        };
+
+        // Resource updates go to the subscriber, under the URI it subscribed to.
+        let watched = "mcpgw://cs/test://watched-resource";
+        let uris: Vec<String> =
+            client_a.list_all_resources().await.unwrap().into_iter().map(|r| r.uri.to_string()).collect();
+        assert!(uris.contains(&watched.to_string()), "{uris:?}");
+        client_a.subscribe(SubscribeRequestParams::new(watched)).await.unwrap();
+        let touched = call(&client_b, "cs__test_touch_watched_resource").await;
+        assert_eq!(touched["content"][0]["text"], "notified 1 subscription(s)", "{touched}");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while a.updates.lock().unwrap().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(*a.updates.lock().unwrap(), [watched]);
+        assert!(b.updates.lock().unwrap().is_empty(), "not subscribed");
+
+        // Log messages go to the session whose call produced them, at the level it asked for.
+        client_a.set_level(SetLevelRequestParams::new(LoggingLevel::Error)).await.unwrap();
+        client_b.set_level(SetLevelRequestParams::new(LoggingLevel::Debug)).await.unwrap();
+        call(&client_a, "cs__test_tool_with_logging").await;
+        call(&client_b, "cs__test_tool_with_logging").await;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while b.logs.lock().unwrap().len() < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(b.logs.lock().unwrap().len(), 3, "{:?}", b.logs.lock().unwrap());
+        assert!(a.logs.lock().unwrap().is_empty(), "below the level a asked for: {:?}", a.logs.lock().unwrap());
+
+        // Sampling asks the client that made the call, and only it.
+        let mut params = CallToolRequestParams::new("cs__test_sampling");
+        params.arguments = json!({"prompt": "hello"}).as_object().cloned();
+        let sampled = serde_json::to_value(client_a.call_tool(params.clone()).await.unwrap()).unwrap();
+        assert_eq!(sampled["content"][0]["text"], "LLM response: from a", "{sampled}");
+        assert_eq!(b.sampled.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        // A client that cannot sample is not asked; the upstream hears why.
+        let c = Relayed::new("c", false);
+        let client_c = open(c.clone()).await.unwrap();
+        let refused = client_c.call_tool(params).await.expect_err("the fixture fails when sampling fails").to_string();
+        assert!(refused.contains("sampling is not available") && refused.contains("did not declare"), "{refused}");
+        assert_eq!(c.sampled.load(std::sync::atomic::Ordering::SeqCst), 0);
+    });
+}
