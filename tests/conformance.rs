@@ -164,7 +164,8 @@ fn the_conformance_suite_passes_directly_and_through_the_gateway() {
         &cp,
         "conformance",
         json!({"name": "cfg-conformance", "tool_naming": "bare", "servers": [
-            {"server_name": "conformance", "config": {"command": example("conformance_server")}}
+            {"server_name": "conformance", "config": {"command": example("conformance_server")},
+             "allow_sampling": true, "allow_elicitation": true}
         ]}),
     );
     let dp = DataPlane::start(&cp, &[]);
@@ -240,8 +241,14 @@ fn relays_reach_only_the_session_they_belong_to() {
 
     // One shared upstream process, prefixed names, two sessions of the same key.
     let cp = ControlPlane::start();
-    let key =
-        provision(&cp, "relays", json!([{"server_name": "cs", "config": {"command": example("conformance_server")}}]));
+    let key = provision(
+        &cp,
+        "relays",
+        json!([{
+            "server_name": "cs", "config": {"command": example("conformance_server")},
+            "allow_sampling": true, "allow_elicitation": true
+        }]),
+    );
     let dp = DataPlane::start(&cp, &[]);
     dp.sync(&cp);
     runtime().block_on(async {
@@ -301,5 +308,27 @@ fn relays_reach_only_the_session_they_belong_to() {
         let refused = client_c.call_tool(params).await.expect_err("the fixture fails when sampling fails").to_string();
         assert!(refused.contains("sampling is not available") && refused.contains("did not declare"), "{refused}");
         assert_eq!(c.sampled.load(std::sync::atomic::Ordering::SeqCst), 0);
+    });
+
+    // Without `allow_sampling` the upstream is not told the gateway can sample (the fixture's SDK
+    // checks the declared capabilities itself), so even a client that could answer is never asked.
+    let key = provision(
+        &cp,
+        "no-relays",
+        json!([{"server_name": "cs", "config": {"command": example("conformance_server")}}]),
+    );
+    dp.sync(&cp);
+    runtime().block_on(async {
+        let config =
+            rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(dp.mcp_url())
+                .auth_header(key);
+        let d = Relayed::new("d", true);
+        let client_d =
+            d.clone().serve(rmcp::transport::StreamableHttpClientTransport::from_config(config)).await.unwrap();
+        let mut params = CallToolRequestParams::new("cs__test_sampling");
+        params.arguments = json!({"prompt": "hello"}).as_object().cloned();
+        let refused = client_d.call_tool(params).await.expect_err("the fixture fails when sampling fails").to_string();
+        assert!(refused.contains("client does not support sampling"), "{refused}");
+        assert_eq!(d.sampled.load(std::sync::atomic::Ordering::SeqCst), 0);
     });
 }

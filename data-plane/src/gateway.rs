@@ -626,15 +626,8 @@ impl ServerHandler for GatewayService {
         request.name = name;
         request.meta = upstream_meta(request.meta.take());
         let ms = spec.timeouts.call_ms;
-        match tokio::time::timeout(Duration::from_millis(ms), conn.peer.get_prompt_once(request)).await {
-            Err(_) => Err(McpError::internal_error(
-                format!("upstream `{}` did not answer within {ms} ms", spec.server_name),
-                None,
-            )),
-            Ok(Err(ServiceError::McpError(e))) => Err(e),
-            Ok(Err(e)) => Err(McpError::internal_error(UpstreamError::failed(&spec.server_name, e).to_string(), None)),
-            Ok(Ok(response)) => Ok(response),
-        }
+        let answer = tokio::time::timeout(Duration::from_millis(ms), conn.peer.get_prompt_once(request)).await;
+        upstream_answer(&spec, ms, answer)
     }
 
     async fn list_resources(
@@ -708,21 +701,8 @@ impl ServerHandler for GatewayService {
         request.uri = uri;
         request.meta = upstream_meta(request.meta.take());
         let ms = spec.timeouts.call_ms;
-        let response = match tokio::time::timeout(Duration::from_millis(ms), conn.peer.read_resource_once(request))
-            .await
-        {
-            Err(_) => {
-                return Err(McpError::internal_error(
-                    format!("upstream `{}` did not answer within {ms} ms", spec.server_name),
-                    None,
-                ));
-            }
-            Ok(Err(ServiceError::McpError(e))) => return Err(e),
-            Ok(Err(e)) => {
-                return Err(McpError::internal_error(UpstreamError::failed(&spec.server_name, e).to_string(), None));
-            }
-            Ok(Ok(response)) => response,
-        };
+        let answer = tokio::time::timeout(Duration::from_millis(ms), conn.peer.read_resource_once(request)).await;
+        let response = upstream_answer(&spec, ms, answer)?;
         Ok(match response {
             ReadResourceResponse::Complete(mut result) => {
                 for contents in &mut result.contents {

@@ -130,6 +130,8 @@ pub fn masked(spec: &ServerSpec) -> Value {
         "oauth_config": oauth,
         "timeouts": spec.timeouts,
         "per_session": spec.per_session,
+        "allow_sampling": spec.allow_sampling,
+        "allow_elicitation": spec.allow_elicitation,
     })
 }
 

@@ -278,6 +278,13 @@ pub struct ServerSpec {
     /// Give each client session its own upstream process (for servers that keep per-session state).
     #[serde(default)]
     pub per_session: bool,
+    /// Let this server ask the calling client's model for a completion (MCP sampling). Off by
+    /// default: a server that can sample can steer the client's model.
+    #[serde(default)]
+    pub allow_sampling: bool,
+    /// Let this server ask the calling client's user for input (MCP elicitation). Off by default.
+    #[serde(default)]
+    pub allow_elicitation: bool,
 }
 
 impl ServerSpec {

@@ -217,7 +217,15 @@ impl Upstream {
         let connect_ms = self.spec.timeouts.connect_ms;
         let opened = tokio::time::timeout(
             Duration::from_millis(connect_ms),
-            transport::open(&self.spec, &self.settings, UpstreamClient { targets: self.targets.clone() }),
+            transport::open(
+                &self.spec,
+                &self.settings,
+                UpstreamClient {
+                    targets: self.targets.clone(),
+                    allow_sampling: self.spec.allow_sampling,
+                    allow_elicitation: self.spec.allow_elicitation,
+                },
+            ),
         )
         .await;
         let (session, is_process) = match opened {

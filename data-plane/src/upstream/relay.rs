@@ -326,6 +326,9 @@ impl RelayTargets {
 
 pub struct UpstreamClient {
     pub targets: Arc<RelayTargets>,
+    /// What the server's config lets it ask of clients; only these are declared to it.
+    pub allow_sampling: bool,
+    pub allow_elicitation: bool,
 }
 
 impl UpstreamClient {
@@ -341,11 +344,22 @@ fn relay_failure(e: ServiceError) -> McpError {
     }
 }
 
+fn not_allowed(what: &str) -> McpError {
+    McpError::invalid_request(format!("{what} is not enabled for this server (allow_{what} in its config)"), None)
+}
+
 impl ClientHandler for UpstreamClient {
     fn get_info(&self) -> ClientConfig {
         // Server-to-client requests are relayed to the client the call came from, which is
-        // checked for the capability then.
-        let capabilities = ClientCapabilities::builder().enable_sampling().enable_elicitation().build();
+        // checked for the capability then. Servers learn only what their config allows, so a
+        // shared upstream offers every client the same tools.
+        let mut capabilities = ClientCapabilities::default();
+        if self.allow_sampling {
+            capabilities.sampling = ClientCapabilities::builder().enable_sampling().build().sampling;
+        }
+        if self.allow_elicitation {
+            capabilities.elicitation = ClientCapabilities::builder().enable_elicitation().build().elicitation;
+        }
         ClientConfig::new(capabilities, Implementation::new("mcpgw", env!("CARGO_PKG_VERSION")))
     }
 
@@ -354,6 +368,9 @@ impl ClientHandler for UpstreamClient {
         params: CreateMessageRequestParams,
         _context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, McpError> {
+        if !self.allow_sampling {
+            return Err(not_allowed("sampling"));
+        }
         let (peer, extensions) = self.targets.requester("sampling", |c| c.sampling.is_some())?;
         let mut request = CreateMessageRequest::new(params);
         request.extensions = extensions;
@@ -368,6 +385,9 @@ impl ClientHandler for UpstreamClient {
         params: ElicitRequestParams,
         _context: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, McpError> {
+        if !self.allow_elicitation {
+            return Err(not_allowed("elicitation"));
+        }
         let (peer, extensions) = self.targets.requester("elicitation", |c| c.elicitation.is_some())?;
         let mut request = ElicitRequest::new(params);
         request.extensions = extensions;
