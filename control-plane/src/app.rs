@@ -16,7 +16,7 @@ use shared::snapshot::{GuardrailProvider, ProviderKind, SnapshotSettings};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::admin_key::{self, AdminKeyFile};
-use crate::api::{api_keys, configs, pins, projects, system, users};
+use crate::api::{api_keys, configs, import, pins, projects, system, users};
 use crate::auth::require_admin;
 use crate::error::ApiError;
 use crate::publish::Publisher;
@@ -135,6 +135,7 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
                             .configure(pins::routes)
                             .configure(api_keys::routes)
                             .configure(system::routes)
+                            .configure(import::routes)
                             .default_service(web::to(not_found)),
                     )
                     .route(

@@ -4,7 +4,7 @@
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::api::{api_keys, configs, pins, projects, system, users};
+use crate::api::{api_keys, configs, import, pins, projects, system, users};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::publish::PublishStatus;
 
@@ -28,7 +28,7 @@ use crate::publish::PublishStatus;
         configs::copy_config, configs::list_servers, configs::add_server, configs::get_server, configs::replace_server,
         configs::delete_server, pins::review_pins, pins::approve_pin, pins::revoke_pin,
         api_keys::create_key, api_keys::list_keys, api_keys::get_key, api_keys::delete_key, api_keys::rotate_key,
-        api_keys::disable_key, api_keys::enable_key,
+        api_keys::disable_key, api_keys::enable_key, import::import, import::export_config,
     ),
     components(schemas(ErrorBody, ErrorDetail, PublishStatus)),
     modifiers(&Security),
@@ -40,7 +40,7 @@ use crate::publish::PublishStatus;
         (name = "servers", description = "Upstream MCP servers inside a config"),
         (name = "pins", description = "Approved tool definitions (rug-pull protection) and changes awaiting review"),
         (name = "api-keys", description = "Client keys for the MCP gateway (secrets shown once)"),
-        (name = "system", description = "Health, snapshot publishing, admin key"),
+        (name = "system", description = "Health, snapshot publishing, admin key, import of a Python gateway config"),
     )
 )]
 pub struct ApiDoc;

@@ -76,8 +76,8 @@ impl Default for Authenticator {
 
 impl Authenticator {
     pub async fn authenticate(&self, catalog: &Catalog, key: &str) -> Result<Principal, AuthError> {
-        let id = api_key::parse_key_id(key).ok_or(AuthError::Invalid)?;
-        let record = catalog.key(id).ok_or(AuthError::Invalid)?;
+        let id = api_key::lookup_id(key).ok_or(AuthError::Invalid)?;
+        let record = catalog.key(&id).ok_or(AuthError::Invalid)?;
         let fingerprint = api_key::fingerprint(key);
 
         let cached = self.cached(&fingerprint, &record.hash);

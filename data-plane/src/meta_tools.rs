@@ -114,7 +114,7 @@ pub fn masked(spec: &ServerSpec) -> Value {
     let oauth = spec.oauth_config.as_ref().map(|o| {
         o.iter()
             .map(|(k, v)| {
-                let secret = ["SECRET", "TOKEN", "PASSWORD", "KEY"].iter().any(|s| k.to_ascii_uppercase().contains(s));
+                let secret = shared::server::is_secret_oauth_field(k);
                 (k.clone(), if secret && !v.is_boolean() { json!(MASK) } else { v.clone() })
             })
             .collect::<serde_json::Map<_, _>>()

@@ -68,6 +68,35 @@ pub fn parse_key_id(key: &str) -> Option<&str> {
     well_formed.then_some(id)
 }
 
+/// Shortest key accepted from another gateway's config: shorter ones are guessable.
+pub const MIN_IMPORTED_KEY_LEN: usize = 20;
+/// Longest key accepted from another gateway's config.
+pub const MAX_IMPORTED_KEY_LEN: usize = 256;
+/// Prefix of the public id of an imported key.
+const IMPORTED_ID_PREFIX: &str = "imp";
+
+/// The public id of a key that mcpgw did not issue (imported from another gateway's config), which
+/// carries no id of its own: 52 bits of a SHA-256 of the key. Enough to find the one hash to check,
+/// far too little to say anything about a key of 20 or more random characters.
+pub fn imported_key_id(key: &str) -> String {
+    let digest = Sha256::new().chain_update(b"mcpgw imported key id\0").chain_update(key.as_bytes()).finalize();
+    let mut id = String::with_capacity(KEY_ID_LEN);
+    id.push_str(IMPORTED_ID_PREFIX);
+    id.push_str(&hex::encode(&digest[..7])[..KEY_ID_LEN - IMPORTED_ID_PREFIX.len()]);
+    id
+}
+
+/// The id to look a presented key up by: the one it carries, or, for an imported key, the one
+/// derived from it. `None` for anything that cannot be a key of either kind.
+pub fn lookup_id(key: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if let Some(id) = parse_key_id(key) {
+        return Some(std::borrow::Cow::Borrowed(id));
+    }
+    (MIN_IMPORTED_KEY_LEN..=MAX_IMPORTED_KEY_LEN)
+        .contains(&key.len())
+        .then(|| std::borrow::Cow::Owned(imported_key_id(key)))
+}
+
 /// argon2id hash (PHC string) of a key, with a random salt.
 pub fn hash(key: &str) -> Result<String, KeyError> {
     let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| KeyError::Hash(e.to_string()))?;
@@ -114,6 +143,21 @@ pub fn redact(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn imported_keys_get_a_stable_id_of_the_usual_shape() {
+        let key = "Zq3v0v6dM1mS9k2n4QeYtPzq-8rJbLwX_c1uVgH7aKfE0dTs";
+        let id = imported_key_id(key);
+        assert_eq!(id, imported_key_id(key));
+        assert_ne!(id, imported_key_id("Zq3v0v6dM1mS9k2n4QeYtPzq-8rJbLwX_c1uVgH7aKfE0dTt"));
+        assert_eq!(id.len(), KEY_ID_LEN);
+        assert!(id.starts_with("imp") && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        assert_eq!(lookup_id(key).as_deref(), Some(id.as_str()));
+        let ours = generate();
+        assert_eq!(lookup_id(&ours.secret).as_deref(), Some(ours.id.as_str()));
+        assert_eq!(lookup_id("short"), None);
+        assert_eq!(lookup_id(&"x".repeat(MAX_IMPORTED_KEY_LEN + 1)), None);
+    }
 
     #[test]
     fn generated_keys_parse_back_to_their_id() {

@@ -287,7 +287,47 @@ pub struct ServerSpec {
     pub allow_elicitation: bool,
 }
 
+/// What replaces a secret wherever settings are shown.
+pub const SECRET_MASK: &str = "****";
+
+/// Whether an `oauth_config` field holds a secret (client secret, tokens, passwords, keys, and the
+/// free-form headers and parameters, which often carry credentials).
+pub fn is_secret_oauth_field(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    n.contains("SECRET")
+        || n.contains("PASSWORD")
+        || n.ends_with("_KEY")
+        || (n.contains("TOKEN") && !n.contains("URL") && !n.contains("EXPIRY"))
+        || n.contains("CUSTOM_HEADERS")
+        || n.contains("ADDITIONAL_PARAMS")
+}
+
 impl ServerSpec {
+    /// A copy for display and export: environment values, header values and OAuth secrets are
+    /// replaced by [`SECRET_MASK`]; names and everything else stay, so the shape can be reviewed.
+    pub fn with_secrets_masked(&self) -> ServerSpec {
+        let mask_values =
+            |m: &BTreeMap<String, String>| m.keys().map(|k| (k.clone(), SECRET_MASK.to_string())).collect();
+        let mut spec = self.clone();
+        spec.config = match &self.config {
+            Transport::Stdio { command, args, env, cwd } => Transport::Stdio {
+                command: command.clone(),
+                args: args.clone(),
+                env: mask_values(env),
+                cwd: cwd.clone(),
+            },
+            Transport::Http { url, headers } => Transport::Http { url: url.clone(), headers: mask_values(headers) },
+        };
+        if let Some(oauth) = spec.oauth_config.as_mut() {
+            for (k, v) in oauth.iter_mut() {
+                if is_secret_oauth_field(k) && !v.is_boolean() && !v.is_null() {
+                    *v = serde_json::Value::String(SECRET_MASK.into());
+                }
+            }
+        }
+        spec
+    }
+
     /// Checks every field; returns all problems at once so a person can fix them in one go.
     /// Detectors that need a remote provider are accepted here (a data plane without a provider
     /// refuses the calls they guard); the admin API checks with [`ServerSpec::validate_with`].
@@ -406,6 +446,25 @@ pub fn is_http_url(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masking_hides_secrets_and_keeps_the_shape() {
+        let spec: ServerSpec = serde_json::from_value(serde_json::json!({
+            "server_name": "s",
+            "config": {"command": "run", "args": ["--port", "1"], "env": {"API_TOKEN": "t0p"}},
+            "oauth_config": {"enabled": true, "OAUTH_CLIENT_ID": "id", "OAUTH_CLIENT_SECRET": "s3cret",
+                "OAUTH_TOKEN_URL": "https://auth.example/token", "OAUTH_TOKEN_EXPIRY_BUFFER": 300,
+                "OAUTH_CUSTOM_HEADERS": {"X-Api-Key": "k"}}
+        }))
+        .unwrap();
+        let shown = serde_json::to_string(&spec.with_secrets_masked()).unwrap();
+        for secret in ["t0p", "s3cret", "X-Api-Key\":\"k"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        for kept in ["API_TOKEN", "--port", "OAUTH_CLIENT_ID\":\"id", "https://auth.example/token", "300"] {
+            assert!(shown.contains(kept), "{kept} lost: {shown}");
+        }
+    }
     use serde_json::json;
 
     fn parse(v: serde_json::Value) -> Result<ServerSpec, serde_json::Error> {

@@ -205,7 +205,11 @@ async fn name_taken(conn: &mut SqliteConnection, name: &str, except: Option<&str
     Ok(id.is_some_and(|id| Some(id.as_str()) != except))
 }
 
-async fn insert_server(conn: &mut SqliteConnection, config_id: &str, spec: &ServerSpec) -> Result<(), ApiError> {
+pub(crate) async fn insert_server(
+    conn: &mut SqliteConnection,
+    config_id: &str,
+    spec: &ServerSpec,
+) -> Result<(), ApiError> {
     let ts = now();
     sqlx::query(
         "INSERT INTO servers (config_id, name, position, spec, created_at, updated_at) \

@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod configs;
+pub mod import;
 pub mod pins;
 pub mod projects;
 pub mod system;
