@@ -1,8 +1,27 @@
-//! `mcpgw`: the control plane and the data plane in one process (the embedded default).
+//! `mcpgw`: alone (or `mcpgw serve`), the control plane and the data plane in one process (the
+//! embedded default); with a command, a client of the admin API (see `mcpgw --help`).
 //! Settings come from the `MCPGW_*` environment variables; both planes share the data dir and the
 //! snapshot file, exactly as separate processes would.
 
-fn main() -> anyhow::Result<()> {
+mod cli;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    match args.command {
+        None | Some(cli::Command::Serve) => match serve() {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Some(command) => std::process::ExitCode::from(cli::run(command, args.global)),
+    }
+}
+
+fn serve() -> anyhow::Result<()> {
     let log_format = std::env::var(shared::settings::ENV_LOG_FORMAT).unwrap_or_else(|_| "text".into());
     shared::runtime::init_tracing(&log_format);
     let rt = tokio::runtime::Runtime::new()?;

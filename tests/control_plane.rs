@@ -433,3 +433,126 @@ fn admin_key_from_the_environment_cannot_be_rotated_over_the_api() {
     cp.ok("POST", "/api/v1/admin-key/rotate", None, 409);
     assert!(!cp.data_dir().join("admin_apikey").exists());
 }
+
+/// Runs the `mcpgw` CLI against `cp`; (exit code, stdout, stderr).
+fn cli(cp: &ControlPlane, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mcpgw"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MCPGW_ADMIN_URL", &cp.base)
+        .env("MCPGW_ADMIN_API_KEY", &cp.admin_key)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("run mcpgw");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn the_cli_drives_the_admin_api_with_exit_codes_a_script_can_rely_on() {
+    let cp = ControlPlane::start();
+    let ok = |args: &[&str]| {
+        let (code, out, err) = cli(&cp, args, &[], None);
+        assert_eq!(code, 0, "mcpgw {args:?} failed: {err}");
+        out
+    };
+    let fails = |args: &[&str], env: &[(&str, &str)], expected: i32| {
+        let (code, out, err) = cli(&cp, args, env, None);
+        assert_eq!(code, expected, "mcpgw {args:?}: stdout {out} stderr {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        err
+    };
+
+    // Provisioning, as a CI script would do it.
+    assert!(ok(&["users", "create", "cli@example.com"]).contains("email: cli@example.com"));
+    let servers = r#"[{"server_name": "fx", "config": {"command": "fixture", "env": {"TOKEN": "cli-secret-1"}}}]"#;
+    let (code, _, err) = cli(&cp, &["configs", "create", "cli-config", "--servers", "-"], &[], Some(servers));
+    assert_eq!(code, 0, "{err}");
+    ok(&["projects", "create", "cli-project", "--config", "cli-config"]);
+    assert!(ok(&["members", "add", "cli-project", "cli@example.com"]).contains("is a member"));
+    let (code, key, note) = cli(
+        &cp,
+        &["keys", "create", "--project", "cli-project", "--user", "cli@example.com", "--name", "ci"],
+        &[],
+        None,
+    );
+    assert_eq!(code, 0, "{note}");
+    let key = key.trim().to_string();
+    assert!(shared_key_shape(&key), "stdout is the key alone: {key:?}");
+    assert!(note.contains("never shown again") && !note.contains(&key), "{note}");
+    let key_id = key.split('_').nth(1).unwrap().to_string();
+
+    // Lists: a table for people, JSON for scripts.
+    let table = ok(&["projects", "list"]);
+    assert!(table.starts_with("NAME") && table.contains("cli-project") && table.contains("cli-config"), "{table}");
+    let listed: Value = serde_json::from_str(&ok(&["keys", "list", "--project", "cli-project", "--json"])).unwrap();
+    assert_eq!(listed["items"][0]["id"], key_id.as_str());
+    assert!(!ok(&["keys", "list", "--json"]).contains(&key), "a listing shows a secret");
+    let export = ok(&["configs", "export", "cli-config"]);
+    assert!(export.contains("\"TOKEN\": \"****\"") && !export.contains("cli-secret-1"), "{export}");
+    let status: Value = serde_json::from_str(&ok(&["snapshot", "--json"])).unwrap();
+    assert!(status["db_revision"].as_u64().unwrap() >= 4, "{status}");
+
+    // Client configuration for the key, checked against the control plane first.
+    let config: Value = serde_json::from_str(&ok(&[
+        "client-config",
+        "--key",
+        &key,
+        "--client",
+        "cursor",
+        "--gateway-url",
+        "https://gw.example/mcp",
+    ]))
+    .unwrap();
+    assert_eq!(config["mcpServers"]["mcpgw"]["url"], "https://gw.example/mcp");
+    assert_eq!(config["mcpServers"]["mcpgw"]["headers"]["Authorization"], format!("Bearer {key}"));
+    let all = ok(&["client-config", "--key", &key]);
+    assert!(all.contains("mcp-remote") && all.contains("Claude Desktop") && all.contains("Cursor"), "{all}");
+    ok(&["keys", "disable", &key_id]);
+    assert!(fails(&["client-config", "--key", &key], &[], 7).contains("disabled"));
+    let unknown = format!("mcpgw_{}_{}", "a".repeat(16), "b".repeat(40));
+    fails(&["client-config", "--key", &unknown], &[], 5);
+
+    // Import from a file, dry run first.
+    let file = cp.data_dir().join("enkrypt_mcp_config.json");
+    std::fs::write(
+        &file,
+        json!({"users": {"u1": {"email": "cli-import@example.com"}}, "projects": {"p1": {"project_name": "cli imported", "users": ["u1"]}}})
+            .to_string(),
+    )
+    .unwrap();
+    let dry = ok(&["import", file.to_str().unwrap(), "--dry-run"]);
+    assert!(dry.contains("dry run, nothing written") && dry.contains("cli-imported"), "{dry}");
+    assert_eq!(cli(&cp, &["projects", "get", "cli-imported"], &[], None).0, 5);
+    assert!(ok(&["import", file.to_str().unwrap()]).contains("created 1 user(s)"));
+    ok(&["projects", "get", "cli-imported"]);
+
+    // Exit codes: usage 2, unreachable 3, bad admin key 4, unknown 5, conflict 6, invalid 7.
+    assert_eq!(cli(&cp, &["users", "frobnicate"], &[], None).0, 2);
+    fails(&["users", "list"], &[("MCPGW_ADMIN_URL", "http://127.0.0.1:9")], 3);
+    fails(&["users", "list"], &[("MCPGW_ADMIN_API_KEY", "wrong")], 4);
+    assert!(fails(&["projects", "get", "no-such-project"], &[], 5).contains("no-such-project"));
+    assert!(fails(&["users", "create", "cli@example.com"], &[], 6).contains("already"));
+    fails(&["users", "create", "not-an-email"], &[], 7);
+    fails(&["projects", "delete", "cli-project"], &[], 6);
+    assert!(ok(&["projects", "delete", "cli-project", "--force"]).contains("deleted"));
+    // Path segments are encoded: a name cannot walk to another route.
+    fails(&["users", "get", "../projects"], &[], 5);
+}
+
+fn shared_key_shape(key: &str) -> bool {
+    let parts: Vec<&str> = key.split('_').collect();
+    parts.len() == 3 && parts[0] == "mcpgw" && parts[1].len() == 16 && parts[2].len() == 40
+}
