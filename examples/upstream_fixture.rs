@@ -130,6 +130,7 @@ impl ServerHandler for Fixture {
             ),
             Tool::new("announce", "Send notifications/tools/list_changed", none.clone()),
             Tool::new("whoami", "This server process's pid", none.clone()),
+            Tool::new("bearer", "The OAuth token this process was started with", none.clone()),
             Tool::new("mutate", "Change how `echo` describes itself, then announce it", none.clone()),
             Tool::new("leak", "Answer with PII nobody asked for", none.clone()),
             Tool::new(
@@ -231,6 +232,9 @@ impl ServerHandler for Fixture {
                 CallToolResult::success(vec![ContentBlock::text(format!("{steps} steps done"))])
             }
             "whoami" => CallToolResult::success(vec![ContentBlock::text(std::process::id().to_string())]),
+            "bearer" => CallToolResult::success(vec![ContentBlock::text(
+                std::env::var("OAUTH_ACCESS_TOKEN").unwrap_or_else(|_| "none".into()),
+            )]),
             "exit" => std::process::exit(3),
             other => return Err(McpError::invalid_params(format!("unknown tool: {other}"), None)),
         };

@@ -907,3 +907,178 @@ fn an_imported_python_gateway_config_keeps_its_clients_working() {
         raw_post(&dp.mcp_url(), &[("apikey", "p9Xk2vQm7LrT4sWz8YbN3cFh6JdG1aEu5oRi0tMyKlZ-Vq_x")], &initialize_body());
     assert_eq!(status, 401, "a key one character off is refused");
 }
+
+/// A local OAuth token endpoint (client credentials, HTTP Basic) and an MCP server behind it that
+/// admits only the tokens the endpoint issued.
+mod oauth_fixture {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use rmcp::model::*;
+    use rmcp::service::RequestContext;
+    use rmcp::{ErrorData, RoleServer, ServerHandler};
+    use serde_json::json;
+
+    pub const CLIENT: &str = "gw-client";
+    pub const SECRET: &str = "right secret/+";
+
+    #[derive(Default)]
+    pub struct Issuer {
+        pub issued: Mutex<Vec<String>>,
+        /// Every bearer token the MCP server was shown, valid or not.
+        pub presented: Mutex<Vec<String>>,
+        pub refused: AtomicUsize,
+        pub lifetime_secs: u64,
+    }
+
+    async fn token(State(issuer): State<Arc<Issuer>>, headers: HeaderMap, body: String) -> Response {
+        use base64::Engine;
+        let basic = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Basic "));
+        let decoded = basic
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|b| String::from_utf8(b).ok());
+        // RFC 6749 2.3.1: form-encoded id and secret.
+        let expected = format!("{}:{}", CLIENT, "right+secret%2F%2B");
+        if decoded.as_deref() != Some(expected.as_str()) || !body.contains("grant_type=client_credentials") {
+            issuer.refused.fetch_add(1, Ordering::SeqCst);
+            return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_client"}))).into_response();
+        }
+        let mut issued = issuer.issued.lock().unwrap();
+        let token = format!("tok-{}", issued.len() + 1);
+        issued.push(token.clone());
+        axum::Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": issuer.lifetime_secs}))
+            .into_response()
+    }
+
+    #[derive(Clone)]
+    struct Guarded;
+
+    impl ServerHandler for Guarded {
+        fn get_info(&self) -> ServerConfig {
+            ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        }
+        async fn list_tools(
+            &self,
+            _: Option<PaginatedRequestParams>,
+            _: RequestContext<RoleServer>,
+        ) -> Result<ListToolsResult, ErrorData> {
+            let schema = Arc::new(json!({"type": "object"}).as_object().unwrap().clone());
+            Ok(ListToolsResult::with_all_items(vec![Tool::new("ping", "Answers pong", schema)]))
+        }
+        async fn call_tool(
+            &self,
+            _: CallToolRequestParams,
+            _: RequestContext<RoleServer>,
+        ) -> Result<CallToolResponse, ErrorData> {
+            Ok(CallToolResponse::Complete(CallToolResult::success(vec![ContentBlock::text("pong")])))
+        }
+    }
+
+    /// Starts both on one port; the base URL.
+    pub async fn start(issuer: Arc<Issuer>) -> String {
+        use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+        use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+        let mcp = StreamableHttpService::new(
+            || Ok(Guarded),
+            Arc::new(LocalSessionManager::default()),
+            StreamableHttpServerConfig::default(),
+        );
+        let guard_issuer = issuer.clone();
+        let guarded = axum::Router::new().route_service("/mcp", mcp).layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let issuer = guard_issuer.clone();
+                async move {
+                    let bearer = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                        .map(str::to_string);
+                    issuer.presented.lock().unwrap().push(bearer.clone().unwrap_or_default());
+                    let valid = bearer.is_some_and(|b| issuer.issued.lock().unwrap().contains(&b));
+                    if valid { next.run(req).await } else { StatusCode::UNAUTHORIZED.into_response() }
+                }
+            },
+        ));
+        let app = axum::Router::new().route("/token", axum::routing::post(token)).with_state(issuer).merge(guarded);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+}
+
+#[test]
+fn oauth_client_credentials_tokens_reach_http_and_stdio_upstreams() {
+    use std::sync::Arc;
+    let rt = runtime();
+    let issuer = Arc::new(oauth_fixture::Issuer { lifetime_secs: 2, ..Default::default() });
+    let base = rt.block_on(oauth_fixture::start(issuer.clone()));
+    let oauth = |secret: &str| {
+        json!({"enabled": true, "OAUTH_GRANT_TYPE": "client_credentials", "OAUTH_CLIENT_ID": oauth_fixture::CLIENT,
+               "OAUTH_CLIENT_SECRET": secret, "OAUTH_TOKEN_URL": format!("{base}/token"), "OAUTH_ENFORCE_HTTPS": false})
+    };
+    let cp = ControlPlane::start();
+
+    // A token URL in clear text is refused unless the config turns enforcement off.
+    let mut plain = oauth(oauth_fixture::SECRET);
+    plain.as_object_mut().unwrap().remove("OAUTH_ENFORCE_HTTPS");
+    let (status, body) = cp.call(
+        "POST",
+        "/api/v1/configs",
+        Some(json!({"name": "oauth-plain", "servers": [{"server_name": "api", "config": {"url": format!("{base}/mcp")}, "oauth_config": plain}]})),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("must be https"), "{body}");
+
+    let key = provision(
+        &cp,
+        "oauth",
+        json!([
+            {"server_name": "api", "config": {"url": format!("{base}/mcp")}, "oauth_config": oauth(oauth_fixture::SECRET)},
+            {"server_name": "fx", "config": {"command": fixture()}, "oauth_config": oauth(oauth_fixture::SECRET)},
+            {"server_name": "wrong", "config": {"url": format!("{base}/mcp")}, "oauth_config": oauth("wrong secret")}
+        ]),
+    );
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    rt.block_on(async {
+        let client = connect(&dp.mcp_url(), &key).await.unwrap();
+        // Concurrent first calls share one token fetch.
+        let calls = (0..5).map(|_| call(&client, "api__ping", json!({})));
+        for result in futures::future::join_all(calls).await {
+            assert_eq!(text(&result.unwrap()), "pong");
+        }
+        let first: Vec<String> = issuer.issued.lock().unwrap().clone();
+        assert!(!first.is_empty());
+        let after_http = first.len();
+
+        // The stdio server gets its token in the environment.
+        let bearer = text(&call(&client, "fx__bearer", json!({})).await.unwrap());
+        assert!(bearer.starts_with("tok-"), "{bearer}");
+        assert_eq!(issuer.issued.lock().unwrap().len(), after_http + 1, "one fetch per upstream, not per call");
+
+        // Past the refresh point (a 2 s token refreshes after 1 s) a new token is used without reconnecting.
+        tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+        assert_eq!(text(&call(&client, "api__ping", json!({})).await.unwrap()), "pong");
+        let latest = issuer.presented.lock().unwrap().last().cloned().unwrap();
+        assert!(!first.contains(&latest), "still using {latest} after its refresh point");
+        let restarted = text(&call(&client, "fx__bearer", json!({})).await.unwrap());
+        assert_ne!(restarted, bearer, "the stdio server was restarted with a fresh token");
+
+        // A refused client is a clear error for that server, and the server is never called without a token.
+        let before = issuer.presented.lock().unwrap().len();
+        let refused = call(&client, "wrong__ping", json!({})).await;
+        let message = format!("{refused:?}");
+        assert!(message.contains("refused the client (HTTP 401, invalid_client)"), "{message}");
+        assert!(!message.contains("wrong secret"), "{message}");
+        assert_eq!(issuer.presented.lock().unwrap().len(), before, "the upstream was called without a token");
+        assert!(issuer.refused.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        let presented = issuer.presented.lock().unwrap().clone();
+        assert!(presented.iter().all(|t| t.starts_with("tok-")), "a request without a valid token: {presented:?}");
+    });
+    assert!(!dp.log_text().contains(oauth_fixture::SECRET), "the client secret was logged");
+}

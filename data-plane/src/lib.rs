@@ -60,6 +60,7 @@ fn assemble(config: Config, replica: String, observed: Option<std::path::PathBuf
     let observer = upstream::observed::Observer::new(replica, observed);
     tokio::spawn(observer.clone().run());
     let settings = Arc::new(UpstreamSettings {
+        tokens: Arc::new(upstream::oauth::TokenSource::new(http.clone())),
         http,
         max_response_bytes: config.max_response_bytes,
         metrics: metrics.clone(),

@@ -5,6 +5,7 @@
 //! and hashing ([`api_key`]). It must not know about HTTP, SQL or MCP.
 
 pub mod api_key;
+pub mod oauth;
 pub mod pins;
 #[cfg(feature = "runtime")]
 pub mod runtime;

@@ -338,6 +338,11 @@ impl ServerSpec {
     /// [`ServerSpec::validate`], refusing remote detectors unless `remote_provider` is configured.
     pub fn validate_with(&self, remote_provider: bool) -> Result<(), Vec<FieldError>> {
         let mut errs = Vec::new();
+        if let Some(oauth) = &self.oauth_config
+            && let Err(problems) = crate::oauth::OAuthConfig::from_map(oauth)
+        {
+            errs.extend(problems);
+        }
         if !is_valid_name(&self.server_name) || self.server_name.contains("__") {
             errs.push(FieldError::new(
                 "server_name",

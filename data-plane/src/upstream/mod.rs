@@ -5,6 +5,7 @@
 //! when idle, plus that server's tool-discovery cache. The [`pool`] shares them per (config, server).
 
 pub mod callers;
+pub mod oauth;
 pub mod observed;
 pub mod pool;
 pub mod relay;
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use rmcp::model::Tool;
 use rmcp::service::RunningService;
 use rmcp::{Peer, RoleClient, ServiceError};
+use shared::oauth::OAuthConfig;
 use shared::pins::ObservedStatus;
 use shared::server::{PinningMode, ServerSpec};
 use tokio::sync::broadcast;
@@ -55,6 +57,8 @@ pub struct UpstreamSettings {
     pub events: broadcast::Sender<ChangeEvent>,
     /// Where definitions awaiting an admin's review are reported.
     pub observer: Arc<Observer>,
+    /// OAuth tokens for upstreams that need them.
+    pub tokens: Arc<oauth::TokenSource>,
 }
 
 type Session = RunningService<RoleClient, UpstreamClient>;
@@ -65,6 +69,8 @@ struct Connection {
     failures: u32,
     opened_at: Option<Instant>,
     ever_opened: bool,
+    /// The OAuth token a stdio server was started with; it is restarted, once idle, when it is due.
+    started_with: Option<oauth::Token>,
     /// Decrements the process gauge when the child goes away.
     _process: Option<ProcessGauge>,
 }
@@ -121,6 +127,8 @@ pub struct Upstream {
     retired: std::sync::atomic::AtomicBool,
     /// Trust-on-first-use pins: tool name -> fingerprint of the first definition seen.
     pins: Mutex<HashMap<String, String>>,
+    /// The server's OAuth settings, parsed once.
+    oauth: std::sync::OnceLock<Result<Option<OAuthConfig>, String>>,
 }
 
 /// A connection that stays open for as long as the guard lives (idle reaping skips it).
@@ -155,6 +163,7 @@ impl Upstream {
                 failures: 0,
                 opened_at: None,
                 ever_opened: false,
+                started_with: None,
                 _process: None,
             }),
             targets,
@@ -164,6 +173,7 @@ impl Upstream {
             last_used: Mutex::new(Instant::now()),
             retired: Default::default(),
             pins: Mutex::new(HashMap::new()),
+            oauth: std::sync::OnceLock::new(),
         })
     }
 
@@ -196,6 +206,14 @@ impl Upstream {
             return Err(UpstreamError::Retired { server: self.name().to_string() });
         }
         let mut conn = self.connection.lock().await;
+        if conn.started_with.as_ref().is_some_and(oauth::Token::is_due) && self.in_flight.load(Ordering::Acquire) <= 1 {
+            // A stdio server's token is in its environment: restart it with a fresh one while
+            // nothing else is using it.
+            tracing::info!(server = %self.name(), "restarting upstream with a refreshed OAuth token");
+            conn.session = None;
+            conn._process = None;
+            conn.started_with = None;
+        }
         if let Some(session) = &conn.session {
             if !session.is_closed() && !session.peer().is_transport_closed() {
                 return Ok(session.peer().clone());
@@ -215,6 +233,8 @@ impl Upstream {
             tokio::time::sleep(backoff).await;
         }
         let connect_ms = self.spec.timeouts.connect_ms;
+        let auth = self.authorize().await?;
+        let token = auth.as_ref().map(|a| a.token.clone());
         let opened = tokio::time::timeout(
             Duration::from_millis(connect_ms),
             transport::open(
@@ -225,6 +245,7 @@ impl Upstream {
                     allow_sampling: self.spec.allow_sampling,
                     allow_elicitation: self.spec.allow_elicitation,
                 },
+                auth,
             ),
         )
         .await;
@@ -245,6 +266,7 @@ impl Upstream {
         if is_process {
             self.settings.metrics.upstream_processes.fetch_add(1, Ordering::Relaxed);
             conn._process = Some(ProcessGauge(self.settings.metrics.clone()));
+            conn.started_with = token;
         }
         conn.ever_opened = true;
         conn.opened_at = Some(Instant::now());
@@ -253,6 +275,31 @@ impl Upstream {
         // A new session may serve a different tool list.
         *self.tools.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(peer)
+    }
+
+    /// The OAuth token for a new connection, when the server's config enables OAuth. A failed
+    /// fetch fails the connection: the server is never called without its token.
+    async fn authorize(&self) -> Result<Option<transport::UpstreamAuth<'_>>, UpstreamError> {
+        let Some(map) = &self.spec.oauth_config else { return Ok(None) };
+        let connect_error = |reason: String| UpstreamError::Connect { server: self.name().to_string(), reason };
+        let Some(oauth) = self
+            .oauth
+            .get_or_init(|| {
+                OAuthConfig::from_map(map)
+                    .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))
+            })
+            .as_ref()
+            .map_err(|e| connect_error(format!("invalid oauth_config: {e}")))?
+        else {
+            return Ok(None);
+        };
+        let token = self
+            .settings
+            .tokens
+            .token(self.config_id, self.name(), oauth)
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        Ok(Some(transport::UpstreamAuth { config_id: self.config_id, oauth, token }))
     }
 
     /// The upstream's tools after the integrity checks under `approved` pins, from the cache while

@@ -10,18 +10,45 @@ use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use shared::server::{ServerSpec, Transport};
 use tokio::io::AsyncBufReadExt;
 
+use super::oauth::{AuthorizedHttp, Token};
 use super::relay::{NotificationTap, UpstreamClient};
 use super::{Session, UpstreamSettings};
+
+/// The upstream's OAuth settings and the token fetched for this connection.
+pub(super) struct UpstreamAuth<'a> {
+    pub config_id: uuid::Uuid,
+    pub oauth: &'a shared::oauth::OAuthConfig,
+    pub token: Token,
+}
+
+/// Where a stdio server finds its OAuth token (the names the Python gateway set); variables the
+/// server's config sets itself are not overwritten.
+fn token_env(token: &str) -> [(&'static str, String); 4] {
+    [
+        ("OAUTH_ACCESS_TOKEN", token.to_string()),
+        ("OAUTH_TOKEN_TYPE", "Bearer".to_string()),
+        ("AUTHORIZATION", format!("Bearer {token}")),
+        ("AUTH_HEADER", format!("Bearer {token}")),
+    ]
+}
 
 /// Opens and initialises a session; the flag says whether it runs a child process.
 pub(super) async fn open(
     spec: &ServerSpec,
     settings: &UpstreamSettings,
     client: UpstreamClient,
+    auth: Option<UpstreamAuth<'_>>,
 ) -> Result<(Session, bool), String> {
     match &spec.config {
         Transport::Stdio { command, args, env, cwd } => {
             let mut cmd = tokio::process::Command::new(command);
+            if let Some(auth) = &auth {
+                for (name, value) in token_env(&auth.token.access_token) {
+                    if !env.contains_key(name) {
+                        cmd.env(name, value);
+                    }
+                }
+            }
             cmd.args(args).envs(env);
             if let Some(dir) = cwd {
                 cmd.current_dir(dir);
@@ -68,10 +95,28 @@ pub(super) async fn open(
             config.max_sse_event_size = settings.max_response_bytes;
             config.reinit_on_expired_session = true;
             config = config.max_concurrent_requests(256);
-            let transport = StreamableHttpClientTransport::with_client(settings.http.clone(), config);
-            let recorder = NotificationTap { inner: transport, targets: client.targets.clone() };
-            let session = client.serve(recorder).await.map_err(|e| e.to_string())?;
-            Ok((session, false))
+            let session = match auth {
+                // The token replaces any configured Authorization header, and is asked for on
+                // every request so that a refresh needs no reconnect.
+                Some(auth) => {
+                    let http = AuthorizedHttp {
+                        inner: settings.http.clone(),
+                        tokens: settings.tokens.clone(),
+                        config_id: auth.config_id,
+                        server: spec.server_name.clone(),
+                        oauth: auth.oauth.clone(),
+                    };
+                    let transport = StreamableHttpClientTransport::with_client(http, config);
+                    let recorder = NotificationTap { inner: transport, targets: client.targets.clone() };
+                    client.serve(recorder).await
+                }
+                None => {
+                    let transport = StreamableHttpClientTransport::with_client(settings.http.clone(), config);
+                    let recorder = NotificationTap { inner: transport, targets: client.targets.clone() };
+                    client.serve(recorder).await
+                }
+            };
+            Ok((session.map_err(|e| e.to_string())?, false))
         }
     }
 }
