@@ -556,3 +556,42 @@ fn shared_key_shape(key: &str) -> bool {
     let parts: Vec<&str> = key.split('_').collect();
     parts.len() == 3 && parts[0] == "mcpgw" && parts[1].len() == 16 && parts[2].len() == 40
 }
+
+#[test]
+fn oauth_client_secrets_are_never_shown_and_survive_a_round_trip() {
+    let cp = ControlPlane::start();
+    let oauth = json!({"enabled": true, "OAUTH_CLIENT_ID": "cid", "OAUTH_CLIENT_SECRET": "oauth-secret-42",
+        "OAUTH_TOKEN_URL": "https://auth.example/token"});
+    let created = cp.ok(
+        "POST",
+        "/api/v1/configs",
+        Some(json!({"name": "oauth-cfg", "servers": [{"server_name": "api", "config": {"url": "https://api.example/mcp"}, "oauth_config": oauth}]})),
+        201,
+    );
+    let mut seen = vec![created.to_string()];
+    for path in
+        ["/api/v1/configs/oauth-cfg", "/api/v1/configs/oauth-cfg/servers", "/api/v1/configs/oauth-cfg/servers/api"]
+    {
+        seen.push(cp.ok("GET", path, None, 200).to_string());
+    }
+    cp.ok("POST", "/api/v1/projects", Some(json!({"name": "oauth-proj", "mcp_config": "oauth-cfg"})), 201);
+    seen.push(cp.ok("GET", "/api/v1/projects/oauth-proj/config", None, 200).to_string());
+    for body in &seen {
+        assert!(!body.contains("oauth-secret-42") && body.contains("\"OAUTH_CLIENT_SECRET\":\"****\""), "{body}");
+        assert!(body.contains("https://auth.example/token"), "{body}");
+    }
+
+    // What was read can be sent back: the masked secret keeps the stored one (the snapshot has it).
+    let mut server = cp.ok("GET", "/api/v1/configs/oauth-cfg/servers/api", None, 200);
+    server["description"] = json!("edited");
+    let replaced = cp.ok("PUT", "/api/v1/configs/oauth-cfg/servers/api", Some(server.clone()), 200);
+    assert_eq!(replaced["oauth_config"]["OAUTH_CLIENT_SECRET"], "****");
+    let snapshot = cp.wait_for_snapshot().to_string();
+    assert!(snapshot.contains("oauth-secret-42") && snapshot.contains("edited"), "the data plane needs the secret");
+
+    // A mask with nothing stored behind it is refused, not stored.
+    server["server_name"] = json!("api2");
+    let (status, body) = cp.call("POST", "/api/v1/configs/oauth-cfg/servers", Some(server));
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("OAUTH_CLIENT_SECRET"), "{body}");
+}

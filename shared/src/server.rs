@@ -328,6 +328,42 @@ impl ServerSpec {
         spec
     }
 
+    /// A copy for the admin API: OAuth secrets replaced by [`SECRET_MASK`] (they are never shown
+    /// after they are set; see [`ServerSpec::keep_masked_oauth_secrets`]).
+    pub fn with_oauth_secrets_masked(&self) -> ServerSpec {
+        let mut spec = self.clone();
+        if let Some(oauth) = spec.oauth_config.as_mut() {
+            for (k, v) in oauth.iter_mut() {
+                if is_secret_oauth_field(k) && !v.is_boolean() && !v.is_null() {
+                    *v = serde_json::Value::String(SECRET_MASK.into());
+                }
+            }
+        }
+        spec
+    }
+
+    /// Puts back the stored value of every OAuth secret sent as [`SECRET_MASK`], so a setting read
+    /// from the admin API can be sent back unchanged. A masked secret with nothing stored behind it
+    /// is an error.
+    pub fn keep_masked_oauth_secrets(&mut self, stored: Option<&ServerSpec>) -> Result<(), FieldError> {
+        let Some(oauth) = self.oauth_config.as_mut() else { return Ok(()) };
+        let previous = stored.and_then(|s| s.oauth_config.as_ref());
+        for (k, v) in oauth.iter_mut() {
+            if v.as_str() == Some(SECRET_MASK) {
+                match previous.and_then(|p| p.get(k)).filter(|p| p.as_str() != Some(SECRET_MASK)) {
+                    Some(old) => *v = old.clone(),
+                    None => {
+                        return Err(FieldError::new(
+                            format!("oauth_config.{k}"),
+                            format!("`{SECRET_MASK}` stands for a stored secret, and none is stored; send the secret"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Checks every field; returns all problems at once so a person can fix them in one go.
     /// Detectors that need a remote provider are accepted here (a data plane without a provider
     /// refuses the calls they guard); the admin API checks with [`ServerSpec::validate_with`].

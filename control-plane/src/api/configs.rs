@@ -257,13 +257,16 @@ async fn create(conn: &mut SqliteConnection, body: &CreateConfig, remote: bool) 
 pub async fn create_config(
     store: web::Data<Store>,
     publisher: web::Data<Arc<Publisher>>,
-    JsonBody(body): JsonBody<CreateConfig>,
+    JsonBody(mut body): JsonBody<CreateConfig>,
 ) -> Result<HttpResponse, ApiError> {
+    for spec in &mut body.servers {
+        spec.keep_masked_oauth_secrets(None).map_err(masked_secret)?;
+    }
     let mut w = store.begin_write().await?;
     let id = create(&mut w.tx, &body, publisher.has_remote_provider()).await?;
     let config = load(&mut w.tx, &id).await?;
     w.commit("create", "mcp_config", &id).await?;
-    Ok(HttpResponse::Created().json(config))
+    Ok(HttpResponse::Created().json(shown(config)))
 }
 
 #[utoipa::path(get, path = "/api/v1/configs", tag = "configs", params(PageQuery),
@@ -315,7 +318,7 @@ pub async fn list_configs(store: web::Data<Store>, q: web::Query<PageQuery>) -> 
     responses((status = 200, description = "The config with its servers", body = McpConfig), ReadErrors))]
 #[get("/configs/{config}")]
 pub async fn get_config(store: web::Data<Store>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(load(&mut *store.conn().await?, &path).await?))
+    Ok(HttpResponse::Ok().json(shown(load(&mut *store.conn().await?, &path).await?)))
 }
 
 #[utoipa::path(patch, path = "/api/v1/configs/{config}", tag = "configs", request_body = UpdateConfig,
@@ -348,7 +351,7 @@ pub async fn update_config(
         .await?;
     let config = load(&mut w.tx, &id).await?;
     w.commit("update", "mcp_config", &id).await?;
-    Ok(HttpResponse::Ok().json(config))
+    Ok(HttpResponse::Ok().json(shown(config)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/configs/{config}", tag = "configs",
@@ -395,7 +398,7 @@ pub async fn copy_config(
     let id = create(&mut w.tx, &copy, publisher.has_remote_provider()).await?;
     let config = load(&mut w.tx, &id).await?;
     w.commit("copy", "mcp_config", &id).await?;
-    Ok(HttpResponse::Created().json(config))
+    Ok(HttpResponse::Created().json(shown(config)))
 }
 
 #[utoipa::path(get, path = "/api/v1/configs/{config}/servers", tag = "servers",
@@ -404,7 +407,7 @@ pub async fn copy_config(
 #[get("/configs/{config}/servers")]
 pub async fn list_servers(store: web::Data<Store>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let config = load(&mut *store.conn().await?, &path).await?;
-    Ok(HttpResponse::Ok().json(ServerList { items: config.servers }))
+    Ok(HttpResponse::Ok().json(ServerList { items: shown(config).servers }))
 }
 
 #[utoipa::path(post, path = "/api/v1/configs/{config}/servers", tag = "servers", request_body = ServerSpec,
@@ -415,8 +418,9 @@ pub async fn add_server(
     store: web::Data<Store>,
     publisher: web::Data<Arc<Publisher>>,
     path: web::Path<String>,
-    JsonBody(spec): JsonBody<ServerSpec>,
+    JsonBody(mut spec): JsonBody<ServerSpec>,
 ) -> Result<HttpResponse, ApiError> {
+    spec.keep_masked_oauth_secrets(None).map_err(masked_secret)?;
     let mut w = store.begin_write().await?;
     let config = load(&mut w.tx, &path).await?;
     if config.servers.iter().any(|s| s.server_name == spec.server_name) {
@@ -432,7 +436,17 @@ pub async fn add_server(
     insert_server(&mut w.tx, &id, &spec).await?;
     touch(&mut w.tx, &id).await?;
     w.commit("add_server", "mcp_config", &id).await?;
-    Ok(HttpResponse::Created().json(spec))
+    Ok(HttpResponse::Created().json(spec.with_oauth_secrets_masked()))
+}
+
+/// A config as the admin API shows it: OAuth secrets masked.
+pub(crate) fn shown(mut config: McpConfig) -> McpConfig {
+    config.servers = config.servers.iter().map(ServerSpec::with_oauth_secrets_masked).collect();
+    config
+}
+
+fn masked_secret(e: shared::server::FieldError) -> ApiError {
+    ApiError::invalid(&e.field, e.message)
 }
 
 /// The server named `name` in `config`, or 404.
@@ -451,7 +465,7 @@ fn find<'a>(config: &'a McpConfig, name: &str) -> Result<&'a ServerSpec, ApiErro
 pub async fn get_server(store: web::Data<Store>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
     let (config, server) = path.into_inner();
     let config = load(&mut *store.conn().await?, &config).await?;
-    Ok(HttpResponse::Ok().json(find(&config, &server)?))
+    Ok(HttpResponse::Ok().json(find(&config, &server)?.with_oauth_secrets_masked()))
 }
 
 #[utoipa::path(put, path = "/api/v1/configs/{config}/servers/{server}", tag = "servers", request_body = ServerSpec,
@@ -462,12 +476,12 @@ pub async fn replace_server(
     store: web::Data<Store>,
     publisher: web::Data<Arc<Publisher>>,
     path: web::Path<(String, String)>,
-    JsonBody(spec): JsonBody<ServerSpec>,
+    JsonBody(mut spec): JsonBody<ServerSpec>,
 ) -> Result<HttpResponse, ApiError> {
     let (config, server) = path.into_inner();
     let mut w = store.begin_write().await?;
     let config = load(&mut w.tx, &config).await?;
-    find(&config, &server)?;
+    spec.keep_masked_oauth_secrets(Some(find(&config, &server)?)).map_err(masked_secret)?;
     if spec.server_name != server && config.servers.iter().any(|s| s.server_name == spec.server_name) {
         return Err(ApiError::Conflict(format!(
             "config `{}` already has a server named `{}`",
@@ -495,7 +509,7 @@ pub async fn replace_server(
         .await?;
     touch(&mut w.tx, &id).await?;
     w.commit("replace_server", "mcp_config", &id).await?;
-    Ok(HttpResponse::Ok().json(spec))
+    Ok(HttpResponse::Ok().json(spec.with_oauth_secrets_masked()))
 }
 
 #[utoipa::path(delete, path = "/api/v1/configs/{config}/servers/{server}", tag = "servers",
