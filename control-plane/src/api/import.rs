@@ -25,7 +25,7 @@ use sqlx::SqliteConnection;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::api::configs;
+use crate::api::{configs, users};
 use crate::error::{ApiError, ReadErrors, WriteErrors};
 use crate::json::JsonBody;
 use crate::publish::Publisher;
@@ -339,6 +339,9 @@ fn plan(file: &Map<String, Value>, remote_provider: bool) -> Result<Plan, ApiErr
     let mut emails = HashSet::new();
     for (id, user) in users_in.into_iter().flatten() {
         match text(user, "email") {
+            Some(email) if users::valid_email(email).is_err() => plan
+                .notes
+                .push(ImportEntry::new("user", email, ImportAction::Skipped).detail("not a valid e-mail address")),
             Some(email) if emails.insert(email.to_ascii_lowercase()) => {
                 plan.users.push(PlanUser { source_id: id.clone(), email: email.to_string() });
             }
@@ -713,7 +716,8 @@ mod tests {
     fn file() -> Map<String, Value> {
         json!({
             "admin_apikey": "x",
-            "users": {"u1": {"email": "alice@example.com"}, "u2": {"email": "ALICE@example.com"}, "u3": {}},
+            "users": {"u1": {"email": "alice@example.com"}, "u2": {"email": "ALICE@example.com"}, "u3": {},
+                      "u4": {"email": "not an address"}},
             "mcp_configs": {"c1": {
                 "mcp_config_name": "My Config",
                 "common_overrides": {"server_tools_guardrails_config": {"enabled": true}},
@@ -761,6 +765,7 @@ mod tests {
             "admin_apikey",
             "same e-mail",
             "no e-mail",
+            "not a valid e-mail",
             "`toxicity` needs a remote guardrail provider",
             "unknown detector `made_up`",
             "additional_config.relevancy",

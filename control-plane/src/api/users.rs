@@ -103,7 +103,7 @@ static EMAIL: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
     .expect("static regex")
 });
 
-fn valid_email(email: &str) -> Result<String, ApiError> {
+pub(crate) fn valid_email(email: &str) -> Result<String, ApiError> {
     let email = email.trim();
     if email.len() > 254 || !EMAIL.is_match(email) {
         return Err(ApiError::invalid("email", format!("`{email}` is not a valid e-mail address")));
