@@ -53,8 +53,13 @@ fn every_documented_operation_refuses_missing_and_wrong_keys() {
             let anonymous = cp.client.request(m.clone(), &url).json(&json!({})).send().unwrap().status();
             let wrong = cp.client.request(m, &url).bearer_auth("wrong-key").json(&json!({})).send().unwrap().status();
             if open {
-                assert_eq!(path, "/health");
-                assert_eq!(anonymous, 200);
+                // Liveness, and the OAuth callback, which a single-use state admits (without one
+                // it refuses).
+                match path.as_str() {
+                    "/health" => assert_eq!(anonymous, 200),
+                    "/oauth/callback" => assert_eq!(anonymous, 400),
+                    other => panic!("{other} is open"),
+                }
             } else {
                 assert_eq!(anonymous, 401, "{method} {path} without a key");
                 assert_eq!(wrong, 401, "{method} {path} with a wrong key");
@@ -594,4 +599,88 @@ fn oauth_client_secrets_are_never_shown_and_survive_a_round_trip() {
     let (status, body) = cp.call("POST", "/api/v1/configs/oauth-cfg/servers", Some(server));
     assert_eq!(status, 422, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("OAUTH_CLIENT_SECRET"), "{body}");
+}
+
+/// Every file of the database (main file, WAL, shared memory), as one byte string.
+fn database_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for name in ["mcpgw.db", "mcpgw.db-wal", "mcpgw.db-shm"] {
+        all.extend(std::fs::read(dir.join(name)).unwrap_or_default());
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn stored_secrets_are_encrypted_at_rest_and_need_their_key() {
+    let cp = ControlPlane::start();
+    let servers = json!([
+        {"server_name": "local", "config": {"command": "echo", "env": {"API_TOKEN": "env-secret-77"}}},
+        {"server_name": "remote", "config": {"url": "https://api.example/mcp", "headers": {"X-Api-Key": "header-secret-55"}},
+         "oauth_config": {"enabled": true, "OAUTH_CLIENT_ID": "cid", "OAUTH_CLIENT_SECRET": "oauth-secret-88",
+                          "OAUTH_TOKEN_URL": "https://auth.example/token"}}
+    ]);
+    cp.ok("POST", "/api/v1/configs", Some(json!({"name": "sealed", "servers": servers})), 201);
+    let snapshot = cp.wait_for_snapshot().to_string();
+    for secret in ["env-secret-77", "header-secret-55", "oauth-secret-88"] {
+        assert!(snapshot.contains(secret), "the data plane gets {secret}");
+    }
+    let dir = cp.data_dir().to_path_buf();
+    let stored = database_bytes(&dir);
+    assert!(contains(&stored, "api.example"), "the database was read");
+    for secret in ["env-secret-77", "header-secret-55", "oauth-secret-88"] {
+        assert!(!contains(&stored, secret), "{secret} is stored in clear");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("secrets_key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // A row written in clear (as before encryption) is sealed at the next start and reads the same.
+    let dir = cp.stop();
+    let legacy =
+        json!({"server_name": "local", "config": {"command": "echo", "env": {"API_TOKEN": "legacy-secret-99"}}});
+    let script = "import sqlite3, sys\n\
+        db = sqlite3.connect(sys.argv[1])\n\
+        db.execute(\"UPDATE servers SET spec = ?, sealed = NULL WHERE name = 'local'\", (sys.argv[2],))\n\
+        db.commit()\n\
+        db.close()\n";
+    let status = std::process::Command::new("python3")
+        .args(["-c", script, dir.path().join("mcpgw.db").to_str().unwrap(), &legacy.to_string()])
+        .status()
+        .expect("python3 runs");
+    assert!(status.success());
+    assert!(contains(&database_bytes(dir.path()), "legacy-secret-99"), "the clear row is in place");
+    let cp = ControlPlane::start_with(dir, Some(ADMIN_KEY));
+    let local = cp.ok("GET", "/api/v1/configs/sealed/servers/local", None, 200);
+    assert_eq!(local["config"]["env"]["API_TOKEN"], "legacy-secret-99");
+    let stored = database_bytes(cp.data_dir());
+    assert!(!contains(&stored, "legacy-secret-99"), "the clear row was sealed and nothing of it is left");
+    let remote = cp.ok("GET", "/api/v1/configs/sealed/servers/remote", None, 200);
+    assert_eq!(remote["config"]["headers"]["X-Api-Key"], "header-secret-55");
+
+    // With another key, the control plane refuses to start instead of serving unreadable secrets.
+    let dir = cp.stop();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_control-plane"))
+        .env_clear()
+        .env("MCPGW_DATA_DIR", dir.path())
+        .env("MCPGW_CONTROL_LISTEN", "127.0.0.1:0")
+        .env("MCPGW_ADMIN_API_KEY", ADMIN_KEY)
+        .env("MCPGW_SECRETS_KEY", "0".repeat(64))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot be decrypted with this key") && err.contains("MCPGW_SECRETS_KEY"), "{err}");
+    // The right key from the environment works as well as the key file.
+    let key = std::fs::read_to_string(dir.path().join("secrets_key")).unwrap();
+    std::fs::remove_file(dir.path().join("secrets_key")).unwrap();
+    let cp = ControlPlane::start_full_env(dir, &[("MCPGW_SECRETS_KEY", key.trim())]);
+    let local = cp.ok("GET", "/api/v1/configs/sealed/servers/local", None, 200);
+    assert_eq!(local["config"]["env"]["API_TOKEN"], "legacy-secret-99");
 }

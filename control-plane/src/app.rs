@@ -16,10 +16,11 @@ use shared::snapshot::{GuardrailProvider, ProviderKind, SnapshotSettings};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::admin_key::{self, AdminKeyFile};
-use crate::api::{api_keys, configs, import, pins, projects, system, users};
+use crate::api::{api_keys, configs, import, oauth, pins, projects, system, users};
 use crate::auth::require_admin;
 use crate::error::ApiError;
 use crate::publish::Publisher;
+use crate::secrets::SecretBox;
 use crate::store::Store;
 
 /// Control-plane settings (flags, then `MCPGW_*` variables, then defaults).
@@ -37,6 +38,10 @@ pub struct Settings {
     /// Admin key; generated at first start (and written to <data dir>/admin_apikey) when unset.
     #[arg(long = "admin-api-key", env = names::ENV_ADMIN_API_KEY, hide_env_values = true)]
     pub admin_api_key: Option<String>,
+    /// Key that encrypts the secrets stored in the database (32 bytes, base64 or hex); generated at
+    /// first start (and written to <data dir>/secrets_key) when unset.
+    #[arg(long = "secrets-key", env = names::ENV_SECRETS_KEY, hide_env_values = true)]
+    pub secrets_key: Option<String>,
     /// Remote guardrail provider for detectors that need a model (toxicity, nsfw, bias,
     /// topic_detector, policy_violation): `webhook` or `enkrypt`. Unset, the admin API refuses them.
     #[arg(long, env = "MCPGW_GUARDRAIL_PROVIDER", value_parser = ["webhook", "enkrypt"])]
@@ -94,7 +99,9 @@ impl Settings {
 /// Runs the control plane until `shutdown` completes.
 pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     create_private_dir(&settings.data_dir)?;
-    let store = Arc::new(Store::open(&settings.data_dir.join(names::DATABASE_FILE_NAME)).await?);
+    let secrets =
+        SecretBox::load(settings.secrets_key.as_deref(), &settings.data_dir.join(names::SECRETS_KEY_FILE_NAME))?;
+    let store = Arc::new(Store::open(&settings.data_dir.join(names::DATABASE_FILE_NAME), secrets).await?);
     let key_file = AdminKeyFile {
         path: settings.data_dir.join(names::ADMIN_KEY_FILE_NAME),
         from_env: settings.admin_api_key.is_some(),
@@ -103,6 +110,9 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
     let key_file = web::Data::new(key_file);
     let publisher = Publisher::new(settings.snapshot_path(), settings.snapshot_settings()?);
     let publishing = publisher.spawn(store.clone());
+    let token_http = crate::upstream_oauth::http_client()?;
+    let renewing = crate::upstream_oauth::spawn_refresher(store.clone(), token_http.clone());
+    let token_http = web::Data::new(oauth::TokenHttp(token_http));
 
     let listener = TcpListener::bind(&settings.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
@@ -115,6 +125,7 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
             .app_data(admin.clone())
             .app_data(key_file.clone())
             .app_data(publisher_data.clone())
+            .app_data(token_http.clone())
             .app_data(
                 web::QueryConfig::default()
                     .error_handler(|e, _| ApiError::BadRequest(format!("query string: {e}")).into()),
@@ -124,6 +135,7 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
             )
             .wrap(from_fn(access_log))
             .service(system::health)
+            .service(oauth::callback)
             .service(
                 web::scope("")
                     .wrap(from_fn(require_admin))
@@ -136,6 +148,7 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
                             .configure(api_keys::routes)
                             .configure(system::routes)
                             .configure(import::routes)
+                            .configure(oauth::routes)
                             .default_service(web::to(not_found)),
                     )
                     .route(
@@ -162,6 +175,7 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
     });
     let result = server.await;
     publishing.abort();
+    renewing.abort();
     result.map_err(Into::into)
 }
 

@@ -25,6 +25,9 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0}")]
     Invalid(String),
+    /// A server the control plane called on the admin's behalf (an OAuth token endpoint) failed.
+    #[error("{0}")]
+    BadGateway(String),
     #[error("internal error; the details are in the control plane's log")]
     Internal(String),
 }
@@ -38,6 +41,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Invalid(_) => "invalid_field",
+            ApiError::BadGateway(_) => "bad_gateway",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -60,10 +64,16 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code: bad_request, unauthorized, not_found, conflict, payload_too_large,
-    /// invalid_field, internal.
+    /// invalid_field, bad_gateway, internal.
     pub code: String,
     /// What went wrong and what to do about it.
     pub message: String,
+}
+
+impl From<crate::secrets::SecretError> for ApiError {
+    fn from(e: crate::secrets::SecretError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
 }
 
 impl ResponseError for ApiError {
@@ -75,6 +85,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -136,6 +147,7 @@ fn responses(codes: &[u16]) -> BTreeMap<String, RefOr<Response>> {
                 409 => "Conflict: duplicate name, or the resource is in use",
                 413 => "Request body over 1 MiB",
                 422 => "Invalid field values",
+                502 => "The upstream's OAuth token endpoint failed or refused the request",
                 _ => "Error",
             };
             (c.to_string(), error_response(d))
@@ -164,6 +176,14 @@ pub struct WriteErrors;
 impl utoipa::IntoResponses for WriteErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
         responses(&[400, 401, 404, 409, 413, 422])
+    }
+}
+
+/// Errors of an OAuth exchange with an upstream's authorization server.
+pub struct OAuthErrors;
+impl utoipa::IntoResponses for OAuthErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        responses(&[400, 401, 404, 409, 422, 502])
     }
 }
 

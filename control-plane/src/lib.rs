@@ -12,6 +12,8 @@ pub mod error;
 pub mod json;
 pub mod openapi;
 pub mod publish;
+pub mod secrets;
 pub mod store;
+pub mod upstream_oauth;
 
 pub use app::{Settings, cli_main, serve};

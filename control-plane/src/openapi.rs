@@ -4,7 +4,7 @@
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::api::{api_keys, configs, import, pins, projects, system, users};
+use crate::api::{api_keys, configs, import, oauth, pins, projects, system, users};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::publish::PublishStatus;
 
@@ -13,7 +13,7 @@ use crate::publish::PublishStatus;
     info(
         title = "mcpgw admin API",
         description = "Manage users, projects, MCP configs and API keys of the mcpgw MCP gateway. \
-            Every route but /health needs the admin key: `Authorization: Bearer <admin key>`, \
+            Every route but /health and /oauth/callback needs the admin key: `Authorization: Bearer <admin key>`, \
             the header `apikey: <admin key>`, or HTTP Basic with the key as password. \
             Errors are `{\"error\": {\"code\", \"message\"}}`.",
         license(name = "Apache-2.0")
@@ -29,6 +29,7 @@ use crate::publish::PublishStatus;
         configs::delete_server, pins::review_pins, pins::approve_pin, pins::revoke_pin,
         api_keys::create_key, api_keys::list_keys, api_keys::get_key, api_keys::delete_key, api_keys::rotate_key,
         api_keys::disable_key, api_keys::enable_key, import::import, import::export_config,
+        oauth::authorize, oauth::oauth_status, oauth::forget_tokens, oauth::callback,
     ),
     components(schemas(ErrorBody, ErrorDetail, PublishStatus)),
     modifiers(&Security),

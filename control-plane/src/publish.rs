@@ -19,6 +19,7 @@ use sqlx::SqliteConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::secrets::SecretBox;
 use crate::store::{Store, current_revision, opt_time};
 
 /// What the last publish did.
@@ -91,7 +92,7 @@ impl Publisher {
     async fn publish_once(&self, store: &Store) -> bool {
         let result = async {
             let mut tx = store.pool.begin().await?;
-            let snapshot = build(&mut tx, &self.settings).await?;
+            let snapshot = build(&mut tx, &store.secrets, &self.settings).await?;
             tx.rollback().await?;
             snapshot.validate()?;
             let bytes = serde_json::to_vec_pretty(&snapshot)?;
@@ -121,7 +122,11 @@ impl Publisher {
 }
 
 /// Reads the whole configuration (call inside one transaction for a consistent view).
-pub async fn build(conn: &mut SqliteConnection, settings: &SnapshotSettings) -> anyhow::Result<Snapshot> {
+pub async fn build(
+    conn: &mut SqliteConnection,
+    secrets: &SecretBox,
+    settings: &SnapshotSettings,
+) -> anyhow::Result<Snapshot> {
     let revision = current_revision(&mut *conn).await?;
     let uuid = |s: &str| Uuid::parse_str(s).map_err(|e| anyhow::anyhow!("stored id `{s}` is not a UUID: {e}"));
 
@@ -134,14 +139,15 @@ pub async fn build(conn: &mut SqliteConnection, settings: &SnapshotSettings) -> 
 
     let configs: Vec<(String, String, String)> =
         sqlx::query_as("SELECT id, name, tool_naming FROM mcp_configs ORDER BY name").fetch_all(&mut *conn).await?;
-    let servers: Vec<(String, String)> =
-        sqlx::query_as("SELECT config_id, spec FROM servers ORDER BY config_id, position")
+    let servers: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT config_id, spec, sealed FROM servers ORDER BY config_id, position")
             .fetch_all(&mut *conn)
             .await?;
     let mut servers_by_config: HashMap<String, Vec<shared::ServerSpec>> = HashMap::new();
-    for (config_id, spec) in servers {
-        servers_by_config.entry(config_id).or_default().push(serde_json::from_str(&spec)?);
+    for (config_id, spec, sealed) in servers {
+        servers_by_config.entry(config_id).or_default().push(secrets.open_spec(&spec, sealed.as_deref())?);
     }
+    let mut tokens_by_config = crate::upstream_oauth::issued_tokens(&mut *conn, secrets).await?;
     let pins: Vec<(String, String, String, String)> =
         sqlx::query_as("SELECT config_id, server, tool, fingerprint FROM tool_pins ORDER BY config_id, server, tool")
             .fetch_all(&mut *conn)
@@ -156,7 +162,8 @@ pub async fn build(conn: &mut SqliteConnection, settings: &SnapshotSettings) -> 
         let tool_naming = if naming == "bare" { ToolNaming::Bare } else { ToolNaming::Prefixed };
         let mut pins = pins_by_config.remove(&id).unwrap_or_default();
         pins.retain(|p| specs.iter().any(|s| s.server_name == p.server));
-        mcp_configs.push(SnapshotConfig { id: uuid(&id)?, name, tool_naming, servers: specs, pins });
+        let oauth_tokens = tokens_by_config.remove(&id).unwrap_or_default();
+        mcp_configs.push(SnapshotConfig { id: uuid(&id)?, name, tool_naming, servers: specs, pins, oauth_tokens });
     }
 
     let projects: Vec<(String, String, Option<String>)> =

@@ -15,6 +15,7 @@ use tokio::sync::{Mutex, MutexGuard, watch};
 use utoipa::IntoParams;
 
 use crate::error::ApiError;
+use crate::secrets::SecretBox;
 
 pub struct Store {
     pub pool: SqlitePool,
@@ -22,6 +23,8 @@ pub struct Store {
     writer: Mutex<()>,
     /// Latest committed revision; the publisher watches it.
     committed: watch::Sender<u64>,
+    /// Encrypts the secrets kept in the database.
+    pub secrets: SecretBox,
 }
 
 /// A write transaction. Dropping it without [`WriteTx::commit`] rolls everything back.
@@ -32,20 +35,23 @@ pub struct WriteTx<'a> {
 }
 
 impl Store {
-    pub async fn open(path: &Path) -> anyhow::Result<Self> {
+    pub async fn open(path: &Path, secrets: SecretBox) -> anyhow::Result<Self> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
+            // Deleted and overwritten content (old secrets, revoked tokens) is zeroed, not left behind.
+            .pragma("secure_delete", "on")
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
         sqlx::migrate!("../migrations").run(&pool).await?;
         restrict_permissions(path);
+        secrets.seal_stored(&pool).await?;
         let revision = current_revision(&mut *pool.acquire().await?).await?;
         let (committed, _) = watch::channel(revision);
-        Ok(Self { pool, writer: Mutex::new(()), committed })
+        Ok(Self { pool, writer: Mutex::new(()), committed, secrets })
     }
 
     pub async fn begin_write(&self) -> Result<WriteTx<'_>, ApiError> {
@@ -66,6 +72,12 @@ impl Store {
 
 impl WriteTx<'_> {
     /// Bumps the revision, records the audit row, commits, and tells the publisher.
+    /// Commits state the snapshot does not carry (no revision, nothing to publish).
+    pub async fn commit_unpublished(self) -> Result<(), ApiError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn commit(mut self, action: &str, resource: &str, resource_id: &str) -> Result<u64, ApiError> {
         let revision: i64 = sqlx::query_scalar(
             "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision' RETURNING CAST(value AS INTEGER)",
@@ -119,7 +131,12 @@ fn restrict_permissions(_: &Path) {}
 
 /// Current time as stored in the database.
 pub fn now() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
+    format_time(Utc::now())
+}
+
+/// A time as stored in the database (sortable as text).
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// A stored time, read back. Stored times are always written by [`now`]; a corrupt one reads as epoch.

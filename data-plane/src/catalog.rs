@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use guardrails::Policy;
 use shared::server::{GuardrailPolicy, REMOTE_DETECTORS, ServerSpec};
 use shared::snapshot::GuardrailProvider as ProviderSettings;
-use shared::snapshot::{Snapshot, ToolNaming};
+use shared::snapshot::{IssuedToken, Snapshot, ToolNaming};
 use uuid::Uuid;
 
 /// Separator between server and tool in prefixed names (server names never contain it).
@@ -139,6 +139,8 @@ pub struct Catalog {
     projects: HashMap<Uuid, Arc<ProjectRecord>>,
     configs: HashMap<Uuid, Arc<ConfigView>>,
     user_emails: HashMap<Uuid, Arc<str>>,
+    /// Upstream access tokens the control plane obtained (authorization code grant).
+    pub oauth_tokens: HashMap<(Uuid, String), IssuedToken>,
 }
 
 impl Catalog {
@@ -154,11 +156,20 @@ impl Catalog {
             projects: HashMap::new(),
             configs: HashMap::new(),
             user_emails: HashMap::new(),
+            oauth_tokens: HashMap::new(),
         }
     }
 
     /// Indexes a snapshot that has passed `Snapshot::validate`.
-    pub fn build(snapshot: Snapshot) -> Self {
+    pub fn build(mut snapshot: Snapshot) -> Self {
+        let oauth_tokens = snapshot
+            .mcp_configs
+            .iter_mut()
+            .flat_map(|c| {
+                let id = c.id;
+                std::mem::take(&mut c.oauth_tokens).into_iter().map(move |t| ((id, t.server.clone()), t))
+            })
+            .collect();
         let configs: HashMap<Uuid, Arc<ConfigView>> = snapshot
             .mcp_configs
             .into_iter()
@@ -215,6 +226,7 @@ impl Catalog {
             projects,
             configs,
             user_emails,
+            oauth_tokens,
         }
     }
 

@@ -89,6 +89,7 @@ impl Gateway {
         self.metrics.snapshot_revision.store(next.revision, Ordering::Relaxed);
         self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
         self.status.lock().unwrap_or_else(|e| e.into_inner()).loaded_at = Some(Utc::now());
+        self.pool.settings().tokens.set_issued(next.oauth_tokens.clone());
         self.pool.reconcile(&next);
         // Sessions compare their config with the new one and tell their clients if it changed.
         let _ = self.events.send(ChangeEvent::Reloaded);

@@ -2,7 +2,8 @@
 //!
 //! The planes share nothing at run time but the snapshot file. This crate owns its types and their
 //! validation ([`snapshot`], [`server`]), the atomic file I/O ([`snapshot_file`]), and the API-key format
-//! and hashing ([`api_key`]). It must not know about HTTP, SQL or MCP.
+//! and hashing ([`api_key`]). It must not know about SQL or MCP, and knows HTTP only behind the
+//! `token-endpoint` feature: the one request both planes make, to upstreams' OAuth token endpoints.
 
 pub mod api_key;
 pub mod oauth;
@@ -13,6 +14,8 @@ pub mod server;
 pub mod settings;
 pub mod snapshot;
 pub mod snapshot_file;
+#[cfg(feature = "token-endpoint")]
+pub mod token_endpoint;
 
 pub use server::{ServerSpec, Transport};
 pub use snapshot::{Snapshot, SnapshotError};

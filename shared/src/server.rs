@@ -306,26 +306,57 @@ impl ServerSpec {
     /// A copy for display and export: environment values, header values and OAuth secrets are
     /// replaced by [`SECRET_MASK`]; names and everything else stay, so the shape can be reviewed.
     pub fn with_secrets_masked(&self) -> ServerSpec {
-        let mask_values =
-            |m: &BTreeMap<String, String>| m.keys().map(|k| (k.clone(), SECRET_MASK.to_string())).collect();
         let mut spec = self.clone();
-        spec.config = match &self.config {
-            Transport::Stdio { command, args, env, cwd } => Transport::Stdio {
-                command: command.clone(),
-                args: args.clone(),
-                env: mask_values(env),
-                cwd: cwd.clone(),
-            },
-            Transport::Http { url, headers } => Transport::Http { url: url.clone(), headers: mask_values(headers) },
+        spec.take_secrets();
+        spec
+    }
+
+    /// Replaces every secret (environment values, header values, OAuth secrets) by [`SECRET_MASK`]
+    /// and returns them by place (`env:NAME`, `headers:NAME`, `oauth:FIELD`), so they can be
+    /// stored apart (sealed) and put back with [`ServerSpec::restore_secrets`].
+    pub fn take_secrets(&mut self) -> BTreeMap<String, serde_json::Value> {
+        let mut taken = BTreeMap::new();
+        let mut take = |kind: &str, m: &mut BTreeMap<String, String>| {
+            for (k, v) in m.iter_mut() {
+                let value = std::mem::replace(v, SECRET_MASK.to_string());
+                taken.insert(format!("{kind}:{k}"), serde_json::Value::String(value));
+            }
         };
-        if let Some(oauth) = spec.oauth_config.as_mut() {
+        match &mut self.config {
+            Transport::Stdio { env, .. } => take("env", env),
+            Transport::Http { headers, .. } => take("headers", headers),
+        }
+        if let Some(oauth) = self.oauth_config.as_mut() {
             for (k, v) in oauth.iter_mut() {
                 if is_secret_oauth_field(k) && !v.is_boolean() && !v.is_null() {
-                    *v = serde_json::Value::String(SECRET_MASK.into());
+                    let value = std::mem::replace(v, serde_json::Value::String(SECRET_MASK.into()));
+                    taken.insert(format!("oauth:{k}"), value);
                 }
             }
         }
-        spec
+        taken
+    }
+
+    /// Puts back secrets taken by [`ServerSpec::take_secrets`]; places that no longer exist are
+    /// ignored.
+    pub fn restore_secrets(&mut self, secrets: BTreeMap<String, serde_json::Value>) {
+        for (place, value) in secrets {
+            let Some((kind, name)) = place.split_once(':') else { continue };
+            match (kind, &mut self.config, value) {
+                ("env", Transport::Stdio { env: m, .. }, serde_json::Value::String(v))
+                | ("headers", Transport::Http { headers: m, .. }, serde_json::Value::String(v)) => {
+                    if let Some(slot) = m.get_mut(name) {
+                        *slot = v;
+                    }
+                }
+                ("oauth", _, v) => {
+                    if let Some(slot) = self.oauth_config.as_mut().and_then(|o| o.get_mut(name)) {
+                        *slot = v;
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// A copy for the admin API: OAuth secrets replaced by [`SECRET_MASK`] (they are never shown
@@ -507,6 +538,24 @@ mod tests {
         }
     }
     use serde_json::json;
+
+    #[test]
+    fn secrets_taken_apart_come_back_in_place() {
+        let original: ServerSpec = serde_json::from_value(serde_json::json!({
+            "server_name": "s", "config": {"command": "x", "env": {"TOKEN": "t0p", "MODE": "fast"}},
+            "oauth_config": {"enabled": true, "OAUTH_CLIENT_ID": "id", "OAUTH_CLIENT_SECRET": "s3cret"}
+        }))
+        .unwrap();
+        let mut spec = original.clone();
+        let secrets = spec.take_secrets();
+        assert_eq!(spec, original.with_secrets_masked());
+        assert_eq!(secrets.len(), 3, "{secrets:?}");
+        assert_eq!(secrets["oauth:OAUTH_CLIENT_SECRET"], "s3cret");
+        let stored = serde_json::to_string(&spec).unwrap();
+        assert!(!stored.contains("t0p") && !stored.contains("s3cret"), "{stored}");
+        spec.restore_secrets(secrets);
+        assert_eq!(spec, original);
+    }
 
     fn parse(v: serde_json::Value) -> Result<ServerSpec, serde_json::Error> {
         serde_json::from_value(v)

@@ -9,6 +9,7 @@ pub const ENV_GATEWAY_LISTEN: &str = "MCPGW_GATEWAY_LISTEN";
 pub const ENV_SNAPSHOT_PATH: &str = "MCPGW_SNAPSHOT_PATH";
 pub const ENV_API_KEY: &str = "MCPGW_API_KEY";
 pub const ENV_LOG_FORMAT: &str = "MCPGW_LOG_FORMAT";
+pub const ENV_SECRETS_KEY: &str = "MCPGW_SECRETS_KEY";
 
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_CONTROL_LISTEN: &str = "127.0.0.1:8001";
@@ -16,6 +17,7 @@ pub const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:8000";
 pub const SNAPSHOT_FILE_NAME: &str = "snapshot.json";
 pub const ADMIN_KEY_FILE_NAME: &str = "admin_apikey";
 pub const DATABASE_FILE_NAME: &str = "mcpgw.db";
+pub const SECRETS_KEY_FILE_NAME: &str = "secrets_key";
 
 /// Where the snapshot lives when `MCPGW_SNAPSHOT_PATH` is not set.
 pub fn default_snapshot_path(data_dir: &Path) -> PathBuf {

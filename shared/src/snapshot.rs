@@ -78,6 +78,25 @@ pub struct SnapshotConfig {
     /// Tool definitions an admin approved (rug-pull protection).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pins: Vec<crate::pins::ToolPin>,
+    /// Access tokens the control plane obtained for servers using the authorization code grant.
+    /// Their refresh tokens stay in the control plane.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oauth_tokens: Vec<IssuedToken>,
+}
+
+/// An upstream access token obtained by the control plane.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedToken {
+    pub server: String,
+    pub access_token: String,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken").field("server", &self.server).field("expires_at", &self.expires_at).finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +217,15 @@ impl Snapshot {
                 return invalid(format!("duplicate mcp config {} ({})", c.id, c.name));
             }
             validate_config_servers(c).map_err(|e| SnapshotError::Invalid(format!("mcp config `{}`: {e}", c.name)))?;
+            let mut with_token = HashSet::new();
+            for t in &c.oauth_tokens {
+                if !c.servers.iter().any(|s| s.server_name == t.server) || !with_token.insert(t.server.as_str()) {
+                    return invalid(format!(
+                        "mcp config `{}`: unknown or repeated OAuth token server `{}`",
+                        c.name, t.server
+                    ));
+                }
+            }
         }
         let mut members: HashMap<Uuid, HashSet<Uuid>> = HashMap::new();
         let mut project_names = HashSet::new();
@@ -310,6 +338,7 @@ pub(crate) mod tests {
                     serde_json::from_value(json!({"server_name": "echo", "config": {"command": "echo"}})).unwrap(),
                 ],
                 pins: vec![],
+                oauth_tokens: vec![],
             }],
             projects: vec![SnapshotProject {
                 id: project,

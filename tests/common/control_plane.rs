@@ -60,6 +60,11 @@ impl ControlPlane {
         Self::start_full(tempdir::TempDir::new("mcpgw-cp"), Some(ADMIN_KEY), env)
     }
 
+    /// Starts on an existing `dir` with extra environment variables.
+    pub fn start_full_env(dir: tempdir::TempDir, env: &[(&str, &str)]) -> Self {
+        Self::start_full(dir, Some(ADMIN_KEY), env)
+    }
+
     fn start_full(dir: tempdir::TempDir, admin_key: Option<&str>, env: &[(&str, &str)]) -> Self {
         super::tls();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_control-plane"));

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::error::{ActionErrors, ApiError, ListErrors, ReadErrors, WriteErrors};
 use crate::json::JsonBody;
 use crate::publish::Publisher;
+use crate::secrets::SecretBox;
 use crate::store::{PageQuery, Store, as_uuid, now, time};
 
 /// Most servers one config may hold.
@@ -139,18 +140,27 @@ pub(crate) async fn resolve(conn: &mut SqliteConnection, ident: &str) -> Result<
 }
 
 /// The servers of a config, in order.
-pub(crate) async fn servers(conn: &mut SqliteConnection, config_id: &str) -> Result<Vec<ServerSpec>, ApiError> {
-    let specs: Vec<String> = sqlx::query_scalar("SELECT spec FROM servers WHERE config_id = ? ORDER BY position")
-        .bind(config_id)
-        .fetch_all(conn)
-        .await?;
-    specs.iter().map(|s| serde_json::from_str(s).map_err(ApiError::from)).collect()
+pub(crate) async fn servers(
+    conn: &mut SqliteConnection,
+    secrets: &SecretBox,
+    config_id: &str,
+) -> Result<Vec<ServerSpec>, ApiError> {
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT spec, sealed FROM servers WHERE config_id = ? ORDER BY position")
+            .bind(config_id)
+            .fetch_all(conn)
+            .await?;
+    rows.iter().map(|(spec, sealed)| Ok(secrets.open_spec(spec, sealed.as_deref())?)).collect()
 }
 
 /// A whole config with its servers.
-pub(crate) async fn load(conn: &mut SqliteConnection, config_id: &str) -> Result<McpConfig, ApiError> {
+pub(crate) async fn load(
+    conn: &mut SqliteConnection,
+    secrets: &SecretBox,
+    config_id: &str,
+) -> Result<McpConfig, ApiError> {
     let row = resolve(&mut *conn, config_id).await?;
-    let servers = servers(conn, &row.id).await?;
+    let servers = servers(conn, secrets, &row.id).await?;
     Ok(McpConfig {
         id: Uuid::parse_str(&row.id).unwrap_or_default(),
         name: row.name,
@@ -189,6 +199,7 @@ fn validate(
         tool_naming,
         servers: servers.to_vec(),
         pins: vec![],
+        oauth_tokens: vec![],
     };
     validate_config_servers(&config).map_err(|e| {
         if e.field == "servers" && e.message.starts_with("duplicate") {
@@ -207,17 +218,20 @@ async fn name_taken(conn: &mut SqliteConnection, name: &str, except: Option<&str
 
 pub(crate) async fn insert_server(
     conn: &mut SqliteConnection,
+    secrets: &SecretBox,
     config_id: &str,
     spec: &ServerSpec,
 ) -> Result<(), ApiError> {
     let ts = now();
+    let (stored, sealed) = secrets.seal_spec(spec)?;
     sqlx::query(
-        "INSERT INTO servers (config_id, name, position, spec, created_at, updated_at) \
-         VALUES (?1, ?2, (SELECT COALESCE(MAX(position), 0) + 1 FROM servers WHERE config_id = ?1), ?3, ?4, ?4)",
+        "INSERT INTO servers (config_id, name, position, spec, sealed, created_at, updated_at) \
+         VALUES (?1, ?2, (SELECT COALESCE(MAX(position), 0) + 1 FROM servers WHERE config_id = ?1), ?3, ?4, ?5, ?5)",
     )
     .bind(config_id)
     .bind(&spec.server_name)
-    .bind(serde_json::to_string(spec)?)
+    .bind(stored)
+    .bind(sealed)
     .bind(&ts)
     .execute(conn)
     .await?;
@@ -229,7 +243,12 @@ async fn touch(conn: &mut SqliteConnection, config_id: &str) -> Result<(), ApiEr
     Ok(())
 }
 
-async fn create(conn: &mut SqliteConnection, body: &CreateConfig, remote: bool) -> Result<String, ApiError> {
+async fn create(
+    conn: &mut SqliteConnection,
+    secrets: &SecretBox,
+    body: &CreateConfig,
+    remote: bool,
+) -> Result<String, ApiError> {
     validate(&body.name, &body.description, body.tool_naming, &body.servers, remote)?;
     if name_taken(&mut *conn, &body.name, None).await? {
         return Err(ApiError::Conflict(format!("an MCP config named `{}` already exists", body.name)));
@@ -246,7 +265,7 @@ async fn create(conn: &mut SqliteConnection, body: &CreateConfig, remote: bool) 
         .execute(&mut *conn)
         .await?;
     for s in &body.servers {
-        insert_server(&mut *conn, &id, s).await?;
+        insert_server(&mut *conn, secrets, &id, s).await?;
     }
     Ok(id)
 }
@@ -263,8 +282,8 @@ pub async fn create_config(
         spec.keep_masked_oauth_secrets(None).map_err(masked_secret)?;
     }
     let mut w = store.begin_write().await?;
-    let id = create(&mut w.tx, &body, publisher.has_remote_provider()).await?;
-    let config = load(&mut w.tx, &id).await?;
+    let id = create(&mut w.tx, &store.secrets, &body, publisher.has_remote_provider()).await?;
+    let config = load(&mut w.tx, &store.secrets, &id).await?;
     w.commit("create", "mcp_config", &id).await?;
     Ok(HttpResponse::Created().json(shown(config)))
 }
@@ -318,7 +337,7 @@ pub async fn list_configs(store: web::Data<Store>, q: web::Query<PageQuery>) -> 
     responses((status = 200, description = "The config with its servers", body = McpConfig), ReadErrors))]
 #[get("/configs/{config}")]
 pub async fn get_config(store: web::Data<Store>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(shown(load(&mut *store.conn().await?, &path).await?)))
+    Ok(HttpResponse::Ok().json(shown(load(&mut *store.conn().await?, &store.secrets, &path).await?)))
 }
 
 #[utoipa::path(patch, path = "/api/v1/configs/{config}", tag = "configs", request_body = UpdateConfig,
@@ -332,7 +351,7 @@ pub async fn update_config(
     JsonBody(body): JsonBody<UpdateConfig>,
 ) -> Result<HttpResponse, ApiError> {
     let mut w = store.begin_write().await?;
-    let current = load(&mut w.tx, &path).await?;
+    let current = load(&mut w.tx, &store.secrets, &path).await?;
     let id = current.id.to_string();
     let name = body.name.unwrap_or(current.name);
     let description = body.description.unwrap_or(current.description);
@@ -349,7 +368,7 @@ pub async fn update_config(
         .bind(&id)
         .execute(&mut *w.tx)
         .await?;
-    let config = load(&mut w.tx, &id).await?;
+    let config = load(&mut w.tx, &store.secrets, &id).await?;
     w.commit("update", "mcp_config", &id).await?;
     Ok(HttpResponse::Ok().json(shown(config)))
 }
@@ -388,15 +407,15 @@ pub async fn copy_config(
     JsonBody(body): JsonBody<CopyConfig>,
 ) -> Result<HttpResponse, ApiError> {
     let mut w = store.begin_write().await?;
-    let source = load(&mut w.tx, &path).await?;
+    let source = load(&mut w.tx, &store.secrets, &path).await?;
     let copy = CreateConfig {
         name: body.name,
         description: source.description,
         tool_naming: source.tool_naming,
         servers: source.servers,
     };
-    let id = create(&mut w.tx, &copy, publisher.has_remote_provider()).await?;
-    let config = load(&mut w.tx, &id).await?;
+    let id = create(&mut w.tx, &store.secrets, &copy, publisher.has_remote_provider()).await?;
+    let config = load(&mut w.tx, &store.secrets, &id).await?;
     w.commit("copy", "mcp_config", &id).await?;
     Ok(HttpResponse::Created().json(shown(config)))
 }
@@ -406,7 +425,7 @@ pub async fn copy_config(
     responses((status = 200, description = "The config's servers, in order", body = ServerList), ReadErrors))]
 #[get("/configs/{config}/servers")]
 pub async fn list_servers(store: web::Data<Store>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let config = load(&mut *store.conn().await?, &path).await?;
+    let config = load(&mut *store.conn().await?, &store.secrets, &path).await?;
     Ok(HttpResponse::Ok().json(ServerList { items: shown(config).servers }))
 }
 
@@ -422,7 +441,7 @@ pub async fn add_server(
 ) -> Result<HttpResponse, ApiError> {
     spec.keep_masked_oauth_secrets(None).map_err(masked_secret)?;
     let mut w = store.begin_write().await?;
-    let config = load(&mut w.tx, &path).await?;
+    let config = load(&mut w.tx, &store.secrets, &path).await?;
     if config.servers.iter().any(|s| s.server_name == spec.server_name) {
         return Err(ApiError::Conflict(format!(
             "config `{}` already has a server named `{}`",
@@ -433,7 +452,7 @@ pub async fn add_server(
     servers.push(spec.clone());
     validate(&config.name, &config.description, config.tool_naming, &servers, publisher.has_remote_provider())?;
     let id = config.id.to_string();
-    insert_server(&mut w.tx, &id, &spec).await?;
+    insert_server(&mut w.tx, &store.secrets, &id, &spec).await?;
     touch(&mut w.tx, &id).await?;
     w.commit("add_server", "mcp_config", &id).await?;
     Ok(HttpResponse::Created().json(spec.with_oauth_secrets_masked()))
@@ -464,7 +483,7 @@ fn find<'a>(config: &'a McpConfig, name: &str) -> Result<&'a ServerSpec, ApiErro
 #[get("/configs/{config}/servers/{server}")]
 pub async fn get_server(store: web::Data<Store>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
     let (config, server) = path.into_inner();
-    let config = load(&mut *store.conn().await?, &config).await?;
+    let config = load(&mut *store.conn().await?, &store.secrets, &config).await?;
     Ok(HttpResponse::Ok().json(find(&config, &server)?.with_oauth_secrets_masked()))
 }
 
@@ -480,8 +499,9 @@ pub async fn replace_server(
 ) -> Result<HttpResponse, ApiError> {
     let (config, server) = path.into_inner();
     let mut w = store.begin_write().await?;
-    let config = load(&mut w.tx, &config).await?;
-    spec.keep_masked_oauth_secrets(Some(find(&config, &server)?)).map_err(masked_secret)?;
+    let config = load(&mut w.tx, &store.secrets, &config).await?;
+    let previous = find(&config, &server)?.clone();
+    spec.keep_masked_oauth_secrets(Some(&previous)).map_err(masked_secret)?;
     if spec.server_name != server && config.servers.iter().any(|s| s.server_name == spec.server_name) {
         return Err(ApiError::Conflict(format!(
             "config `{}` already has a server named `{}`",
@@ -492,14 +512,24 @@ pub async fn replace_server(
         config.servers.iter().map(|s| if s.server_name == server { spec.clone() } else { s.clone() }).collect();
     validate(&config.name, &config.description, config.tool_naming, &servers, publisher.has_remote_provider())?;
     let id = config.id.to_string();
-    sqlx::query("UPDATE servers SET name = ?, spec = ?, updated_at = ? WHERE config_id = ? AND name = ?")
+    let (stored, sealed) = store.secrets.seal_spec(&spec)?;
+    sqlx::query("UPDATE servers SET name = ?, spec = ?, sealed = ?, updated_at = ? WHERE config_id = ? AND name = ?")
         .bind(&spec.server_name)
-        .bind(serde_json::to_string(&spec)?)
+        .bind(stored)
+        .bind(sealed)
         .bind(now())
         .bind(&id)
         .bind(&server)
         .execute(&mut *w.tx)
         .await?;
+    if !crate::upstream_oauth::same_authority(&previous, &spec) {
+        // Tokens from another authorization server or client are of no use to this one.
+        sqlx::query("DELETE FROM oauth_tokens WHERE config_id = ? AND server = ?")
+            .bind(&id)
+            .bind(&spec.server_name)
+            .execute(&mut *w.tx)
+            .await?;
+    }
     // Approvals follow a renamed server.
     sqlx::query("UPDATE tool_pins SET server = ? WHERE config_id = ? AND server = ?")
         .bind(&spec.server_name)
@@ -522,7 +552,7 @@ pub async fn delete_server(
 ) -> Result<HttpResponse, ApiError> {
     let (config, server) = path.into_inner();
     let mut w = store.begin_write().await?;
-    let config = load(&mut w.tx, &config).await?;
+    let config = load(&mut w.tx, &store.secrets, &config).await?;
     find(&config, &server)?;
     let id = config.id.to_string();
     for table in [

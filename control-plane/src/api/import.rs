@@ -29,6 +29,7 @@ use crate::api::{configs, users};
 use crate::error::{ApiError, ReadErrors, WriteErrors};
 use crate::json::JsonBody;
 use crate::publish::Publisher;
+use crate::secrets::SecretBox;
 use crate::store::{Store, now};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -482,6 +483,7 @@ async fn add_member(conn: &mut SqliteConnection, project: &str, user: &str) -> R
 /// create (absent on a dry run, where nothing is kept anyway).
 async fn apply(
     conn: &mut SqliteConnection,
+    secrets: &SecretBox,
     plan: &Plan,
     hashes: &HashMap<String, String>,
     created: &mut ImportCounts,
@@ -535,7 +537,7 @@ async fn apply(
                 .execute(&mut *conn)
                 .await?;
                 for spec in &c.servers {
-                    configs::insert_server(conn, &id, spec).await?;
+                    configs::insert_server(conn, secrets, &id, spec).await?;
                 }
                 created.mcp_configs += 1;
                 created.servers += c.servers.len();
@@ -677,7 +679,7 @@ pub async fn import(
     let mut created = ImportCounts::default();
     let mut entries = plan.notes.clone();
     let mut w = store.begin_write().await?;
-    apply(&mut w.tx, &plan, &hashes, &mut created, &mut entries).await?;
+    apply(&mut w.tx, &store.secrets, &plan, &hashes, &mut created, &mut entries).await?;
     let changed = created.users + created.mcp_configs + created.projects + created.members + created.api_keys > 0;
     // Dropping the transaction rolls it back: a dry run leaves no trace.
     let revision =
@@ -692,7 +694,7 @@ pub async fn import(
 pub async fn export_config(store: web::Data<Store>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let mut conn = store.conn().await?;
     let row = configs::resolve(&mut conn, &path).await?;
-    let config = configs::load(&mut conn, &row.id).await?;
+    let config = configs::load(&mut conn, &store.secrets, &row.id).await?;
     Ok(HttpResponse::Ok().json(ConfigExport {
         exported_at: Utc::now(),
         mcp_config_id: config.id,

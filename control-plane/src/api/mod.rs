@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod configs;
 pub mod import;
+pub mod oauth;
 pub mod pins;
 pub mod projects;
 pub mod system;

@@ -158,7 +158,7 @@ pub async fn review_pins(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let mut conn = store.conn().await?;
-    let config = load(&mut conn, &path).await?;
+    let config = load(&mut conn, &store.secrets, &path).await?;
     let approved = approved(&mut conn, &config).await?;
     let pending = pending(&publisher, &config, &approved);
     Ok(HttpResponse::Ok().json(PinReview { approved, pending }))
@@ -175,7 +175,7 @@ pub async fn approve_pin(
     JsonBody(body): JsonBody<ApprovePin>,
 ) -> Result<HttpResponse, ApiError> {
     let mut w = store.begin_write().await?;
-    let config = load(&mut w.tx, &path).await?;
+    let config = load(&mut w.tx, &store.secrets, &path).await?;
     if !config.servers.iter().any(|s| s.server_name == body.server) {
         return Err(ApiError::NotFound(format!("config `{}` has no server named `{}`", config.name, body.server)));
     }
@@ -239,7 +239,7 @@ pub async fn revoke_pin(
 ) -> Result<HttpResponse, ApiError> {
     let (config, server, tool) = path.into_inner();
     let mut w = store.begin_write().await?;
-    let config = load(&mut w.tx, &config).await?;
+    let config = load(&mut w.tx, &store.secrets, &config).await?;
     let config_id = config.id.to_string();
     let removed = sqlx::query("DELETE FROM tool_pins WHERE config_id = ? AND server = ? AND tool = ?")
         .bind(&config_id)

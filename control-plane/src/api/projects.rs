@@ -442,7 +442,7 @@ pub async fn get_project_config(store: web::Data<Store>, path: web::Path<String>
     let Some(config_id) = project.mcp_config_id else {
         return Err(ApiError::NotFound(format!("project `{}` has no MCP config assigned", project.name)));
     };
-    Ok(HttpResponse::Ok().json(configs::shown(configs::load(&mut conn, &config_id).await?)))
+    Ok(HttpResponse::Ok().json(configs::shown(configs::load(&mut conn, &store.secrets, &config_id).await?)))
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -206,8 +206,12 @@ impl Upstream {
             return Err(UpstreamError::Retired { server: self.name().to_string() });
         }
         let mut conn = self.connection.lock().await;
-        if conn.started_with.as_ref().is_some_and(oauth::Token::is_due) && self.in_flight.load(Ordering::Acquire) <= 1 {
-            // A stdio server's token is in its environment: restart it with a fresh one while
+        let stale_token = conn
+            .started_with
+            .as_ref()
+            .is_some_and(|t| t.is_due() || self.settings.tokens.is_replaced(self.config_id, &self.spec.server_name, t));
+        if stale_token && self.in_flight.load(Ordering::Acquire) <= 1 {
+            // A stdio server's token is in its environment: restart it with the current one while
             // nothing else is using it.
             tracing::info!(server = %self.name(), "restarting upstream with a refreshed OAuth token");
             conn.session = None;
