@@ -908,9 +908,11 @@ fn an_imported_python_gateway_config_keeps_its_clients_working() {
     assert_eq!(status, 401, "a key one character off is refused");
 }
 
-/// A local OAuth token endpoint (client credentials, HTTP Basic) and an MCP server behind it that
-/// admits only the tokens the endpoint issued.
+/// A local OAuth authorization server (client credentials, and authorization code with PKCE and
+/// rotating refresh tokens; clients authenticate with HTTP Basic) and an MCP server behind it that
+/// admits only the access tokens it issued.
 mod oauth_fixture {
+    use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
@@ -932,6 +934,33 @@ mod oauth_fixture {
         pub presented: Mutex<Vec<String>>,
         pub refused: AtomicUsize,
         pub lifetime_secs: u64,
+        /// Authorization codes handed out and not yet exchanged: code -> (PKCE challenge, redirect URI).
+        pub codes: Mutex<HashMap<String, (String, String)>>,
+        /// Refresh tokens that are still valid (each is replaced when used).
+        pub refresh_tokens: Mutex<Vec<String>>,
+        pub renewals: AtomicUsize,
+    }
+
+    fn form(text: &str) -> HashMap<String, String> {
+        let url = reqwest::Url::parse(&format!("http://form.local/?{text}")).unwrap();
+        url.query_pairs().into_owned().collect()
+    }
+
+    fn refuse(status: StatusCode, code: &str) -> Response {
+        (status, axum::Json(json!({"error": code}))).into_response()
+    }
+
+    /// The authorization endpoint: the "user" consents at once and is sent back with a code.
+    async fn authorize(State(issuer): State<Arc<Issuer>>, uri: axum::http::Uri) -> Response {
+        let q = form(uri.query().unwrap_or(""));
+        let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+        if get("response_type") != "code" || get("client_id") != CLIENT || get("code_challenge_method") != "S256" {
+            return refuse(StatusCode::BAD_REQUEST, "invalid_request");
+        }
+        let code = format!("code-{}", uuid::Uuid::new_v4().simple());
+        issuer.codes.lock().unwrap().insert(code.clone(), (get("code_challenge"), get("redirect_uri")));
+        let back = format!("{}?code={code}&state={}", get("redirect_uri"), get("state"));
+        (StatusCode::FOUND, [("location", back)]).into_response()
     }
 
     async fn token(State(issuer): State<Arc<Issuer>>, headers: HeaderMap, body: String) -> Response {
@@ -942,15 +971,50 @@ mod oauth_fixture {
             .and_then(|b| String::from_utf8(b).ok());
         // RFC 6749 2.3.1: form-encoded id and secret.
         let expected = format!("{}:{}", CLIENT, "right+secret%2F%2B");
-        if decoded.as_deref() != Some(expected.as_str()) || !body.contains("grant_type=client_credentials") {
+        if decoded.as_deref() != Some(expected.as_str()) {
             issuer.refused.fetch_add(1, Ordering::SeqCst);
-            return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_client"}))).into_response();
+            return refuse(StatusCode::UNAUTHORIZED, "invalid_client");
+        }
+        let f = form(&body);
+        let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+        let mut refresh = None;
+        match get("grant_type").as_str() {
+            "client_credentials" => {}
+            "authorization_code" => {
+                use sha2::Digest;
+                let Some((challenge, redirect_uri)) = issuer.codes.lock().unwrap().remove(&get("code")) else {
+                    return refuse(StatusCode::BAD_REQUEST, "invalid_grant");
+                };
+                let derived = base64::Engine::encode(
+                    &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                    sha2::Sha256::digest(get("code_verifier").as_bytes()),
+                );
+                if derived != challenge || redirect_uri != get("redirect_uri") {
+                    return refuse(StatusCode::BAD_REQUEST, "invalid_grant");
+                }
+                refresh = Some(format!("refresh-{}", uuid::Uuid::new_v4().simple()));
+            }
+            "refresh_token" => {
+                let mut valid = issuer.refresh_tokens.lock().unwrap();
+                let Some(i) = valid.iter().position(|t| *t == get("refresh_token")) else {
+                    return refuse(StatusCode::BAD_REQUEST, "invalid_grant");
+                };
+                // Rotation: the used refresh token dies, a new one replaces it.
+                valid.remove(i);
+                issuer.renewals.fetch_add(1, Ordering::SeqCst);
+                refresh = Some(format!("refresh-{}", uuid::Uuid::new_v4().simple()));
+            }
+            _ => return refuse(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
         }
         let mut issued = issuer.issued.lock().unwrap();
-        let token = format!("tok-{}", issued.len() + 1);
+        let token = format!("tok-{}-{}", issued.len() + 1, uuid::Uuid::new_v4().simple());
         issued.push(token.clone());
-        axum::Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": issuer.lifetime_secs}))
-            .into_response()
+        let mut answer = json!({"access_token": token, "token_type": "Bearer", "expires_in": issuer.lifetime_secs});
+        if let Some(r) = refresh {
+            issuer.refresh_tokens.lock().unwrap().push(r.clone());
+            answer["refresh_token"] = json!(r);
+        }
+        axum::Json(answer).into_response()
     }
 
     #[derive(Clone)]
@@ -1003,7 +1067,11 @@ mod oauth_fixture {
                 }
             },
         ));
-        let app = axum::Router::new().route("/token", axum::routing::post(token)).with_state(issuer).merge(guarded);
+        let app = axum::Router::new()
+            .route("/token", axum::routing::post(token))
+            .route("/authorize", axum::routing::get(authorize))
+            .with_state(issuer)
+            .merge(guarded);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -1073,7 +1141,7 @@ fn oauth_client_credentials_tokens_reach_http_and_stdio_upstreams() {
         let before = issuer.presented.lock().unwrap().len();
         let refused = call(&client, "wrong__ping", json!({})).await;
         let message = format!("{refused:?}");
-        assert!(message.contains("refused the client (HTTP 401, invalid_client)"), "{message}");
+        assert!(message.contains("refused the request (HTTP 401, invalid_client)"), "{message}");
         assert!(!message.contains("wrong secret"), "{message}");
         assert_eq!(issuer.presented.lock().unwrap().len(), before, "the upstream was called without a token");
         assert!(issuer.refused.load(std::sync::atomic::Ordering::SeqCst) >= 1);
@@ -1081,4 +1149,171 @@ fn oauth_client_credentials_tokens_reach_http_and_stdio_upstreams() {
         assert!(presented.iter().all(|t| t.starts_with("tok-")), "a request without a valid token: {presented:?}");
     });
     assert!(!dp.log_text().contains(oauth_fixture::SECRET), "the client secret was logged");
+}
+
+#[test]
+fn oauth_authorization_code_with_pkce_is_completed_by_the_callback_and_kept_alive() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    let rt = runtime();
+    let issuer = Arc::new(oauth_fixture::Issuer { lifetime_secs: 3, ..Default::default() });
+    let base = rt.block_on(oauth_fixture::start(issuer.clone()));
+    let oauth = json!({"enabled": true, "OAUTH_GRANT_TYPE": "authorization_code", "OAUTH_CLIENT_ID": oauth_fixture::CLIENT,
+        "OAUTH_CLIENT_SECRET": oauth_fixture::SECRET, "OAUTH_TOKEN_URL": format!("{base}/token"),
+        "OAUTH_AUTHORIZATION_URL": format!("{base}/authorize"), "OAUTH_SCOPE": "mcp:tools", "OAUTH_ENFORCE_HTTPS": false});
+    let cp = ControlPlane::start();
+    let key = provision(
+        &cp,
+        "authcode",
+        json!([
+            {"server_name": "api", "config": {"url": format!("{base}/mcp")}, "oauth_config": oauth},
+            {"server_name": "fx", "config": {"command": fixture()}, "oauth_config": oauth}
+        ]),
+    );
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    let status_path = "/api/v1/configs/cfg-authcode/servers/api/oauth";
+    let status = cp.ok("GET", status_path, None, 200);
+    assert_eq!(
+        (status["grant"].as_str(), status["needs_authorization"].as_bool()),
+        (Some("authorization_code"), Some(true))
+    );
+
+    // Before an admin authorizes, a call is a clear error, and the upstream is never called.
+    rt.block_on(async {
+        let client = connect(&dp.mcp_url(), &key).await.unwrap();
+        let message = format!("{:?}", call(&client, "api__ping", json!({})).await);
+        assert!(message.contains("authorization has not been completed"), "{message}");
+        assert!(message.contains("isError"), "{message}");
+        assert!(issuer.presented.lock().unwrap().is_empty());
+    });
+
+    // The admin starts it and gets the URL to open; the verifier never leaves the control plane.
+    let started = cp.ok("POST", &format!("{status_path}/authorize"), None, 201);
+    let url = reqwest::Url::parse(started["authorization_url"].as_str().unwrap()).unwrap();
+    let q: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
+    assert_eq!(started["redirect_uri"], cp.url("/oauth/callback"));
+    assert_eq!((q["code_challenge_method"].as_str(), q["scope"].as_str()), ("S256", "mcp:tools"));
+    assert_eq!(
+        (q["client_id"].as_str(), q["redirect_uri"].as_str()),
+        (oauth_fixture::CLIENT, cp.url("/oauth/callback").as_str())
+    );
+    assert!(q["state"].len() >= 43 && q["code_challenge"].len() == 43 && !q.contains_key("code_verifier"));
+
+    // The browser: to the authorization server, redirected back to the callback.
+    let browser = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let sent_back = browser.get(url).send().unwrap();
+    assert_eq!(sent_back.status(), 302);
+    let callback = sent_back.headers()["location"].to_str().unwrap().to_string();
+    let forged = callback.replace(&format!("state={}", q["state"]), "state=forged-state");
+    let done = browser.get(&callback).header("Accept", "text/html").send().unwrap();
+    assert_eq!(done.status(), 200);
+    assert_eq!(done.headers()["cache-control"], "no-store");
+    assert!(done.text().unwrap().contains("is authorized"));
+    // A state is single use, and only a state the control plane issued is accepted.
+    for (url, why) in [(&callback, "already used"), (&forged, "unknown")] {
+        let again = browser.get(url).send().unwrap();
+        assert_eq!(again.status(), 400, "{why}");
+        let body: Value = again.json().unwrap();
+        assert!(body["error"]["message"].as_str().unwrap().contains("unknown or was already used"), "{body}");
+    }
+    let denied = browser.get(cp.url("/oauth/callback?error=access_denied&state=x")).send().unwrap();
+    assert_eq!(denied.status(), 400);
+    let status = cp.ok("GET", status_path, None, 200);
+    assert_eq!((status["authorized"].as_bool(), status["renewable"].as_bool()), (Some(true), Some(true)), "{status}");
+    assert_eq!(status["scope"], Value::Null, "the fixture grants no scope string");
+
+    let first = issuer.issued.lock().unwrap().last().cloned().unwrap();
+
+    // Each server is authorized on its own: the stdio one too.
+    let started = cp.ok("POST", "/api/v1/configs/cfg-authcode/servers/fx/oauth/authorize", None, 201);
+    let sent_back = browser.get(started["authorization_url"].as_str().unwrap()).send().unwrap();
+    let done = browser.get(sent_back.headers()["location"].to_str().unwrap()).send().unwrap();
+    let done: Value = done.json().unwrap();
+    assert_eq!((done["server"].as_str(), done["renewable"].as_bool()), (Some("fx"), Some(true)), "{done}");
+    let fx_first = issuer.issued.lock().unwrap().last().cloned().unwrap();
+
+    // The access tokens reach their upstreams through the snapshot.
+    dp.sync(&cp);
+    rt.block_on(async {
+        let client = connect(&dp.mcp_url(), &key).await.unwrap();
+        assert_eq!(text(&call(&client, "api__ping", json!({})).await.unwrap()), "pong");
+        assert_eq!(issuer.presented.lock().unwrap().last(), Some(&first));
+        assert_eq!(text(&call(&client, "fx__bearer", json!({})).await.unwrap()), fx_first);
+    });
+
+    // The control plane renews them before they expire (rotating refresh tokens), twice each; data planes
+    // follow without reconnecting, and the stdio server is restarted with the new token.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while issuer.renewals.load(Ordering::SeqCst) < 4 {
+        assert!(Instant::now() < deadline, "no renewals: {}", cp.ok("GET", status_path, None, 200));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    dp.sync(&cp);
+    let latest = issuer.issued.lock().unwrap().last().cloned().unwrap();
+    assert_ne!(latest, first);
+    rt.block_on(async {
+        let client = connect(&dp.mcp_url(), &key).await.unwrap();
+        assert_eq!(text(&call(&client, "api__ping", json!({})).await.unwrap()), "pong");
+        let presented = issuer.presented.lock().unwrap().last().cloned().unwrap();
+        assert_ne!(presented, first, "still using the first token after renewals");
+        assert_ne!(text(&call(&client, "fx__bearer", json!({})).await.unwrap()), fx_first);
+    });
+    let status = cp.ok("GET", status_path, None, 200);
+    assert!(status["refreshed_at"].is_string() && status["last_error"].is_null(), "{status}");
+
+    // Tokens are stored encrypted and never shown or logged.
+    let mut stored = Vec::new();
+    for name in ["mcpgw.db", "mcpgw.db-wal"] {
+        stored.extend(std::fs::read(cp.data_dir().join(name)).unwrap_or_default());
+    }
+    let refresh_tokens = issuer.refresh_tokens.lock().unwrap().clone();
+    let issued = issuer.issued.lock().unwrap().clone();
+    for secret in issued.iter().chain(&refresh_tokens).map(String::as_str).chain([oauth_fixture::SECRET]) {
+        assert!(!stored.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} stored in clear");
+        assert!(!cp.log_text().contains(secret) && !dp.log_text().contains(secret), "{secret} logged");
+        assert!(!status.to_string().contains(secret));
+    }
+
+    // When the authorization server stops accepting the refresh token, the status says an admin
+    // must authorize again, and calls fail clearly once the token has expired.
+    issuer.refresh_tokens.lock().unwrap().clear();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = cp.ok("GET", status_path, None, 200);
+        if status["renewable"] == false {
+            assert!(status["last_error"].as_str().unwrap().contains("authorize again"), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "renewal failure not reported: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(cp.ok("GET", status_path, None, 200)["needs_authorization"], true);
+    rt.block_on(async {
+        let client = connect(&dp.mcp_url(), &key).await.unwrap();
+        let message = format!("{:?}", call(&client, "api__ping", json!({})).await);
+        assert!(message.contains("expired and has not been renewed"), "{message}");
+    });
+
+    // Forgetting the tokens takes them out of the snapshot.
+    cp.ok("DELETE", status_path, None, 204);
+    dp.sync(&cp);
+    let snapshot: Value = serde_json::from_str(&std::fs::read_to_string(cp.snapshot_path()).unwrap()).unwrap();
+    let servers: Vec<&str> = snapshot["mcp_configs"][0]["oauth_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["server"].as_str())
+        .collect();
+    assert_eq!(servers, ["fx"]);
+    rt.block_on(async {
+        let client = connect(&dp.mcp_url(), &key).await.unwrap();
+        let message = format!("{:?}", call(&client, "api__ping", json!({})).await);
+        assert!(message.contains("authorization has not been completed"), "{message}");
+    });
+    let (code, _) = cp.call("DELETE", status_path, None);
+    assert_eq!(code, 404);
+    let (code, body) = cp.call("POST", "/api/v1/configs/cfg-authcode/servers/nope/oauth/authorize", None);
+    assert_eq!(code, 404, "{body}");
 }
