@@ -544,6 +544,24 @@ fn the_cli_drives_the_admin_api_with_exit_codes_a_script_can_rely_on() {
     assert!(ok(&["import", file.to_str().unwrap()]).contains("created 1 user(s)"));
     ok(&["projects", "get", "cli-imported"]);
 
+    // OAuth: a server without it has nothing to authorize; one with the authorization code grant
+    // gets the URL to open.
+    assert!(fails(&["servers", "authorize", "cli-config", "fx"], &[], 6).contains("does not have OAuth enabled"));
+    let server = json!({"server_name": "api", "config": {"url": "https://api.example/mcp"}, "oauth_config": {
+        "enabled": true, "OAUTH_GRANT_TYPE": "authorization_code", "OAUTH_CLIENT_ID": "cid",
+        "OAUTH_TOKEN_URL": "https://auth.example/token", "OAUTH_AUTHORIZATION_URL": "https://auth.example/authorize"}});
+    let (code, _, err) = cli(&cp, &["servers", "add", "cli-config", "-"], &[], Some(&server.to_string()));
+    assert_eq!(code, 0, "{err}");
+    let started = ok(&["servers", "authorize", "cli-config", "api"]);
+    assert!(started.contains("https://auth.example/authorize?response_type=code"), "{started}");
+    assert!(started.contains("code_challenge_method=S256"), "{started}");
+    let status: Value = serde_json::from_str(&ok(&["servers", "oauth-status", "cli-config", "api", "--json"])).unwrap();
+    assert_eq!(
+        (status["grant"].as_str(), status["needs_authorization"].as_bool()),
+        (Some("authorization_code"), Some(true))
+    );
+    fails(&["servers", "forget-tokens", "cli-config", "api"], &[], 5);
+
     // Exit codes: usage 2, unreachable 3, bad admin key 4, unknown 5, conflict 6, invalid 7.
     assert_eq!(cli(&cp, &["users", "frobnicate"], &[], None).0, 2);
     fails(&["users", "list"], &[("MCPGW_ADMIN_URL", "http://127.0.0.1:9")], 3);

@@ -1288,6 +1288,9 @@ fn oauth_authorization_code_with_pkce_is_completed_by_the_callback_and_kept_aliv
         assert!(Instant::now() < deadline, "renewal failure not reported: {status}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    let health = cp.ok("GET", "/api/v1/system/health", None, 200);
+    assert_eq!(health["status"], "degraded");
+    assert!(health["issues"].to_string().contains("OAuth token renewal failed"), "{health}");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(cp.ok("GET", status_path, None, 200)["needs_authorization"], true);
     rt.block_on(async {

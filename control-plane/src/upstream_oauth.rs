@@ -251,7 +251,7 @@ pub async fn complete(store: &Store, http: &reqwest::Client, state: &str, code: 
 }
 
 fn endpoint_error(e: TokenError) -> ApiError {
-    ApiError::BadGateway(format!("the authorization server's token endpoint: {e}"))
+    ApiError::BadGateway(format!("the authorization server's token endpoint: {e}; start the authorization again"))
 }
 
 /// The OAuth state of one server.

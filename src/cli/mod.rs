@@ -198,6 +198,22 @@ pub enum Servers {
         config: String,
         server: String,
     },
+    /// Start the OAuth authorization of a server (authorization code grant): prints the URL to open
+    /// in a browser.
+    Authorize {
+        config: String,
+        server: String,
+    },
+    /// A server's OAuth state (tokens are never shown).
+    OauthStatus {
+        config: String,
+        server: String,
+    },
+    /// Forget a server's OAuth tokens.
+    ForgetTokens {
+        config: String,
+        server: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -400,6 +416,16 @@ fn servers(c: Servers) -> Result<(Request, View), Failure> {
         Servers::Remove { config, server } => (
             Request::new(Method::DELETE, &["configs", &config, "servers", &server]),
             View::Done(format!("removed server {server} from {config}")),
+        ),
+        Servers::Authorize { config, server } => {
+            (Request::new(Method::POST, &["configs", &config, "servers", &server, "oauth", "authorize"]), View::Object)
+        }
+        Servers::OauthStatus { config, server } => {
+            (Request::get(&["configs", &config, "servers", &server, "oauth"]), View::Object)
+        }
+        Servers::ForgetTokens { config, server } => (
+            Request::new(Method::DELETE, &["configs", &config, "servers", &server, "oauth"]),
+            View::Done(format!("forgot the OAuth tokens of server {server} in {config}")),
         ),
     })
 }

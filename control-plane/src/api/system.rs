@@ -72,6 +72,12 @@ pub async fn system_health(
             .fetch_all(&mut *conn)
             .await?;
     let integrity: Vec<String> = sqlx::query_scalar("PRAGMA foreign_key_check").fetch_all(&mut *conn).await?;
+    let failed_renewals: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT c.name, t.server, t.last_error FROM oauth_tokens t JOIN mcp_configs c ON c.id = t.config_id \
+         WHERE t.last_error IS NOT NULL ORDER BY c.name, t.server LIMIT 50",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     let snapshot = publisher.status(current_revision(&mut conn).await?);
 
     let mut issues = Vec::new();
@@ -80,6 +86,9 @@ pub async fn system_health(
     }
     if !integrity.is_empty() {
         issues.push(format!("database foreign-key check failed for tables: {}", integrity.join(", ")));
+    }
+    for (config, server, error) in failed_renewals {
+        issues.push(format!("server `{server}` of config `{config}`: OAuth token renewal failed: {error}"));
     }
     let warnings =
         unconfigured.iter().map(|p| format!("project `{p}` has no MCP config; its keys reach no tools")).collect();
