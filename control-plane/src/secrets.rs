@@ -27,6 +27,8 @@ pub enum SecretError {
     WrongKey,
     #[error("a stored secret is not in a known sealed format")]
     Malformed,
+    #[error("a stored server's settings are unreadable: {0}")]
+    UnreadableSpec(String),
 }
 
 pub struct SecretBox {
@@ -115,7 +117,8 @@ impl SecretBox {
 
     /// A server's settings read back; `sealed` is NULL for rows written before secrets were sealed.
     pub fn open_spec(&self, spec: &str, sealed: Option<&str>) -> Result<ServerSpec, SecretError> {
-        let mut spec: ServerSpec = serde_json::from_str(spec).map_err(|_| SecretError::Malformed)?;
+        let mut spec: ServerSpec =
+            serde_json::from_str(spec).map_err(|e| SecretError::UnreadableSpec(e.to_string()))?;
         if let Some(sealed) = sealed {
             let secrets =
                 serde_json::from_slice(&self.open(SERVER_SECRETS, sealed)?).map_err(|_| SecretError::Malformed)?;

@@ -266,14 +266,11 @@ pub async fn status(store: &Store, config: &str, server: &str) -> Result<OAuthSt
     .bind(&target.server)
     .fetch_optional(&mut *conn)
     .await?;
-    let grant = match target.oauth.grant {
-        Grant::ClientCredentials => "client_credentials",
-        Grant::AuthorizationCode { .. } => "authorization_code",
-    };
+    let by_code = matches!(target.oauth.grant, Grant::AuthorizationCode { .. });
     let mut status = OAuthStatus {
         config: target.config_name,
         server: target.server,
-        grant: grant.into(),
+        grant: if by_code { "authorization_code" } else { "client_credentials" }.into(),
         authorized: row.is_some(),
         expires_at: None,
         scope: None,
@@ -281,7 +278,7 @@ pub async fn status(store: &Store, config: &str, server: &str) -> Result<OAuthSt
         obtained_at: None,
         refreshed_at: None,
         last_error: None,
-        needs_authorization: grant == "authorization_code" && row.is_none(),
+        needs_authorization: by_code && row.is_none(),
     };
     if let Some((renewable, expires_at, scope, obtained_at, refreshed_at, last_error)) = row {
         status.expires_at = opt_time(&expires_at);

@@ -92,6 +92,17 @@ impl GatewayService {
         GatewayService { gateway, identity, session }
     }
 
+    /// Where a client's resource URI leads; an unknown URI (or a key without a config) is
+    /// "resource not found".
+    async fn resource_route(&self, extensions: &Extensions, exposed: &str) -> Result<ResourceRoute, McpError> {
+        let p = self.principal(extensions).await?;
+        let unknown = || McpError::resource_not_found(format!("unknown resource: {exposed}"), None);
+        let config = p.config.ok_or_else(unknown)?;
+        let (spec, uri) = route_resource(&config, exposed).ok_or_else(unknown)?;
+        let upstream = self.upstream(config.id, &spec);
+        Ok(ResourceRoute { config, spec, upstream, uri })
+    }
+
     async fn principal(&self, extensions: &Extensions) -> Result<Principal, McpError> {
         match &self.identity {
             Identity::Http => extensions
@@ -691,12 +702,8 @@ impl ServerHandler for GatewayService {
         mut request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
-        let p = self.principal(&context.extensions).await?;
-        let exposed = request.uri.clone();
-        let unknown = || McpError::resource_not_found(format!("unknown resource: {exposed}"), None);
-        let Some(config) = p.config else { return Err(unknown()) };
-        let (spec, uri) = route_resource(&config, &exposed).ok_or_else(unknown)?;
-        let upstream = self.upstream(config.id, &spec);
+        let ResourceRoute { config, spec, upstream, uri } =
+            self.resource_route(&context.extensions, &request.uri).await?;
         let conn = upstream.acquire().await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
         request.uri = uri;
         request.meta = upstream_meta(request.meta.take());
@@ -777,13 +784,9 @@ impl ServerHandler for GatewayService {
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        let p = self.principal(&context.extensions).await?;
         let exposed = request.uri.clone();
-        let unknown = || McpError::resource_not_found(format!("unknown resource: {exposed}"), None);
-        let Some(config) = p.config else { return Err(unknown()) };
-        let (spec, uri) = route_resource(&config, &exposed).ok_or_else(unknown)?;
+        let ResourceRoute { spec, upstream, uri, .. } = self.resource_route(&context.extensions, &exposed).await?;
         self.session.link.attach(&context.peer);
-        let upstream = self.upstream(config.id, &spec);
         let conn = upstream.acquire().await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
         let subscribable = conn.peer.peer_info().and_then(|i| i.capabilities.resources.as_ref()?.subscribe);
         if subscribable != Some(true) {
@@ -810,12 +813,7 @@ impl ServerHandler for GatewayService {
         request: UnsubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
-        let p = self.principal(&context.extensions).await?;
-        let exposed = request.uri.clone();
-        let unknown = || McpError::resource_not_found(format!("unknown resource: {exposed}"), None);
-        let Some(config) = p.config else { return Err(unknown()) };
-        let (spec, uri) = route_resource(&config, &exposed).ok_or_else(unknown)?;
-        let upstream = self.upstream(config.id, &spec);
+        let ResourceRoute { spec, upstream, uri, .. } = self.resource_route(&context.extensions, &request.uri).await?;
         if !upstream.callers().unsubscribe(&uri, &self.session.link) {
             return Ok(());
         }
@@ -824,6 +822,14 @@ impl ServerHandler for GatewayService {
         let params = UnsubscribeRequestParams::new(uri);
         upstream_answer(&spec, ms, tokio::time::timeout(Duration::from_millis(ms), conn.peer.unsubscribe(params)).await)
     }
+}
+
+/// The config, server and upstream behind a client's resource URI, and the URI the upstream knows.
+struct ResourceRoute {
+    config: Arc<ConfigView>,
+    spec: Arc<ServerSpec>,
+    upstream: Arc<Upstream>,
+    uri: String,
 }
 
 /// A prompt's server and upstream name, from the name the client knows it by.

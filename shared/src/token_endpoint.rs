@@ -152,7 +152,7 @@ async fn request_once(
 }
 
 /// `application/x-www-form-urlencoded` encoding of one value.
-pub fn form_encode(s: &str) -> String {
+fn form_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => (b as char).to_string(),
