@@ -40,11 +40,13 @@ struct Options {
     levels: Vec<usize>,
     json: bool,
     large: bool,
+    /// Which call scenarios to run (all when empty).
+    scenarios: Vec<String>,
 }
 
 impl Options {
     fn parse(args: &[String]) -> anyhow::Result<Self> {
-        let mut o = Options { seconds: 3.0, levels: vec![1, 16, 64], json: false, large: true };
+        let mut o = Options { seconds: 3.0, levels: vec![1, 16, 64], json: false, large: true, scenarios: vec![] };
         let mut it = args.iter();
         while let Some(a) = it.next() {
             match a.as_str() {
@@ -53,10 +55,20 @@ impl Options {
                     o.levels =
                         it.next().context("--levels 1,16,64")?.split(',').map(str::parse).collect::<Result<_, _>>()?
                 }
+                "--scenarios" => {
+                    o.scenarios = it
+                        .next()
+                        .context("--scenarios http,stdio,guardrails-1KiB")?
+                        .split(',')
+                        .map(String::from)
+                        .collect()
+                }
                 "--json" => o.json = true,
                 "--no-large" => o.large = false,
                 "-h" | "--help" => {
-                    println!("mcpgw-bench [--seconds 3] [--levels 1,16,64] [--json] [--no-large]");
+                    println!(
+                        "mcpgw-bench [--seconds 3] [--levels 1,16,64] [--scenarios http,stdio,guardrails-1KiB] [--json] [--no-large]"
+                    );
                     std::process::exit(0);
                 }
                 other => bail!("unknown argument `{other}` (see --help)"),
@@ -174,6 +186,20 @@ impl Proc {
         };
         (field("VmHWM:"), field("VmRSS:"))
     }
+
+    fn cpu_us(&self) -> u64 {
+        cpu_us(self.child.id())
+    }
+}
+
+/// CPU time (user + system) process `pid` used so far, in microseconds (Linux, 100 ticks per second).
+fn cpu_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is first, utime 12th, stime 13th.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) * 10_000
 }
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
@@ -335,6 +361,13 @@ struct Comparison {
     p50_overhead_us: i64,
     p99_overhead_us: i64,
     throughput_ratio: f64,
+    /// CPU the data plane spent per gateway call.
+    gateway_cpu_us_per_call: f64,
+    /// CPU the HTTP upstream spent per direct call (not measured for stdio, where each direct
+    /// session has its own process).
+    upstream_cpu_us_per_call: Option<f64>,
+    /// CPU the benchmark's own clients spent per direct call.
+    client_cpu_us_per_call: f64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -395,6 +428,9 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     let scenarios: [(&str, &str, usize); 3] =
         [("http", "http__echo", 16), ("stdio", "stdio__echo", 16), ("guardrails-1KiB", "guarded__echo", 1024)];
     for (scenario, tool, payload) in scenarios {
+        if !opts.scenarios.is_empty() && !opts.scenarios.iter().any(|s| s == scenario) {
+            continue;
+        }
         for &n in &opts.levels {
             let direct: Vec<Arc<Client>> = if scenario == "stdio" {
                 futures::future::try_join_all((0..n).map(|_| connect_stdio(&me)))
@@ -419,10 +455,18 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             drive(&direct, "echo", payload, 0.3).await?;
             drive(&via, tool, payload, 0.3).await?;
             let half = opts.seconds / 2.0;
-            let d1 = drive(&direct, "echo", payload, half).await?;
-            let g1 = drive(&via, tool, payload, half).await?;
-            let g2 = drive(&via, tool, payload, half).await?;
-            let d2 = drive(&direct, "echo", payload, half).await?;
+            let (mut gateway_cpu, mut upstream_cpu, mut client_cpu, mut ignored) = (0, 0, 0, 0);
+            let measured = async |path: &[Arc<Client>], tool: &str, server: &Proc, cpu: &mut u64, own: &mut u64| {
+                let (before, own_before) = (server.cpu_us(), cpu_us(std::process::id()));
+                let run = drive(path, tool, payload, half).await;
+                *cpu += server.cpu_us() - before;
+                *own += cpu_us(std::process::id()) - own_before;
+                run
+            };
+            let d1 = measured(&direct, "echo", &upstream, &mut upstream_cpu, &mut client_cpu).await?;
+            let g1 = measured(&via, tool, &gateway, &mut gateway_cpu, &mut ignored).await?;
+            let g2 = measured(&via, tool, &gateway, &mut gateway_cpu, &mut ignored).await?;
+            let d2 = measured(&direct, "echo", &upstream, &mut upstream_cpu, &mut client_cpu).await?;
             let (direct_run, gateway_run) = (Run::merge(&d1, &d2), Run::merge(&g1, &g2));
             comparisons.push(Comparison {
                 scenario: scenario.to_string(),
@@ -430,6 +474,10 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                 p50_overhead_us: gateway_run.p50_us as i64 - direct_run.p50_us as i64,
                 p99_overhead_us: gateway_run.p99_us as i64 - direct_run.p99_us as i64,
                 throughput_ratio: gateway_run.calls_per_sec / direct_run.calls_per_sec,
+                gateway_cpu_us_per_call: gateway_cpu as f64 / gateway_run.calls.max(1) as f64,
+                upstream_cpu_us_per_call: (scenario != "stdio")
+                    .then(|| upstream_cpu as f64 / direct_run.calls.max(1) as f64),
+                client_cpu_us_per_call: client_cpu as f64 / direct_run.calls.max(1) as f64,
                 direct: direct_run,
                 gateway: gateway_run,
             });
@@ -611,7 +659,7 @@ fn print_table(report: &Value, comparisons: &[Comparison]) {
     );
     println!();
     println!(
-        "{:<16} {:>8} | {:>10} {:>8} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>8} | {:>9} {:>9} {:>6}",
+        "{:<16} {:>8} | {:>10} {:>8} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>8} | {:>9} {:>9} {:>6} | {:>8} {:>8} {:>8}",
         "scenario",
         "sessions",
         "direct/s",
@@ -624,11 +672,14 @@ fn print_table(report: &Value, comparisons: &[Comparison]) {
         "p99 us",
         "+p50 us",
         "+p99 us",
-        "ratio"
+        "ratio",
+        "gw cpu",
+        "up cpu",
+        "cl cpu"
     );
     for c in comparisons {
         println!(
-            "{:<16} {:>8} | {:>10.0} {:>8} {:>8} {:>8} | {:>10.0} {:>8} {:>8} {:>8} | {:>9} {:>9} {:>6.2}",
+            "{:<16} {:>8} | {:>10.0} {:>8} {:>8} {:>8} | {:>10.0} {:>8} {:>8} {:>8} | {:>9} {:>9} {:>6.2} | {:>8.0} {:>8} {:>8.0}",
             c.scenario,
             c.sessions,
             c.direct.calls_per_sec,
@@ -641,9 +692,15 @@ fn print_table(report: &Value, comparisons: &[Comparison]) {
             c.gateway.p99_us,
             c.p50_overhead_us,
             c.p99_overhead_us,
-            c.throughput_ratio
+            c.throughput_ratio,
+            c.gateway_cpu_us_per_call,
+            c.upstream_cpu_us_per_call.map(|u| format!("{u:.0}")).unwrap_or_else(|| "-".into()),
+            c.client_cpu_us_per_call
         );
     }
+    println!(
+        "(CPU microseconds per call: gw = the data plane per gateway call; up = the HTTP upstream and cl = the clients per direct call)"
+    );
     println!();
     println!("data plane peak RSS under load:   {:.1} MiB", kib_to_mib(&report["data_plane_peak_rss_kib"]));
     let r = &report["reload_latency_us"];
