@@ -38,21 +38,26 @@ impl AuditLog {
 
     /// Opens `target` (a path, or `-` for stderr) for appending and starts the writer.
     pub fn open(target: &str, include_arguments: bool) -> std::io::Result<Self> {
-        let mut sink: Box<dyn Write + Send> = if target == "-" {
+        let sink: Box<dyn Write + Send> = if target == "-" {
             Box::new(std::io::stderr())
         } else {
             let mut options = std::fs::OpenOptions::new();
             options.create(true).append(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            Box::new(std::io::LineWriter::new(options.open(target)?))
+            Box::new(options.open(target)?)
         };
         let (tx, mut rx) = mpsc::channel::<AuditRecord>(QUEUE);
         std::thread::Builder::new().name("audit-log".into()).spawn(move || {
+            let mut out = std::io::BufWriter::new(sink);
             while let Some(record) = rx.blocking_recv() {
-                if let Ok(line) = serde_json::to_string(&record) {
-                    let _ = writeln!(sink, "{line}");
+                // Records queued meanwhile go out in the same write; the batch is on disk (or
+                // stderr) as soon as the queue is empty.
+                write_line(&mut out, &record);
+                while let Ok(record) = rx.try_recv() {
+                    write_line(&mut out, &record);
                 }
+                let _ = out.flush();
             }
         })?;
         Ok(AuditLog { tx: Some(tx), include_arguments })
@@ -64,5 +69,11 @@ impl AuditLog {
         {
             tracing::warn!("audit log queue full; a tool-call record was dropped");
         }
+    }
+}
+
+fn write_line(out: &mut impl Write, record: &AuditRecord) {
+    if serde_json::to_writer(&mut *out, record).is_ok() {
+        let _ = out.write_all(b"\n");
     }
 }

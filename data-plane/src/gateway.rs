@@ -374,7 +374,7 @@ impl GatewayService {
     }
 
     fn audit(&self, p: &Principal, call: CallSummary<'_>) {
-        let CallSummary { server, tool, outcome, started, args, response_bytes } = call;
+        let CallSummary { server, tool, outcome, started, request_bytes, arguments, response_bytes } = call;
         let took = started.elapsed();
         self.gateway.metrics.record_call(&p.project_name, server, tool, outcome, took);
         let audit = &self.gateway.audit;
@@ -387,9 +387,9 @@ impl GatewayService {
             tool: tool.to_string(),
             outcome,
             duration_ms: took.as_secs_f64() * 1000.0,
-            request_bytes: args.as_ref().map(|a| serde_json::to_vec(a).map(|v| v.len()).unwrap_or(0)).unwrap_or(0),
+            request_bytes,
             response_bytes,
-            arguments: if audit.include_arguments { args.clone().map(serde_json::Value::Object) } else { None },
+            arguments: arguments.map(serde_json::Value::Object),
         });
     }
 }
@@ -400,7 +400,9 @@ struct CallSummary<'a> {
     tool: &'a str,
     outcome: &'static str,
     started: Instant,
-    args: &'a Option<JsonObject>,
+    request_bytes: usize,
+    /// The arguments, when the audit log records them.
+    arguments: Option<JsonObject>,
     response_bytes: usize,
 }
 
@@ -462,8 +464,24 @@ fn upstream_meta(client: Option<RequestMetaObject>) -> Option<RequestMetaObject>
 fn response_size(response: &CallToolResponse) -> usize {
     let CallToolResponse::Complete(result) = response else { return 0 };
     let content: usize = result.content.iter().map(content_size).sum();
-    let structured = result.structured_content.as_ref().map(|v| serde_json::to_vec(v).map(|b| b.len()).unwrap_or(0));
-    content + structured.unwrap_or(0)
+    content + result.structured_content.as_ref().map_or(0, json_size)
+}
+
+/// The length of `value` as JSON text, counted without building the text.
+fn json_size(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 fn content_size(block: &ContentBlock) -> usize {
@@ -556,8 +574,15 @@ impl ServerHandler for GatewayService {
         if config.naming == ToolNaming::Prefixed && meta_tools::is_meta_tool(&name) {
             let result = meta_tools::call(self, &p, &config, &name, request.arguments.unwrap_or_default()).await;
             let outcome = if result.is_error == Some(true) { "error" } else { "success" };
-            let summary =
-                CallSummary { server: "gateway", tool: &name, outcome, started, args: &None, response_bytes: 0 };
+            let summary = CallSummary {
+                server: "gateway",
+                tool: &name,
+                outcome,
+                started,
+                request_bytes: 0,
+                arguments: None,
+                response_bytes: 0,
+            };
             self.audit(&p, summary);
             return Ok(CallToolResponse::Complete(result));
         }
@@ -568,7 +593,8 @@ impl ServerHandler for GatewayService {
         let (spec, tool) = (spec.clone(), tool.to_string());
         let progress =
             context.meta.get_progress_token().or_else(|| request.meta.as_ref().and_then(|m| m.get_progress_token()));
-        let arguments = request.arguments.clone();
+        let request_bytes = request.arguments.as_ref().map_or(0, json_size);
+        let arguments = if self.gateway.audit.include_arguments { request.arguments.clone() } else { None };
         self.session.link.attach(&context.peer);
         let origin = CallOrigin { peer: &context.peer, request: context.id.clone(), progress };
         let result = self.guarded_call(&config, &spec, request, &tool, Some(&origin), &context.ct).await;
@@ -582,7 +608,8 @@ impl ServerHandler for GatewayService {
             tool: &tool,
             outcome,
             started,
-            args: &arguments,
+            request_bytes,
+            arguments,
             response_bytes: bytes,
         };
         self.audit(&p, summary);

@@ -18,6 +18,9 @@ use crate::auth::key_from_headers;
 use crate::gateway::{GatewayService, Identity};
 use crate::state::Gateway;
 
+/// How long a finished response can still be resumed by a client that lost it.
+const RESUMABLE_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub fn router(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Router {
     let config = &gateway.config;
     let mut mcp_config = StreamableHttpServerConfig::default()
@@ -32,9 +35,14 @@ pub fn router(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Router {
     // An empty list trusts no browser origin: any request that carries one is refused.
     mcp_config = mcp_config.with_allowed_origins(origins).enforce_origin_validation();
     let factory_gateway = gateway.clone();
+    let mut sessions = LocalSessionManager::default();
+    // rmcp keeps every finished response of a session for late resumption and scans them all on
+    // each session event; its 60 s default made a busy session's calls slower the longer it ran
+    // and held a minute of responses in memory. Clients retry after 3 s.
+    sessions.session_config.completed_cache_ttl = RESUMABLE_FOR;
     let mcp = StreamableHttpService::new(
         move || Ok(GatewayService::new(factory_gateway.clone(), Identity::Http)),
-        Arc::new(LocalSessionManager::default()),
+        Arc::new(sessions),
         mcp_config,
     );
     let mcp = Router::new()
