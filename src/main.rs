@@ -7,6 +7,10 @@ mod cli;
 
 use clap::Parser;
 
+// The data plane runs here too: the same allocator as the `data-plane` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
     match args.command {

@@ -899,3 +899,15 @@ async fn next_progress(route: &mut Option<ProgressRoute<'_>>) -> Option<Progress
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_size_is_the_length_of_the_json_text() {
+        let value = serde_json::json!({"message": "héllo \"quoted\"\n", "n": [1, 2.5, null], "nested": {"a": true}});
+        assert_eq!(json_size(&value), serde_json::to_vec(&value).unwrap().len());
+        assert_eq!(json_size(&serde_json::Map::new()), 2);
+    }
+}
