@@ -63,6 +63,11 @@ impl AuditLog {
         Ok(AuditLog { tx: Some(tx), include_arguments })
     }
 
+    /// Whether records are kept at all (callers skip preparing them otherwise).
+    pub fn is_enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     pub fn record(&self, record: AuditRecord) {
         if let Some(tx) = &self.tx
             && tx.try_send(record).is_err()

@@ -378,6 +378,9 @@ impl GatewayService {
         let took = started.elapsed();
         self.gateway.metrics.record_call(&p.project_name, server, tool, outcome, took);
         let audit = &self.gateway.audit;
+        if !audit.is_enabled() {
+            return;
+        }
         audit.record(AuditRecord {
             time: chrono::Utc::now(),
             key_id: p.key_id.to_string(),
@@ -593,8 +596,9 @@ impl ServerHandler for GatewayService {
         let (spec, tool) = (spec.clone(), tool.to_string());
         let progress =
             context.meta.get_progress_token().or_else(|| request.meta.as_ref().and_then(|m| m.get_progress_token()));
-        let request_bytes = request.arguments.as_ref().map_or(0, json_size);
-        let arguments = if self.gateway.audit.include_arguments { request.arguments.clone() } else { None };
+        let audit = &self.gateway.audit;
+        let request_bytes = if audit.is_enabled() { request.arguments.as_ref().map_or(0, json_size) } else { 0 };
+        let arguments = if audit.is_enabled() && audit.include_arguments { request.arguments.clone() } else { None };
         self.session.link.attach(&context.peer);
         let origin = CallOrigin { peer: &context.peer, request: context.id.clone(), progress };
         let result = self.guarded_call(&config, &spec, request, &tool, Some(&origin), &context.ct).await;
