@@ -455,18 +455,17 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             drive(&direct, "echo", payload, 0.3).await?;
             drive(&via, tool, payload, 0.3).await?;
             let half = opts.seconds / 2.0;
-            let (mut gateway_cpu, mut upstream_cpu, mut client_cpu, mut ignored) = (0, 0, 0, 0);
-            let measured = async |path: &[Arc<Client>], tool: &str, server: &Proc, cpu: &mut u64, own: &mut u64| {
-                let (before, own_before) = (server.cpu_us(), cpu_us(std::process::id()));
-                let run = drive(path, tool, payload, half).await;
-                *cpu += server.cpu_us() - before;
-                *own += cpu_us(std::process::id()) - own_before;
-                run
+            // A run, with the CPU time `server` and this process (the clients) spent during it.
+            let measured = async |path: &[Arc<Client>], tool: &str, server: &Proc| {
+                let (server_before, own_before) = (server.cpu_us(), cpu_us(std::process::id()));
+                let run = drive(path, tool, payload, half).await?;
+                Ok::<_, anyhow::Error>((run, server.cpu_us() - server_before, cpu_us(std::process::id()) - own_before))
             };
-            let d1 = measured(&direct, "echo", &upstream, &mut upstream_cpu, &mut client_cpu).await?;
-            let g1 = measured(&via, tool, &gateway, &mut gateway_cpu, &mut ignored).await?;
-            let g2 = measured(&via, tool, &gateway, &mut gateway_cpu, &mut ignored).await?;
-            let d2 = measured(&direct, "echo", &upstream, &mut upstream_cpu, &mut client_cpu).await?;
+            let (d1, up1, cl1) = measured(&direct, "echo", &upstream).await?;
+            let (g1, gw1, _) = measured(&via, tool, &gateway).await?;
+            let (g2, gw2, _) = measured(&via, tool, &gateway).await?;
+            let (d2, up2, cl2) = measured(&direct, "echo", &upstream).await?;
+            let (gateway_cpu, upstream_cpu, client_cpu) = (gw1 + gw2, up1 + up2, cl1 + cl2);
             let (direct_run, gateway_run) = (Run::merge(&d1, &d2), Run::merge(&g1, &g2));
             comparisons.push(Comparison {
                 scenario: scenario.to_string(),
@@ -546,6 +545,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let first_key = Run::new(first_times, Duration::from_secs(1));
     let later_key = Run::new(later_times, Duration::from_secs(1));
+    // (The p99 of five first requests is the largest of them.)
 
     // Memory: an idle data plane, then with 1,000 open sessions.
     let idle_plane = data_plane(&dir, &snapshot)?;
