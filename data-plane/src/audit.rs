@@ -22,12 +22,34 @@ pub struct AuditRecord {
     pub arguments: Option<serde_json::Value>,
 }
 
+/// A request refused on a session that belongs to another credential.
+#[derive(Debug, Serialize)]
+pub struct SessionRefusal {
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// Always `session_refused`.
+    pub event: &'static str,
+    pub key_id: String,
+    pub project: String,
+    pub user_id: String,
+    /// `session::short_id` of the session asked for, never the id itself.
+    pub session: String,
+    pub reason: &'static str,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Entry {
+    Call(AuditRecord),
+    Session(SessionRefusal),
+}
+
 /// Lines buffered before new ones are dropped (and counted in the log) rather than blocking calls.
 const QUEUE: usize = 10_000;
 
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: Option<mpsc::Sender<AuditRecord>>,
+    tx: Option<mpsc::Sender<Entry>>,
     pub include_arguments: bool,
 }
 
@@ -47,7 +69,7 @@ impl AuditLog {
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
             Box::new(options.open(target)?)
         };
-        let (tx, mut rx) = mpsc::channel::<AuditRecord>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Entry>(QUEUE);
         std::thread::Builder::new().name("audit-log".into()).spawn(move || {
             let mut out = std::io::BufWriter::new(sink);
             while let Some(record) = rx.blocking_recv() {
@@ -69,15 +91,23 @@ impl AuditLog {
     }
 
     pub fn record(&self, record: AuditRecord) {
+        self.send(Entry::Call(record));
+    }
+
+    pub fn record_session_refusal(&self, refusal: SessionRefusal) {
+        self.send(Entry::Session(refusal));
+    }
+
+    fn send(&self, entry: Entry) {
         if let Some(tx) = &self.tx
-            && tx.try_send(record).is_err()
+            && tx.try_send(entry).is_err()
         {
-            tracing::warn!("audit log queue full; a tool-call record was dropped");
+            tracing::warn!("audit log queue full; a record was dropped");
         }
     }
 }
 
-fn write_line(out: &mut impl Write, record: &AuditRecord) {
+fn write_line(out: &mut impl Write, record: &Entry) {
     if serde_json::to_writer(&mut *out, record).is_ok() {
         let _ = out.write_all(b"\n");
     }

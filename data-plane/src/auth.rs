@@ -19,6 +19,8 @@ use crate::catalog::{Catalog, ConfigView};
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub key_id: Arc<str>,
+    /// The key's stored hash: what a session opened with this key is bound to.
+    pub credential: Arc<str>,
     pub user_id: Uuid,
     pub project_id: Uuid,
     pub project_name: Arc<str>,
@@ -101,6 +103,7 @@ impl Authenticator {
         let project = catalog.project(record.project_id).ok_or(AuthError::Invalid)?;
         Ok(Principal {
             key_id: record.id.clone(),
+            credential: record.hash.clone(),
             user_id: record.user_id,
             project_id: project.id,
             project_name: project.name.clone(),

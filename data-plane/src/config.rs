@@ -36,6 +36,12 @@ pub struct Config {
     /// Largest accepted upstream response in bytes (bigger ones are an error, not an out-of-memory).
     #[arg(long, env = "MCPGW_MAX_RESPONSE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_response_bytes: usize,
+    /// Open MCP sessions one API key may hold at once; more are refused with HTTP 429.
+    #[arg(long, env = "MCPGW_MAX_SESSIONS_PER_KEY", default_value_t = 200)]
+    pub max_sessions_per_key: usize,
+    /// Open MCP sessions the gateway holds at once; more are refused with HTTP 503.
+    #[arg(long, env = "MCPGW_MAX_SESSIONS", default_value_t = 10_000)]
+    pub max_sessions: usize,
     /// Seconds an upstream connection (a stdio process) may sit unused before it is stopped.
     #[arg(long, env = "MCPGW_UPSTREAM_IDLE_SECS", default_value_t = 300)]
     pub upstream_idle_secs: u64,

@@ -4,22 +4,26 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::key_from_headers;
+use crate::auth::{AuthError, Principal, key_from_headers};
 use crate::gateway::{GatewayService, Identity};
+use crate::session::{LimitReached, Owner, Refused, short_id};
 use crate::state::Gateway;
 
-/// How long a finished response can still be resumed by a client that lost it.
-const RESUMABLE_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+const SESSION_HEADER: &str = "mcp-session-id";
+/// JSON-RPC error codes of the answers the gateway gives before MCP: the key, the session, the body.
+const UNAUTHORIZED: i32 = -32001;
+const PARSE_ERROR: i32 = -32700;
+const INVALID_REQUEST: i32 = -32600;
 
 pub fn router(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Router {
     let config = &gateway.config;
@@ -35,14 +39,9 @@ pub fn router(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Router {
     // An empty list trusts no browser origin: any request that carries one is refused.
     mcp_config = mcp_config.with_allowed_origins(origins).enforce_origin_validation();
     let factory_gateway = gateway.clone();
-    let mut sessions = LocalSessionManager::default();
-    // rmcp keeps every finished response of a session for late resumption and scans them all on
-    // each session event; its 60 s default made a busy session's calls slower the longer it ran
-    // and held a minute of responses in memory. Clients retry after 3 s.
-    sessions.session_config.completed_cache_ttl = RESUMABLE_FOR;
     let mcp = StreamableHttpService::new(
         move || Ok(GatewayService::new(factory_gateway.clone(), Identity::Http)),
-        Arc::new(sessions),
+        gateway.sessions.clone(),
         mcp_config,
     );
     let mcp = Router::new()
@@ -57,25 +56,136 @@ pub fn router(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Router {
         .with_state(gateway)
 }
 
-/// Resolves the caller before rmcp sees the request; refusals are HTTP 401 with a JSON-RPC body.
-async fn authenticate(State(gateway): State<Arc<Gateway>>, mut request: Request, next: Next) -> Response {
-    match gateway.authenticate(key_from_headers(request.headers())).await {
-        Ok(principal) => {
-            request.extensions_mut().insert(principal);
-            let ends_session = request.method() == axum::http::Method::DELETE;
-            let mut response = next.run(request).await;
-            // Session termination is complete when rmcp answers; clients (the Python SDK among
-            // them) expect 200 or 204 and warn on rmcp's 202.
-            if ends_session && response.status() == StatusCode::ACCEPTED {
-                *response.status_mut() = StatusCode::OK;
+/// In front of rmcp: resolves the caller, admits a session only to the credential that opened it,
+/// binds new sessions (within the limits), and turns rmcp's plain-text refusals into JSON-RPC errors.
+async fn authenticate(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+    let principal = match gateway.authenticate(key_from_headers(request.headers())).await {
+        Ok(principal) => principal,
+        Err(e) => return unauthorized(e),
+    };
+    let owner = Owner::of(&principal);
+    let session = request.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some(id) = &session
+        && let Err(refused) = gateway.sessions.admit(id, &owner)
+    {
+        if refused == Refused::Foreign {
+            refuse_foreign(&gateway, &principal, id);
+        }
+        return session_not_found();
+    }
+    let method = request.method().clone();
+    let sent_json = request.headers().get(header::CONTENT_TYPE).is_some_and(is_json);
+    // A POST body is read here so that one rmcp cannot parse can be answered precisely.
+    let (mut request, body) = if method == Method::POST {
+        let (parts, body) = request.into_parts();
+        match axum::body::to_bytes(body, gateway.config.max_request_bytes).await {
+            Ok(bytes) => (Request::from_parts(parts, Body::from(bytes.clone())), Some(bytes)),
+            Err(_) => {
+                let message = format!("request body exceeds {} bytes", gateway.config.max_request_bytes);
+                return jsonrpc_error(StatusCode::PAYLOAD_TOO_LARGE, INVALID_REQUEST, &message);
             }
-            response
         }
-        Err(e) => {
-            let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32001, "message": e.to_string()}});
-            (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer realm=\"mcpgw\"")], axum::Json(body))
-                .into_response()
+    } else {
+        (request, None)
+    };
+    request.extensions_mut().insert(principal.clone());
+    let mut response = next.run(request).await;
+    if session.is_none()
+        && let Some(id) = response.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    {
+        if let Err(limit) = gateway.sessions.register(&id, owner) {
+            gateway.sessions.end(&id);
+            gateway.metrics.record_session_refusal(limit.reason());
+            return too_many_sessions(limit);
         }
+        tracing::debug!(session = %short_id(&id), key_id = %principal.key_id, "session opened");
+    }
+    // Session termination is complete when rmcp answers; clients (the Python SDK among them)
+    // expect 200 or 204 and warn on rmcp's 202.
+    if method == Method::DELETE && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::OK;
+    }
+    if response.status().is_client_error() && !response.headers().contains_key(header::CONTENT_TYPE) {
+        return as_jsonrpc_error(response, sent_json.then_some(body).flatten()).await;
+    }
+    response
+}
+
+fn refuse_foreign(gateway: &Gateway, principal: &Principal, id: &str) {
+    gateway.metrics.record_auth_failure("session_owner");
+    tracing::warn!(session = %short_id(id), key_id = %principal.key_id, "request on another credential's session refused");
+    gateway.audit.record_session_refusal(crate::audit::SessionRefusal {
+        time: chrono::Utc::now(),
+        event: "session_refused",
+        key_id: principal.key_id.to_string(),
+        project: principal.project_name.to_string(),
+        user_id: principal.user_id.to_string(),
+        session: short_id(id),
+        reason: "the session belongs to another credential",
+    });
+}
+
+fn is_json(value: &HeaderValue) -> bool {
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn jsonrpc_error(status: StatusCode, code: i32, message: &str) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
+    (status, axum::Json(body)).into_response()
+}
+
+fn unauthorized(e: AuthError) -> Response {
+    let mut response = jsonrpc_error(StatusCode::UNAUTHORIZED, UNAUTHORIZED, &e.to_string());
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"mcpgw\""));
+    response
+}
+
+/// The answer for an unknown, ended or someone else's session: the same in every case.
+fn session_not_found() -> Response {
+    jsonrpc_error(StatusCode::NOT_FOUND, INVALID_REQUEST, "session not found: start a new one with `initialize`")
+}
+
+fn too_many_sessions(limit: LimitReached) -> Response {
+    let status = match limit {
+        LimitReached::PerKey(_) => StatusCode::TOO_MANY_REQUESTS,
+        LimitReached::Total(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut response = jsonrpc_error(status, INVALID_REQUEST, &limit.to_string());
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+    response
+}
+
+/// rmcp answers what it refuses in plain text; clients get a JSON-RPC error with the same status.
+/// A JSON body rmcp could not take is a parse error or an invalid request (`400`), not the `415`
+/// rmcp gives it; `415` stays for a body that is not sent as JSON.
+async fn as_jsonrpc_error(response: Response, json_body: Option<Bytes>) -> Response {
+    let status = response.status();
+    let text = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    match json_body {
+        Some(body) if status == StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            let (code, message) = unreadable(&body, &text);
+            jsonrpc_error(StatusCode::BAD_REQUEST, code, &message)
+        }
+        _ => jsonrpc_error(status, INVALID_REQUEST, text.trim()),
+    }
+}
+
+/// Why a body sent as JSON is not one JSON-RPC message.
+fn unreadable(body: &[u8], rmcp_says: &str) -> (i32, String) {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        let message = "JSON-RPC batches are not supported: the MCP versions this gateway serves (2025-06-18 and later) \
+                       send one message per request";
+        return (INVALID_REQUEST, message.into());
+    }
+    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        Err(e) if e.is_syntax() || e.is_eof() => (PARSE_ERROR, format!("parse error: {e}")),
+        Err(e) => (INVALID_REQUEST, format!("invalid request: {e}")),
+        Ok(_) => (INVALID_REQUEST, format!("invalid request: not a JSON-RPC message ({})", rmcp_says.trim())),
     }
 }
 

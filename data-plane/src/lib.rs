@@ -17,6 +17,7 @@ pub mod http;
 pub mod meta_tools;
 pub mod metrics;
 pub mod reload;
+pub mod session;
 pub mod state;
 pub mod upstream;
 

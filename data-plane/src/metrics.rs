@@ -23,6 +23,7 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
     auth_failures: Mutex<BTreeMap<&'static str, u64>>,
+    session_refusals: Mutex<BTreeMap<&'static str, u64>>,
     guardrails: Mutex<BTreeMap<GuardrailLabels, u64>>,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
@@ -59,6 +60,11 @@ impl Metrics {
         *self.auth_failures.lock().unwrap_or_else(|e| e.into_inner()).entry(reason).or_default() += 1;
     }
 
+    /// A new session refused for a limit (`per_key_limit`, `total_limit`).
+    pub fn record_session_refusal(&self, reason: &'static str) {
+        *self.session_refusals.lock().unwrap_or_else(|e| e.into_inner()).entry(reason).or_default() += 1;
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP mcpgw_tool_calls_total Tool calls by project, server, tool and outcome.");
@@ -87,6 +93,11 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE mcpgw_auth_failures_total counter");
         for (reason, n) in self.auth_failures.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(out, "mcpgw_auth_failures_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP mcpgw_sessions_refused_total New MCP sessions refused by limit.");
+        let _ = writeln!(out, "# TYPE mcpgw_sessions_refused_total counter");
+        for (reason, n) in self.session_refusals.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "mcpgw_sessions_refused_total{{reason=\"{reason}\"}} {n}");
         }
         let _ = writeln!(
             out,

@@ -4,6 +4,10 @@
 //! by renaming a temporary one over it, which a watch on the old inode would miss. A slow poll of the
 //! file's metadata backs the watcher up on file systems that deliver no events (some network and
 //! container mounts).
+//!
+//! Each version of the file (its modification time, size and inode) is read once: reading the file
+//! is itself a watched event (an open), and an invalid file left in place is reported and counted
+//! once, not on every event, until it changes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -62,6 +66,7 @@ pub async fn watch(gateway: Arc<Gateway>, path: PathBuf) {
     let poke = tx.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
+            && !matches!(event.kind, notify::EventKind::Access(_))
             && event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == file_name)
         {
             let _ = poke.send(());
@@ -98,9 +103,15 @@ pub async fn watch(gateway: Arc<Gateway>, path: PathBuf) {
         }
     });
 
+    let mut handled = None;
     while rx.recv().await.is_some() {
         tokio::time::sleep(SETTLE).await;
         while rx.try_recv().is_ok() {}
+        let version = stamp(&path);
+        if version.is_some() && version == handled {
+            continue;
+        }
+        handled = version;
         match read(&path).await {
             Ok(Some(catalog)) => install(&gateway, catalog),
             Ok(None) => {}

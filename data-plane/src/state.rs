@@ -12,6 +12,7 @@ use crate::auth::{AuthError, Authenticator, Principal};
 use crate::catalog::{Catalog, Remote};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::session::{Limits, Sessions};
 use crate::upstream::pool::UpstreamPool;
 use crate::upstream::relay::ChangeEvent;
 use shared::snapshot::GuardrailProvider as ProviderSettings;
@@ -32,6 +33,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     pub audit: AuditLog,
     pub events: broadcast::Sender<ChangeEvent>,
+    /// Streamable-HTTP sessions and who opened them.
+    pub sessions: Arc<Sessions>,
     pub status: Mutex<ReloadStatus>,
 }
 
@@ -49,7 +52,9 @@ impl Gateway {
         audit: AuditLog,
         events: broadcast::Sender<ChangeEvent>,
     ) -> Self {
+        let limits = Limits { per_key: config.max_sessions_per_key, total: config.max_sessions };
         Gateway {
+            sessions: Arc::new(Sessions::new(limits)),
             config,
             catalog: RwLock::new(Arc::new(Catalog::empty())),
             auth: Authenticator::default(),
@@ -91,6 +96,7 @@ impl Gateway {
         self.status.lock().unwrap_or_else(|e| e.into_inner()).loaded_at = Some(Utc::now());
         self.pool.settings().tokens.set_issued(next.oauth_tokens.clone());
         self.pool.reconcile(&next);
+        self.sessions.end_revoked(&next);
         // Sessions compare their config with the new one and tell their clients if it changed.
         let _ = self.events.send(ChangeEvent::Reloaded);
         tracing::info!(revision = next.revision, keys = next.key_count(), "snapshot loaded");

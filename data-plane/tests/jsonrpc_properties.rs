@@ -49,6 +49,12 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
 impl Harness {
     /// Posts `body` to `/mcp`; the status and the session id the answer carries.
     fn post(&self, body: Vec<u8>, with_key: bool, session: Option<&str>) -> (StatusCode, Option<String>) {
+        let (status, session, _) = self.exchange(body, with_key, session);
+        (status, session)
+    }
+
+    /// Like `post`, with the answer's body.
+    fn exchange(&self, body: Vec<u8>, with_key: bool, session: Option<&str>) -> (StatusCode, Option<String>, Vec<u8>) {
         let mut req = Request::post("/mcp")
             .header("host", "127.0.0.1")
             .header("content-type", "application/json")
@@ -63,7 +69,9 @@ impl Harness {
         self.rt.block_on(async {
             let resp = self.router.clone().oneshot(req).await.unwrap();
             let session = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(String::from);
-            (resp.status(), session)
+            let status = resp.status();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap_or_default();
+            (status, session, body.to_vec())
         })
     }
 }
@@ -150,6 +158,35 @@ proptest! {
     }
 
     #[test]
+    fn a_body_that_is_not_one_json_rpc_message_is_a_400_json_rpc_error(
+        body in prop_oneof![
+            // Not JSON at all.
+            "[^\\[{]{1,64}".prop_map(String::into_bytes),
+            // A batch.
+            prop::collection::vec(arb_request(), 1..4).prop_map(|b| Value::from(b).to_string().into_bytes()),
+            // Nested deeper than any parser should follow.
+            (129usize..100_000).prop_map(|depth| format!("{}{}", "[".repeat(depth), "]".repeat(depth)).into_bytes()),
+            (129usize..100_000).prop_map(|depth| format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth)).into_bytes()),
+            // JSON, but no JSON-RPC message.
+            arb_json().prop_filter("not a request", |v| v.get("method").is_none() && v.get("id").is_none())
+                .prop_map(|v| v.to_string().into_bytes()),
+        ],
+        in_session in any::<bool>(),
+    ) {
+        let h = &*HARNESS;
+        let session = in_session.then_some(h.session.as_str());
+        let (status, _, answer) = h.exchange(body.clone(), true, session);
+        prop_assert_eq!(status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&answer));
+        let answer: Value = serde_json::from_slice(&answer).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let code = answer["error"]["code"].as_i64();
+        prop_assert!(code == Some(-32700) || code == Some(-32600), "{}", answer);
+        prop_assert_eq!(&answer["jsonrpc"], "2.0");
+        if body.first() == Some(&b'[') && serde_json::from_slice::<Value>(&body).is_ok() {
+            prop_assert!(answer["error"]["message"].as_str().unwrap_or_default().contains("batches"), "{}", answer);
+        }
+    }
+
+    #[test]
     fn any_json_rpc_request_gets_an_answer_below_500(req in arb_request(), in_session in any::<bool>()) {
         let h = &*HARNESS;
         let session = in_session.then_some(h.session.as_str());
@@ -163,6 +200,25 @@ proptest! {
         let (status, _) = h.post(req.to_string().into_bytes(), false, Some(&h.session));
         prop_assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
+}
+
+#[test]
+fn a_body_not_sent_as_json_is_415_with_a_json_rpc_error() {
+    let h = &*HARNESS;
+    let req = Request::post("/mcp")
+        .header("host", "127.0.0.1")
+        .header("content-type", "text/plain")
+        .header("accept", "application/json, text/event-stream")
+        .header("authorization", format!("Bearer {}", h.key))
+        .body(Body::from(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string()))
+        .unwrap();
+    let (status, body) = h.rt.block_on(async {
+        let resp = h.router.clone().oneshot(req).await.unwrap();
+        (resp.status(), axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap())
+    });
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32600, "{v}");
 }
 
 #[test]

@@ -215,6 +215,7 @@ fn data_plane(data_dir: &Path, snapshot: &Path) -> anyhow::Result<Proc> {
     cmd.env("MCPGW_DATA_DIR", data_dir)
         .env("MCPGW_SNAPSHOT_PATH", snapshot)
         .env("MCPGW_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("MCPGW_MAX_SESSIONS_PER_KEY", "5000")
         .env("RUST_LOG", "warn,data_plane=info");
     Proc::start(cmd, "data plane listening on ")
 }

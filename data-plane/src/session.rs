@@ -1,0 +1,311 @@
+//! Who opened each streamable-HTTP session, and how many sessions each credential holds.
+//!
+//! rmcp's `LocalSessionManager` runs the sessions; `Sessions` wraps it as the service's session
+//! manager and adds what the MCP specification asks of a server that authenticates: a session is
+//! bound to the credential that opened it (key id and the key's stored hash, so a rotated key is a
+//! different credential). Requests on it with any other credential are answered exactly as for an
+//! unknown session, so ids cannot be probed. Sessions end when their key is disabled, rotated or
+//! deleted, and each key may hold only so many at once.
+//!
+//! Session ids are rmcp's UUIDv4 (122 random bits from the OS CSPRNG); they are bearer secrets and
+//! never logged: `short_id` is what logs and the audit trail carry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
+use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, LocalSessionManagerError};
+use rmcp::transport::streamable_http_server::session::{ServerSseMessage, SessionId, SessionManager};
+use sha2::{Digest, Sha256};
+
+use crate::auth::Principal;
+use crate::catalog::Catalog;
+
+/// How long a finished response can still be resumed by a client that lost it.
+const RESUMABLE_FOR: Duration = Duration::from_secs(10);
+/// A session with no request for this long is over (rmcp's own idle limit for its workers).
+const IDLE: Duration = Duration::from_secs(300);
+/// Expired sessions are looked for at most this often, when a new one is opened.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// The credential a session belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub key_id: Arc<str>,
+    /// The key's stored hash when the session opened: a rotation makes it another credential.
+    credential: Arc<str>,
+}
+
+impl Owner {
+    pub fn of(principal: &Principal) -> Self {
+        Owner { key_id: principal.key_id.clone(), credential: principal.credential.clone() }
+    }
+
+    /// Whether the catalog still admits this credential as it was when the session opened.
+    fn still_valid(&self, catalog: &Catalog) -> bool {
+        catalog.key(&self.key_id).is_some_and(|k| !k.disabled && k.hash == self.credential)
+    }
+}
+
+/// Caps on open sessions (`MCPGW_MAX_SESSIONS_PER_KEY`, `MCPGW_MAX_SESSIONS`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub per_key: usize,
+    pub total: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// No such session (never opened, ended, or expired).
+    #[error("session not found")]
+    Unknown,
+    /// The session exists but belongs to another credential; answered as `Unknown`.
+    #[error("session belongs to another credential")]
+    Foreign,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LimitReached {
+    #[error(
+        "this API key has {0} open sessions, the most it may hold; close one (HTTP DELETE) or wait for one to expire"
+    )]
+    PerKey(usize),
+    #[error("the gateway holds {0} open sessions, the most it serves; try again later")]
+    Total(usize),
+}
+
+impl LimitReached {
+    /// Metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            LimitReached::PerKey(_) => "per_key_limit",
+            LimitReached::Total(_) => "total_limit",
+        }
+    }
+}
+
+struct Entry {
+    owner: Owner,
+    last_seen: Instant,
+}
+
+#[derive(Default)]
+struct Owners {
+    by_id: HashMap<Arc<str>, Entry>,
+    per_key: HashMap<Arc<str>, usize>,
+    last_sweep: Option<Instant>,
+}
+
+impl Owners {
+    fn remove(&mut self, id: &str) -> Option<Entry> {
+        let entry = self.by_id.remove(id)?;
+        if let Some(n) = self.per_key.get_mut(&entry.owner.key_id) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_key.remove(&entry.owner.key_id);
+            }
+        }
+        Some(entry)
+    }
+
+    /// Removes the sessions `ended` picks and returns their ids.
+    fn take_where(&mut self, mut ended: impl FnMut(&Entry) -> bool) -> Vec<Arc<str>> {
+        let ids: Vec<Arc<str>> = self.by_id.iter().filter(|(_, e)| ended(e)).map(|(id, _)| id.clone()).collect();
+        for id in &ids {
+            self.remove(id);
+        }
+        ids
+    }
+}
+
+pub struct Sessions {
+    inner: Arc<LocalSessionManager>,
+    owners: Mutex<Owners>,
+    limits: Limits,
+}
+
+impl Sessions {
+    pub fn new(limits: Limits) -> Self {
+        let mut inner = LocalSessionManager::default();
+        // rmcp keeps every finished response of a session for late resumption and scans them all on
+        // each session event; its 60 s default made a busy session's calls slower the longer it ran
+        // and held a minute of responses in memory. Clients retry after 3 s.
+        inner.session_config.completed_cache_ttl = RESUMABLE_FOR;
+        inner.session_config.keep_alive = Some(IDLE);
+        Sessions { inner: Arc::new(inner), owners: Mutex::default(), limits }
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, Owners> {
+        self.owners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a request on session `id` by `owner`.
+    pub fn admit(&self, id: &str, owner: &Owner) -> Result<(), Refused> {
+        let mut owners = self.owners();
+        let entry = owners.by_id.get_mut(id).ok_or(Refused::Unknown)?;
+        if entry.owner != *owner {
+            return Err(Refused::Foreign);
+        }
+        entry.last_seen = Instant::now();
+        Ok(())
+    }
+
+    /// Records that `owner` opened session `id`; over a limit the caller must end the session.
+    pub fn register(&self, id: &str, owner: Owner) -> Result<(), LimitReached> {
+        let (verdict, expired) = {
+            let mut owners = self.owners();
+            let now = Instant::now();
+            let expired = if owners.last_sweep.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY) {
+                owners.last_sweep = Some(now);
+                owners.take_where(|e| now.duration_since(e.last_seen) > IDLE)
+            } else {
+                Vec::new()
+            };
+            let held = owners.per_key.get(&owner.key_id).copied().unwrap_or(0);
+            let verdict = if held >= self.limits.per_key {
+                Err(LimitReached::PerKey(self.limits.per_key))
+            } else if owners.by_id.len() >= self.limits.total {
+                Err(LimitReached::Total(self.limits.total))
+            } else {
+                *owners.per_key.entry(owner.key_id.clone()).or_default() += 1;
+                owners.by_id.insert(id.into(), Entry { owner, last_seen: now });
+                Ok(())
+            };
+            (verdict, expired)
+        };
+        self.close_later(expired);
+        verdict
+    }
+
+    /// Ends the sessions whose credential `catalog` no longer admits (disabled, rotated, deleted).
+    pub fn end_revoked(&self, catalog: &Catalog) {
+        let ended = self.owners().take_where(|e| !e.owner.still_valid(catalog));
+        if !ended.is_empty() {
+            tracing::info!(sessions = ended.len(), "ended sessions of revoked keys");
+        }
+        self.close_later(ended);
+    }
+
+    /// Ends session `id` (its streams close, its per-session upstreams stop).
+    pub fn end(&self, id: &str) {
+        self.owners().remove(id);
+        self.close_later(vec![id.into()]);
+    }
+
+    fn close_later(&self, ids: Vec<Arc<str>>) {
+        if ids.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let inner = self.inner.clone();
+        rt.spawn(async move {
+            for id in ids {
+                let _ = inner.close_session(&SessionId::from(id.to_string())).await;
+            }
+        });
+    }
+
+    /// Open sessions (for tests and metrics).
+    pub fn open(&self) -> usize {
+        self.owners().by_id.len()
+    }
+}
+
+/// A short, stable, non-reversible name for a session id, for logs and the audit trail.
+pub fn short_id(id: &str) -> String {
+    hex::encode(&Sha256::digest(id.as_bytes())[..6])
+}
+
+/// rmcp's session manager, with the owners kept in step when a session is closed.
+impl SessionManager for Sessions {
+    type Error = LocalSessionManagerError;
+    type Transport = <LocalSessionManager as SessionManager>::Transport;
+
+    async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
+        self.inner.create_session().await
+    }
+
+    async fn initialize_session(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<ServerJsonRpcMessage, Self::Error> {
+        self.inner.initialize_session(id, message).await
+    }
+
+    async fn has_session(&self, id: &SessionId) -> Result<bool, Self::Error> {
+        self.inner.has_session(id).await
+    }
+
+    async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
+        self.owners().remove(id);
+        self.inner.close_session(id).await
+    }
+
+    async fn create_stream(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        self.inner.create_stream(id, message).await
+    }
+
+    async fn accept_message(&self, id: &SessionId, message: ClientJsonRpcMessage) -> Result<(), Self::Error> {
+        self.inner.accept_message(id, message).await
+    }
+
+    async fn create_standalone_stream(
+        &self,
+        id: &SessionId,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        self.inner.create_standalone_stream(id).await
+    }
+
+    async fn resume(
+        &self,
+        id: &SessionId,
+        last_event_id: String,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        self.inner.resume(id, last_event_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(key: &str, hash: &str) -> Owner {
+        Owner { key_id: key.into(), credential: hash.into() }
+    }
+
+    #[test]
+    fn sessions_admit_only_their_owner_and_count_per_key() {
+        let sessions = Sessions::new(Limits { per_key: 2, total: 3 });
+        let (a, b) = (owner("a", "h1"), owner("b", "h2"));
+        sessions.register("s1", a.clone()).unwrap();
+        assert_eq!(sessions.admit("s1", &a), Ok(()));
+        assert_eq!(sessions.admit("s1", &b), Err(Refused::Foreign));
+        assert_eq!(sessions.admit("s1", &owner("a", "rotated")), Err(Refused::Foreign));
+        assert_eq!(sessions.admit("nope", &a), Err(Refused::Unknown));
+
+        sessions.register("s2", a.clone()).unwrap();
+        assert_eq!(sessions.register("s3", a.clone()), Err(LimitReached::PerKey(2)));
+        sessions.register("s3", b.clone()).unwrap();
+        assert_eq!(sessions.register("s4", owner("c", "h3")), Err(LimitReached::Total(3)));
+        assert_eq!(sessions.admit("s3", &b), Ok(()), "a refused registration leaves others alone");
+
+        sessions.end("s1");
+        assert_eq!(sessions.admit("s1", &a), Err(Refused::Unknown));
+        sessions.register("s5", a).unwrap();
+        assert_eq!(sessions.open(), 3);
+    }
+
+    #[test]
+    fn short_ids_are_stable_and_short() {
+        let id = uuid::Uuid::new_v4().to_string();
+        assert_eq!(short_id(&id), short_id(&id));
+        assert_eq!(short_id(&id).len(), 12);
+    }
+}
