@@ -462,6 +462,16 @@ fn timeouts_and_size_limits() {
         let big = call(&c, "fx__big", json!({"bytes": 200_000})).await.unwrap();
         assert_eq!(big["isError"], true);
         assert!(text(&big).contains("exceeds the gateway's limit of 100000 bytes"), "{}", text(&big));
+        // Past the line limit of stdio transports (16 MiB) too: the call fails at once, not at its
+        // timeout, and the same process serves the next call.
+        let (_, before) = dp.get("/metrics");
+        let started = Instant::now();
+        let huge = call(&c, "fx__big", json!({"bytes": 17_000_000})).await.unwrap();
+        assert_eq!(huge["isError"], true);
+        assert!(text(&huge).contains("exceeds the gateway's limit of 100000 bytes"), "{}", text(&huge));
+        assert!(started.elapsed() < Duration::from_millis(4000), "took {:?}", started.elapsed());
+        let restarts = |m: &str| m.lines().find(|l| l.starts_with("mcpgw_upstream_restarts_total")).map(str::to_string);
+        assert_eq!(restarts(&dp.get("/metrics").1), restarts(&before), "the upstream was not restarted");
         // The gateway is still fine afterwards.
         assert_eq!(text(&call(&c, "fx__echo", json!({"message": "after"})).await.unwrap()), "after");
     });

@@ -197,10 +197,14 @@ fn a_rug_pull_hides_the_changed_tool() {
     let key = provision(&cp, "rug", json!([fixture_server("fx")]));
     let dp = DataPlane::start(&cp, &[]);
     dp.sync(&cp);
+    let mut trusted_description = String::new();
     runtime().block_on(async {
         let gw = connect(&dp.mcp_url(), &key).await.unwrap();
         assert!(tool_names(&gw).await.contains(&"fx__echo".to_string()));
         assert_eq!(text(&call(&gw, "fx__echo", json!({"message": "before"})).await.unwrap()), "before");
+        let listed = gw.list_all_tools().await.unwrap();
+        let echo = listed.iter().find(|t| t.name == "fx__echo").unwrap();
+        trusted_description = echo.description.as_deref().unwrap_or_default().to_string();
         // The upstream now describes `echo` differently and announces it (trust on first use pinned
         // the first definition).
         call(&gw, "fx__mutate", json!({})).await.unwrap();
@@ -221,6 +225,15 @@ fn a_rug_pull_hides_the_changed_tool() {
     });
     let (_, metrics) = dp.get("/metrics");
     assert!(metrics.contains(r#"server="fx",stage="integrity",detector="pinning",action="hidden""#), "{metrics}");
+
+    // With no pin approved, the review shows what changed from the definition trusted on first use.
+    let review = review_until(&cp, "cfg-rug", "the held definition", |r| {
+        pending(r, "fx", "echo").is_some_and(|p| p["status"] == "held")
+    });
+    let held = pending(&review, "fx", "echo").unwrap();
+    assert_eq!(held["changes"][0]["path"], "/description", "{held}");
+    assert_eq!(held["changes"][0]["before"], json!(trusted_description), "{held}");
+    assert_eq!(held["changes"][0]["after"], held["definition"]["description"]);
 }
 
 /// Polls the admin review of `config` until `ready` accepts it.

@@ -312,7 +312,12 @@ impl GatewayService {
                 let _ = peer.notify_cancelled(CancelledNotificationParam::new(Some(id), reason)).await;
                 return Err(CallFailure::Upstream(UpstreamError::Timeout { server: spec.server_name.clone(), ms }));
             }
-            Ok(Err(ServiceError::McpError(e))) => return Err(CallFailure::Protocol(e)),
+            Ok(Err(ServiceError::McpError(e))) => {
+                return Err(match crate::upstream::stdio::too_large(&e) {
+                    Some((size, limit)) => CallFailure::TooLarge { size, limit },
+                    None => CallFailure::Protocol(e),
+                });
+            }
             Ok(Err(e)) => return Err(failed(e)),
             Ok(Ok(ServerResult::CallToolResult(r))) => CallToolResponse::Complete(r),
             Ok(Ok(ServerResult::InputRequiredResult(r))) => CallToolResponse::InputRequired(r),

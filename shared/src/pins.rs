@@ -118,6 +118,10 @@ pub struct ObservedTool {
     /// For a held definition: the fingerprint it was held against (what was trusted or approved).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinned: Option<String>,
+    /// For a held definition: the definition it was held against, when this replica saw it (it
+    /// trusted it on first use), so an admin sees what changed even with no pin approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_definition: Option<Value>,
     /// The whole definition as the upstream gave it.
     pub definition: Value,
     pub seen_at: DateTime<Utc>,
@@ -210,6 +214,7 @@ mod tests {
                 fingerprint: "ab".into(),
                 status: ObservedStatus::Held,
                 pinned: Some("cd".into()),
+                pinned_definition: None,
                 definition: json!({"name": "echo"}),
                 seen_at: Utc::now(),
             }],

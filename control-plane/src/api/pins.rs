@@ -126,7 +126,12 @@ fn pending(publisher: &Publisher, config: &McpConfig, approved: &[Pin]) -> Vec<P
             }
             let key = (seen.server.clone(), seen.tool.clone(), seen.fingerprint.clone());
             let entry = merged.entry(key).or_insert_with(|| PendingPin {
-                changes: current.map(|p| changes(&p.definition, &seen.definition)).unwrap_or_default(),
+                // Against the approved pin, else the definition trusted on first use.
+                changes: current
+                    .map(|p| &p.definition)
+                    .or(seen.pinned_definition.as_ref())
+                    .map(|before| changes(before, &seen.definition))
+                    .unwrap_or_default(),
                 approved_fingerprint: current.map(|p| p.fingerprint.clone()),
                 server: seen.server,
                 tool: seen.tool,

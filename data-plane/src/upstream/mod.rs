@@ -9,6 +9,7 @@ pub mod oauth;
 pub mod observed;
 pub mod pool;
 pub mod relay;
+pub(crate) mod stdio;
 mod transport;
 
 use std::collections::{HashMap, HashSet};

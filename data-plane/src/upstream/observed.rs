@@ -68,6 +68,16 @@ impl Observer {
                 let same =
                     tools.get(&key).is_some_and(|t| t.status == seen.status && t.fingerprint == seen.fingerprint);
                 if !same {
+                    let pinned_definition = tools.get(&key).and_then(|before| match before.status {
+                        _ if seen.status != ObservedStatus::Held => None,
+                        ObservedStatus::FirstSeen if Some(before.fingerprint.as_str()) == seen.pinned => {
+                            Some(before.definition.clone())
+                        }
+                        ObservedStatus::Held if before.pinned.as_deref() == seen.pinned => {
+                            before.pinned_definition.clone()
+                        }
+                        _ => None,
+                    });
                     tools.insert(
                         key,
                         ObservedTool {
@@ -77,6 +87,7 @@ impl Observer {
                             fingerprint: seen.fingerprint.to_string(),
                             status: seen.status,
                             pinned: seen.pinned.map(str::to_string),
+                            pinned_definition,
                             definition: seen.definition.clone(),
                             seen_at: Utc::now(),
                         },

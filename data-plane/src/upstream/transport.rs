@@ -1,17 +1,17 @@
 //! Opening an MCP client session to one upstream, per transport.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 
 use process_wrap::tokio::{CommandWrap, KillOnDrop, ProcessGroup};
 use rmcp::ServiceExt;
+use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use shared::server::{ServerSpec, Transport};
 use tokio::io::AsyncBufReadExt;
 
 use super::oauth::{AuthorizedHttp, Token};
 use super::relay::{NotificationTap, UpstreamClient};
+use super::stdio::ChildTransport;
 use super::{Session, UpstreamSettings};
 
 /// The upstream's OAuth settings and the token fetched for this connection.
@@ -56,9 +56,7 @@ pub(super) async fn open(
             let mut wrapped = CommandWrap::from(cmd);
             // Own process group: shutting the server down takes its children (npx -> node) with it.
             wrapped.wrap(ProcessGroup::leader()).wrap(KillOnDrop);
-            let (process, stderr) = TokioChildProcess::builder(wrapped)
-                .stderr(Stdio::piped())
-                .spawn()
+            let (process, stderr) = ChildTransport::spawn(wrapped, settings.max_response_bytes)
                 .map_err(|e| format!("cannot run `{command}`: {e}"))?;
             if let Some(stderr) = stderr {
                 let server = spec.server_name.clone();
