@@ -77,10 +77,10 @@ impl Transport<RoleClient> for ChildTransport {
     /// Closes stdin and lets the server exit by itself, then stops it.
     async fn close(&mut self) -> Result<(), Self::Error> {
         self.transport.close().await?;
-        if let Some(mut child) = self.child.take() {
-            if tokio::time::timeout(EXIT_GRACE, child.wait()).await.is_err() {
-                Box::into_pin(child.kill()).await?;
-            }
+        if let Some(mut child) = self.child.take()
+            && tokio::time::timeout(EXIT_GRACE, child.wait()).await.is_err()
+        {
+            Box::into_pin(child.kill()).await?;
         }
         Ok(())
     }
@@ -212,8 +212,7 @@ fn id_in_tail(tail: &[u8]) -> Option<Value> {
     let text = String::from_utf8_lossy(tail);
     let s = text.trim_end().strip_suffix('}')?.trim_end();
     // The last member's value, then its key.
-    let value_start = if s.ends_with('"') {
-        let body = &s[..s.len() - 1];
+    let value_start = if let Some(body) = s.strip_suffix('"') {
         let mut i = body.len();
         loop {
             let q = body[..i].rfind('"')?;
