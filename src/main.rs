@@ -28,14 +28,18 @@ fn main() -> std::process::ExitCode {
 fn serve() -> anyhow::Result<()> {
     let log_format = std::env::var(shared::settings::ENV_LOG_FORMAT).unwrap_or_else(|_| "text".into());
     shared::runtime::init_tracing(&log_format);
+    let (control_settings, data_settings) = (control_plane::Settings::from_env(), data_plane::Config::from_env());
+    // Both planes' settings are checked before either starts: the process starts whole or not at all.
+    control_settings.validate()?;
+    data_settings.validate()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let control = tokio::spawn(control_plane::serve(control_plane::Settings::from_env(), wait(stop_rx.clone())));
-        let data = tokio::spawn(data_plane::serve(data_plane::Config::from_env(), wait(stop_rx)));
+        let control = tokio::spawn(control_plane::serve(control_settings, wait(stop_rx.clone())));
+        let data = tokio::spawn(data_plane::serve(data_settings, wait(stop_rx)));
         tokio::spawn(async move {
             shared::runtime::shutdown_signal().await;
             let _ = stop_tx.send(true);

@@ -98,6 +98,7 @@ impl Settings {
 
 /// Runs the control plane until `shutdown` completes.
 pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    settings.validate()?;
     create_private_dir(&settings.data_dir)?;
     let secrets =
         SecretBox::load(settings.secrets_key.as_deref(), &settings.data_dir.join(names::SECRETS_KEY_FILE_NAME))?;
@@ -268,5 +269,26 @@ mod tests {
         assert!(!logged.contains(&key.secret));
         assert!(logged.contains(&key.id));
         assert_eq!(super::loggable_path("/api/v1/users/a@b.co"), "/api/v1/users/a@b.co");
+    }
+}
+
+impl Settings {
+    /// Checks every setting that can be checked before starting, so that a process with a bad one
+    /// stops with one clear message before anything listens (the all-in-one binary checks both
+    /// planes first).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        shared::settings::check_listen_address(names::ENV_CONTROL_LISTEN, &self.listen)?;
+        if let Some(key) = &self.admin_api_key {
+            anyhow::ensure!(
+                key.len() >= crate::admin_key::MIN_ENV_KEY_LEN,
+                "{} must be at least {} characters",
+                names::ENV_ADMIN_API_KEY,
+                crate::admin_key::MIN_ENV_KEY_LEN
+            );
+        }
+        if let Some(key) = &self.secrets_key {
+            SecretBox::check_env_key(key)?;
+        }
+        self.snapshot_settings().map(|_| ())
     }
 }

@@ -42,13 +42,18 @@ impl SecretBox {
         SecretBox { key: LessSafeKey::new(unbound) }
     }
 
+    /// Checks a key given in the environment without using it.
+    pub fn check_env_key(text: &str) -> anyhow::Result<()> {
+        parse_key(text).map(|_| ()).ok_or_else(|| {
+            anyhow::anyhow!("MCPGW_SECRETS_KEY must be 32 bytes, as base64 (44 characters) or hex (64 characters)")
+        })
+    }
+
     /// The key from the environment when given, otherwise from `key_file`, generated when absent.
     pub fn load(from_env: Option<&str>, key_file: &Path) -> anyhow::Result<Self> {
         if let Some(text) = from_env {
-            let key = parse_key(text).ok_or_else(|| {
-                anyhow::anyhow!("MCPGW_SECRETS_KEY must be 32 bytes, as base64 (44 characters) or hex (64 characters)")
-            })?;
-            return Ok(Self::from_key(&key));
+            Self::check_env_key(text)?;
+            return Ok(Self::from_key(&parse_key(text).unwrap_or_default()));
         }
         match std::fs::read_to_string(key_file) {
             Ok(text) => {

@@ -72,6 +72,25 @@ impl Config {
         <Only as clap::Parser>::parse_from(["data-plane"]).c
     }
 
+    /// Checks every setting that can be checked before starting (see the control plane's twin).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        names::check_listen_address(names::ENV_GATEWAY_LISTEN, &self.listen)?;
+        let positive = [
+            ("MCPGW_MAX_REQUEST_BYTES", self.max_request_bytes),
+            ("MCPGW_MAX_RESPONSE_BYTES", self.max_response_bytes),
+            ("MCPGW_MAX_SESSIONS_PER_KEY", self.max_sessions_per_key),
+            ("MCPGW_MAX_SESSIONS", self.max_sessions),
+        ];
+        for (name, value) in positive {
+            anyhow::ensure!(value > 0, "{name} must be a positive number");
+        }
+        anyhow::ensure!(
+            self.allowed_hosts.iter().any(|h| !h.trim().is_empty()),
+            "MCPGW_ALLOWED_HOSTS is empty: no request could reach the gateway (use `*` for any host)"
+        );
+        Ok(())
+    }
+
     pub fn snapshot_path(&self) -> PathBuf {
         self.snapshot_path.clone().unwrap_or_else(|| names::default_snapshot_path(&self.data_dir))
     }

@@ -102,6 +102,7 @@ pub fn in_process(mut config: Config, snapshot: shared::Snapshot) -> anyhow::Res
 
 /// Serves streamable HTTP until `shutdown` completes, then closes every upstream.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    config.validate()?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

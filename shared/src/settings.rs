@@ -23,3 +23,22 @@ pub const SECRETS_KEY_FILE_NAME: &str = "secrets_key";
 pub fn default_snapshot_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SNAPSHOT_FILE_NAME)
 }
+
+/// A listen address is `host:port` that resolves (port 0 picks a free port).
+#[derive(Debug, thiserror::Error)]
+#[error("{name} must be an address to listen on as host:port (got `{value}`): {source}")]
+pub struct BadListenAddress {
+    name: &'static str,
+    value: String,
+    #[source]
+    source: std::io::Error,
+}
+
+pub fn check_listen_address(name: &'static str, value: &str) -> Result<(), BadListenAddress> {
+    let bad = |source| BadListenAddress { name, value: value.to_string(), source };
+    let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(value).map_err(bad)?;
+    match addrs.next() {
+        Some(_) => Ok(()),
+        None => Err(bad(std::io::Error::other("it resolves to no address"))),
+    }
+}
