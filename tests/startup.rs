@@ -29,9 +29,12 @@ fn tempfile_dir() -> std::path::PathBuf {
     dir
 }
 
+/// A binary, the settings it is started with, and what it must say.
+type Case = (&'static str, &'static [(&'static str, &'static str)], &'static str);
+
 #[test]
 fn a_bad_setting_stops_the_process_before_it_listens() {
-    let cases: [(&str, &[(&str, &str)], &str); 6] = [
+    let cases: [Case; 6] = [
         (env!("CARGO_BIN_EXE_mcpgw"), &[("MCPGW_ADMIN_API_KEY", "")], "MCPGW_ADMIN_API_KEY must be at least 16"),
         (env!("CARGO_BIN_EXE_mcpgw"), &[("MCPGW_SECRETS_KEY", "short")], "MCPGW_SECRETS_KEY must be 32 bytes"),
         (env!("CARGO_BIN_EXE_mcpgw"), &[("MCPGW_MAX_SESSIONS", "0")], "MCPGW_MAX_SESSIONS must be a positive"),
