@@ -260,18 +260,6 @@ pub fn cli_main() -> anyhow::Result<()> {
     rt.block_on(serve(cli.settings, shutdown_signal()))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn key_shaped_path_segments_are_redacted() {
-        let key = shared::api_key::generate();
-        let logged = super::loggable_path(&format!("/api/v1/api-keys/{}/rotate", key.secret));
-        assert!(!logged.contains(&key.secret));
-        assert!(logged.contains(&key.id));
-        assert_eq!(super::loggable_path("/api/v1/users/a@b.co"), "/api/v1/users/a@b.co");
-    }
-}
-
 impl Settings {
     /// Checks every setting that can be checked before starting, so that a process with a bad one
     /// stops with one clear message before anything listens (the all-in-one binary checks both
@@ -290,5 +278,17 @@ impl Settings {
             SecretBox::check_env_key(key)?;
         }
         self.snapshot_settings().map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn key_shaped_path_segments_are_redacted() {
+        let key = shared::api_key::generate();
+        let logged = super::loggable_path(&format!("/api/v1/api-keys/{}/rotate", key.secret));
+        assert!(!logged.contains(&key.secret));
+        assert!(logged.contains(&key.id));
+        assert_eq!(super::loggable_path("/api/v1/users/a@b.co"), "/api/v1/users/a@b.co");
     }
 }
