@@ -55,6 +55,42 @@ static INJECTION_PATTERNS: LazyLock<PatternFamily> = LazyLock::new(|| {
             "prompt_injection",
             r"(?i)\b(pretend|imagine) (that )?you (are|have) no (rules|restrictions|limits|guidelines)",
         ),
+        // Role-play jailbreaks: an AI (or character) without rules, filters or limits.
+        (
+            "prompt_injection",
+            r"(?i)\b(pretend|imagine|roleplay|role-play|act as if|suppose)\b.{0,40}\b(ai|assistant|model|chatbot|bot|character|you)\b.{0,40}\b(without|with no|free (of|from)|not bound by|no longer bound by|that ignores?)\b.{0,20}\b(restrictions|rules|filters?|limits|limitations|guidelines|censorship|morals|ethics|policies)\b",
+        ),
+        (
+            "prompt_injection",
+            r"(?i)\byou are no longer (bound|restricted|limited|required)\b|\bfrom now on,? you (will|must|are going to) (answer|respond|act|ignore|comply)\b",
+        ),
+        ("prompt_injection", r"(?i)\b(do anything now|stay in character|jailbroken|jailbreak)\b"),
+        (
+            "prompt_injection",
+            r"(?i)\b(my (late |dead )?grand(ma|mother|father|pa)) (used to|would) (tell|read|recite)\b.{0,60}\b(key|password|recipe|instructions|code)",
+        ),
+        ("prompt_injection", r"(?i)\bhypothetically\b.{0,40}\b(no|without) (rules|restrictions|filters|limits)\b"),
+        // The same overrides in the major European languages.
+        (
+            "prompt_injection",
+            r"(?i)\b(ignore[zr]?|oublie[zr]?)\b.{0,30}\b(toutes |les |tes |vos )?(instructions|consignes|règles|regles)\b.{0,20}\b(précédentes|precedentes|antérieures|anterieures|ci-dessus)",
+        ),
+        (
+            "prompt_injection",
+            r"(?i)\b(ignoriere|ignorieren sie|vergiss|vergessen sie)\b.{0,30}\b(alle |die |deine |ihre )?(vorherigen|bisherigen|obigen|vorigen)\b.{0,20}\b(anweisungen|instruktionen|regeln|befehle)",
+        ),
+        (
+            "prompt_injection",
+            r"(?i)\b(ignora|ignore|olvida|olvide|esquece|esqueça|dimentica)\b.{0,30}\b(todas |las |as |le |tutte |tus |suas )?(instrucciones|instruções|instrucoes|istruzioni|regras|reglas|regole)\b.{0,20}\b(anteriores|precedentes|previas|precedenti|acima)",
+        ),
+        (
+            "prompt_injection",
+            r"(?i)\b(negeer|vergeet)\b.{0,30}\b(alle |de |je |uw )?(vorige|eerdere|voorgaande)\b.{0,20}\b(instructies|regels|opdrachten)",
+        ),
+        (
+            "prompt_injection",
+            r"(?i)\b(zignoruj|zapomnij|ignoruj)\b.{0,30}\b(wszystkie |poprzednie |wcześniejsze |wczesniejsze )+(instrukcje|polecenia|zasady|reguły|reguly)",
+        ),
         ("prompt_injection", r"(?i)\b(dan|developer|god|jailbreak) mode\b"),
         ("prompt_injection", r"(?i)\b(new|updated|real) (system )?instructions\s*:"),
         ("prompt_injection", r"(?i)\breveal (your|the) (system )?(prompt|instructions)\b"),
@@ -73,11 +109,7 @@ static INJECTION_PATTERNS: LazyLock<PatternFamily> = LazyLock::new(|| {
             "path_traversal",
             r"(?i)(^|[\s'=:])/etc/(passwd|shadow|sudoers)\b|[/\\]\.ssh[/\\]id_|\bwin\.ini\b|\\windows\\system32\\",
         ),
-        // SSRF: URLs aimed at metadata services, loopback or private ranges.
-        (
-            "ssrf",
-            r"(?i)\b(https?|gopher|dict|ftp|file)://([^/\s@]*@)?(169\.254\.\d{1,3}\.\d{1,3}|metadata\.google\.internal|metadata\.azure\.com|100\.100\.100\.200|localhost|127\.\d{1,3}\.\d{1,3}\.\d{1,3}|0\.0\.0\.0|0x7f|2130706433|10\.\d{1,3}\.\d{1,3}\.\d{1,3}|192\.168\.\d{1,3}\.\d{1,3}|172\.(1[6-9]|2\d|3[01])\.\d{1,3}\.\d{1,3}|\[(::1?|::ffff:[^\]]*|f[cd][0-9a-f]{2}:[^\]]*|fe80:[^\]]*)\])([:/?#]|\s|$)",
-        ),
+        // SSRF: `file://` URLs (hosts in other URLs are judged by `ssrf_target`).
         ("ssrf", r"(?i)\bfile:///"),
         // SQL injection shapes.
         ("sql_injection", r#"(?i)['"]\s*(or|and)\s+['"]?\w+['"]?\s*=\s*['"]?\w+"#),
@@ -258,8 +290,94 @@ fn best_part(text: &str, start: usize, end: usize, check: fn(&str) -> bool) -> O
     parts.into_iter().find(|&(s, e)| check(&text[s..e]))
 }
 
+/// Words run together, as spaced-out letters read once the spaces are gone ("ignoreallprevious...").
+static COMPACT_PATTERNS: LazyLock<PatternFamily> = LazyLock::new(|| {
+    PatternFamily::new(&[
+        (
+            "prompt_injection",
+            r"(ignore|disregard|forget|override|bypass)(all|any|the|your|my)*(previous|prior|above|earlier|preceding)(instructions?|prompts?|rules|guidelines|directions)",
+        ),
+        ("prompt_injection", r"(reveal|print|show|repeat)(me)?(your|the)(system)?(prompt|instructions)"),
+        ("prompt_injection", r"(developer|dan|god|jailbreak)mode"),
+        ("prompt_injection", r"youarenow(dan|unrestricted|jailbroken|evil)"),
+    ])
+});
+
+/// Scans `text` and the forms a model would read the same way (look-alike letters, invisible
+/// characters, spacing, leetspeak, encodings): see `normalize`.
 pub fn scan_injection(text: &str, out: &mut Vec<Finding>) {
+    let start = out.len();
+    scan_injection_form(text, out);
+    let forms = crate::normalize::forms(text);
+    for form in &forms.texts {
+        scan_injection_form(form, out);
+    }
+    if let Some(compact) = &forms.compact {
+        COMPACT_PATTERNS.scan(INJECTION, compact, out);
+    }
+    let mut found: Vec<Finding> = out.drain(start..).collect();
+    found.sort();
+    found.dedup();
+    out.extend(found);
+}
+
+fn scan_injection_form(text: &str, out: &mut Vec<Finding>) {
     INJECTION_PATTERNS.scan(INJECTION, text, out);
+    if URL_CANDIDATE.find_iter(text).any(|m| ssrf_target(m.as_str())) {
+        out.push(Finding { detector: INJECTION, kind: "ssrf" });
+    }
+}
+
+static URL_CANDIDATE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?i)\b(?:https?|wss?|ftp|gopher|dict|ldap|tftp)://[^\s'"<>`]+"#).expect("url candidate pattern")
+});
+
+/// Whether `url` points at a cloud metadata service, loopback, a private or link-local range, or an
+/// unspecified address, however its host is written (decimal, octal, hex or shortened IPv4,
+/// IPv4-mapped IPv6, a trailing dot): hosts are parsed as a browser parses them, not matched.
+pub fn ssrf_target(url: &str) -> bool {
+    let Ok(mut parsed) = url::Url::parse(url) else { return false };
+    // Schemes the URL standard does not treat as special keep their host unparsed: read it as HTTP.
+    if !matches!(parsed.scheme(), "http" | "https" | "ws" | "wss" | "ftp") {
+        let Ok(http) = url::Url::parse(&format!("http://{}", &url[parsed.scheme().len() + 3..])) else {
+            return false;
+        };
+        parsed = http;
+    }
+    match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => internal_v4(ip),
+        Some(url::Host::Ipv6(ip)) => internal_v6(ip),
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost"
+                || name.ends_with(".localhost")
+                || name == "metadata.google.internal"
+                || name == "metadata.azure.com"
+                || name == "metadata"
+                || name.ends_with(".internal")
+        }
+        None => false,
+    }
+}
+
+fn internal_v4(ip: std::net::Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || a == 0
+        // Carrier-grade NAT range, where some clouds put their metadata service (100.100.100.200).
+        || (a == 100 && (64..128).contains(&b))
+}
+
+fn internal_v6(ip: std::net::Ipv6Addr) -> bool {
+    if let Some(v4) = ip.to_ipv4_mapped().or_else(|| ip.to_ipv4().filter(|_| ip.segments()[..6] == [0; 6])) {
+        return internal_v4(v4);
+    }
+    let first = ip.segments()[0];
+    ip.is_loopback() || ip.is_unspecified() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
 }
 
 pub fn scan_pii(text: &str, out: &mut Vec<Finding>) {
@@ -412,6 +530,24 @@ mod tests {
         }
         assert!(!injection("https://example.com/docs").contains(&"ssrf"));
         assert!(!injection("http://172.32.0.1/").contains(&"ssrf"));
+        // However the host is written.
+        for url in [
+            "http://2852039166/latest/meta-data/",
+            "http://0251.0376.0251.0376/",
+            "http://0xa9fea9fe/",
+            "http://127.1/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://[::ffff:a9fe:a9fe]/",
+            "http://localhost./",
+            "http://LOCALHOST:8080/",
+            "gopher://127.0.0.1:6379/_INFO",
+            "http://100.100.100.200/latest/meta-data",
+        ] {
+            assert!(injection(url).contains(&"ssrf"), "{url}");
+        }
+        for url in ["https://8.8.8.8/", "http://example.com./x", "https://[2001:db8::1]/", "http://93.184.216.34/"] {
+            assert!(!injection(url).contains(&"ssrf"), "{url}");
+        }
         for bad in ["' OR '1'='1", "1 UNION SELECT password FROM users", "x'; DROP TABLE users; --", "id=1 or 1=1"] {
             assert!(injection(bad).contains(&"sql_injection"), "{bad}");
         }

@@ -6,6 +6,7 @@
 
 pub mod detectors;
 pub mod integrity;
+pub mod normalize;
 pub mod policy;
 pub mod redact;
 
