@@ -300,6 +300,12 @@ static COMPACT_PATTERNS: LazyLock<PatternFamily> = LazyLock::new(|| {
         ("prompt_injection", r"(reveal|print|show|repeat)(me)?(your|the)(system)?(prompt|instructions)"),
         ("prompt_injection", r"(developer|dan|god|jailbreak)mode"),
         ("prompt_injection", r"youarenow(dan|unrestricted|jailbroken|evil)"),
+        (
+            "prompt_injection",
+            r"(pretend|imagine|roleplay|suppose).{0,40}(without|withno|nolonger|freeof|freefrom)(any)?(restrictions|rules|filters?|limits|guidelines|censorship)",
+        ),
+        ("prompt_injection", r"(younolonger|youarenolonger)(bound|restricted|limited)|fromnowonyou(will|must|are)"),
+        ("prompt_injection", r"doanythingnow|(new|updated|real)(system)?instructions"),
     ])
 });
 

@@ -35,13 +35,37 @@ static POISON_PATTERNS: LazyLock<(Vec<&'static str>, RegexSet)> = LazyLock::new(
         ),
         (
             "read_secrets",
-            r"(?i)\b(read|cat|open|include|send|pass|upload|exfiltrate|leak)\b.{0,40}\b(private key|api[ _-]?keys?|secrets?|passwords?|credentials|tokens?|ssh keys?|environment variables)\b",
+            r"(?i)\b(read|cat|open|include|send|pass|upload|exfiltrate|leak|forward|print|dump)\b.{0,40}\b(private key|api[ _-]?keys?|secrets?|passwords?|credentials|tokens?|ssh keys?|environment variables?|env vars?|AWS_SECRET_ACCESS_KEY|[A-Z][A-Z0-9]*_(SECRET|TOKEN|KEY|PASSWORD)[A-Z0-9_]*)\b",
         ),
         (
             "cross_tool",
             r"(?i)\b(call|invoke|use|run) (the )?(other |another )?(tool|function)s? (named |called )?[`'\x22]?\w+[`'\x22]? (first|before|instead|as well)\b",
         ),
         ("cross_tool", r"(?i)\binstead of (using |calling )?(the )?\w+ tool\b"),
+        // The gateway's own meta-tools: no upstream tool has a reason to name them.
+        (
+            "cross_tool",
+            r"(?i)\bgateway_(list_servers|get_server_info|discover_tools|call_tools|cache_status|clear_cache)\b",
+        ),
+        // Another server's tool under the gateway's `<server>__<tool>` names, with a verb to use it.
+        (
+            "cross_tool",
+            r"(?i)\b(call|invoke|use|run|execute|trigger|pass|send)\b.{0,60}\b[a-z0-9][a-z0-9-]*__[a-z0-9][a-z0-9_-]*\b",
+        ),
+        // Claims to replace the system prompt or the model's instructions.
+        (
+            "hidden_instructions",
+            r"(?i)\b(system prompt|system message|instructions|guidelines|rules)\b.{0,20}\b(is|are|has been|have been)\b.{0,12}\b(outdated|obsolete|deprecated|no longer valid|void|replaced|superseded|revoked)\b",
+        ),
+        (
+            "hidden_instructions",
+            r"(?i)\byour (new|real|actual|updated|true) (instructions|task|goal|objective|directive|orders)\b|\bnote to (the )?(ai|assistant|model|llm|agent)\b",
+        ),
+        // Sending data somewhere: to a URL or an address.
+        (
+            "exfiltration",
+            r"(?i)\b(send|forward|post|upload|transmit|exfiltrate|leak|copy|report)\b.{0,60}\b(to|at|into)\b\s+(https?://|ftp://|\d{1,3}(\.\d{1,3}){3}\b)",
+        ),
     ];
     let kinds = patterns.iter().map(|(k, _)| *k).collect();
     let set = RegexSet::new(patterns.iter().map(|(_, p)| *p)).expect("poisoning patterns compile");
@@ -57,20 +81,28 @@ pub fn has_invisible_unicode(text: &str) -> bool {
     })
 }
 
-/// Scans one piece of self-description for poisoning.
+/// Scans one piece of self-description for poisoning: the text, and the forms a model reads the
+/// same way (look-alike letters, invisible characters, encodings; see `normalize`).
 pub fn scan_text(text: &str, out: &mut Vec<Finding>) {
     let (kinds, set) = &*POISON_PATTERNS;
-    for i in set.matches(text).iter() {
-        out.push(Finding { detector: POISONING, kind: kinds[i] });
+    let forms = crate::normalize::forms(text);
+    for form in std::iter::once(text).chain(forms.texts.iter().map(String::as_str)) {
+        for i in set.matches(form).iter() {
+            out.push(Finding { detector: POISONING, kind: kinds[i] });
+        }
     }
     if has_invisible_unicode(text) {
         out.push(Finding { detector: POISONING, kind: "invisible_unicode" });
     }
-    // Instructions addressed to the model (prompt-injection shapes) are poisoning here too.
+    // Instructions addressed to the model (prompt-injection shapes) are poisoning here too, and so
+    // are internal addresses (cloud metadata, private ranges) for a description to send data to.
     let mut injection = Vec::new();
     detectors::scan_injection(text, &mut injection);
     if injection.iter().any(|f| f.kind == "prompt_injection" || f.kind == "fake_role_tag") {
         out.push(Finding { detector: POISONING, kind: "hidden_instructions" });
+    }
+    if injection.iter().any(|f| f.kind == "ssrf") {
+        out.push(Finding { detector: POISONING, kind: "exfiltration" });
     }
     if text.chars().count() > MAX_DESCRIPTION_CHARS {
         out.push(Finding { detector: POISONING, kind: "oversized_description" });
