@@ -1,8 +1,10 @@
 //! Detection and false-positive rates of the built-in scanners over kept corpora (tests/corpus/):
-//! real tool definitions of the MCP reference servers and poisoned variants, hidden behind
-//! look-alike letters, full-width forms, encodings and invisible characters; attack arguments in
-//! several disguises and languages, and clean arguments (code, SQL, paths, URLs, prose). The README
-//! quotes the rates this prints.
+//! the real tool definitions of the MCP reference servers (and other common ones) and poisoned
+//! definitions, plain and hidden behind look-alike letters, full-width forms, encodings and invisible
+//! characters; attack arguments in several disguises and languages, and clean arguments (code, SQL,
+//! paths, URLs, prose in several languages, shell commands). Every entry goes through the same call
+//! the data plane makes. The README quotes the rates this prints
+//! (`cargo test -p guardrails --test corpus -- --nocapture`).
 
 use guardrails::Policy;
 use serde_json::{Value, json};
@@ -22,15 +24,15 @@ fn tool_poisoning_is_caught_and_real_tools_stay_clean() {
     let flagged: Vec<String> = clean
         .iter()
         .filter_map(|t| {
-            let found = guardrails::integrity::scan_tool(t);
-            (!found.is_empty()).then(|| format!("{}: {found:?}", t["name"]))
+            let found = guardrails::integrity::scan_tool(&t["tool"]);
+            (!found.is_empty()).then(|| format!("{} {}: {found:?}", t["server"], t["tool"]["name"]))
         })
         .collect();
     let poisoned = corpus("poisoned_tools.json");
     let missed: Vec<String> = poisoned
         .iter()
         .filter(|p| guardrails::integrity::scan_tool(&p["tool"]).is_empty())
-        .map(|p| format!("{} ({})", p["tool"]["description"], p["variant"]))
+        .map(|p| format!("{} ({}): {}", p["case"], p["variant"], p["tool"]))
         .collect();
     let detection = rate(poisoned.len() - missed.len(), poisoned.len());
     let false_positives = rate(flagged.len(), clean.len());
