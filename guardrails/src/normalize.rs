@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::sync::LazyLock;
 
 use base64::Engine;
-use regex::Regex;
+use regex::{Regex, RegexSet, SetMatches};
 use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
 
@@ -38,6 +38,14 @@ static ESCAPE: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
     regex::bytes::Regex::new(r"\\x([0-9a-fA-F]{2})|\\u\{([0-9a-fA-F]{1,6})\}|\\u([0-9a-fA-F]{4})")
         .expect("escape pattern")
 });
+/// One pass that says which of the patterns without a literal to look for may match (spaced
+/// letters, base64, hex), so plain prose is read once rather than once per pattern.
+static PREFILTER: LazyLock<RegexSet> = LazyLock::new(|| {
+    RegexSet::new([SPACED.as_str(), BASE64_RUN.as_str(), HEX_RUN.as_str()]).expect("prefilter patterns")
+});
+const MAY_BE_SPACED: usize = 0;
+const MAY_BE_BASE64: usize = 1;
+const MAY_BE_HEX: usize = 2;
 static PERCENT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"%[0-9A-Fa-f]{2}").expect("percent pattern"));
 static ENTITY: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[a-zA-Z][a-zA-Z0-9]{1,31});").expect("entity pattern")
@@ -89,20 +97,22 @@ pub fn forms(text: &str) -> Forms {
         return out;
     }
     let folded = fold(text);
-    if add_readings(text, &folded, Reading::Folded, &mut out) {
+    let may = PREFILTER.matches(&folded);
+    if add_readings(text, &folded, &may, Reading::Folded, &mut out) {
         out.compact =
             Some(folded.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).map(unleet).collect());
     }
     let mut budget = MAX_DECODED;
-    let mut pending = decoded(&folded, &mut budget);
+    let mut pending = decoded(&folded, &may, &mut budget);
     for depth in 1..=MAX_DEPTH {
         let mut next = Vec::new();
         for found in pending {
             let found = fold(&found).into_owned();
+            let may = PREFILTER.matches(&found);
             if depth < MAX_DEPTH {
-                next.extend(decoded(&found, &mut budget));
+                next.extend(decoded(&found, &may, &mut budget));
             }
-            add_readings(text, &found, Reading::Decoded, &mut out);
+            add_readings(text, &found, &may, Reading::Decoded, &mut out);
         }
         pending = next;
     }
@@ -111,9 +121,9 @@ pub fn forms(text: &str) -> Forms {
 
 /// Adds `form` itself (when it differs from the text) and its respelled readings; says whether
 /// it had spaced-out letters.
-fn add_readings(original: &str, form: &str, reading: Reading, out: &mut Forms) -> bool {
+fn add_readings(original: &str, form: &str, may: &SetMatches, reading: Reading, out: &mut Forms) -> bool {
     let respelled = if reading == Reading::Decoded { Reading::Decoded } else { Reading::Respelled };
-    let joined = if SPACED.is_match(form) {
+    let joined = if may.matched(MAY_BE_SPACED) {
         SPACED_WORD.replace_all(form, |c: &regex::Captures<'_>| {
             c[0].chars().filter(|ch| ch.is_alphanumeric()).collect::<String>()
         })
@@ -203,34 +213,32 @@ pub fn is_invisible(c: char) -> bool {
 /// Words that mix letters with digits or symbols read as letters ("1gn0r3 4ll"); numbers, dates
 /// and words without digits stay as they are. `None` when nothing changes.
 fn unleet_words(text: &str) -> Option<String> {
-    let mut out: Option<String> = None;
-    for (at, word) in text.split_inclusive(char::is_whitespace).scan(0, |at, w| {
-        let start = *at;
-        *at += w.len();
-        Some((start, w))
-    }) {
-        let bytes = word.as_bytes();
-        let mixed =
-            bytes.iter().any(u8::is_ascii_alphabetic) && bytes.iter().any(|b| unleet(char::from(*b)) != char::from(*b));
-        if !mixed {
-            if let Some(out) = out.as_mut() {
-                out.push_str(word);
-            }
-            continue;
-        }
-        let out = out.get_or_insert_with(|| {
-            let mut s = String::with_capacity(text.len());
-            s.push_str(&text[..at]);
-            s
-        });
-        for (i, c) in word.char_indices() {
-            let next_alnum = word[i + c.len_utf8()..].starts_with(|n: char| n.is_ascii_alphanumeric());
-            // Symbols are letters only inside a word: `$ecret` and `h3||o`, not `Hello!`.
-            let reads = if c.is_ascii_digit() || next_alnum { unleet(c) } else { c };
-            out.push(reads);
-        }
+    let bytes = text.as_bytes();
+    let is_leet = |b: &u8| unleet(char::from(*b)) != char::from(*b);
+    if !bytes.iter().any(is_leet) {
+        return None;
     }
-    out.filter(|s| s != text)
+    let mut out: Option<String> = None;
+    let (mut copied, mut start) = (0, 0);
+    while start < bytes.len() {
+        let end = bytes[start..].iter().position(u8::is_ascii_whitespace).map_or(bytes.len(), |p| start + p);
+        let word = &bytes[start..end];
+        if word.iter().any(u8::is_ascii_alphabetic) && word.iter().any(is_leet) {
+            let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
+            out.push_str(&text[copied..start]);
+            let word = &text[start..end];
+            for (i, c) in word.char_indices() {
+                let next_alnum = word[i + c.len_utf8()..].starts_with(|n: char| n.is_ascii_alphanumeric());
+                // Symbols are letters only inside a word: `$ecret` and `h3||o`, not `Hello!`.
+                out.push(if c.is_ascii_digit() || next_alnum { unleet(c) } else { c });
+            }
+            copied = end;
+        }
+        start = end + 1;
+    }
+    let mut out = out?;
+    out.push_str(&text[copied..]);
+    (out != text).then_some(out)
 }
 
 fn unleet(c: char) -> char {
@@ -249,9 +257,10 @@ fn unleet(c: char) -> char {
 
 /// Text hidden in encoded runs: base64, hex, `\x`/`\u` escapes, URL-encoding and HTML entities.
 /// Each decoded text is charged to `budget`; nothing is decoded once it is spent.
-fn decoded(text: &str, budget: &mut usize) -> Vec<String> {
+fn decoded(text: &str, may: &SetMatches, budget: &mut usize) -> Vec<String> {
     let mut out = Vec::new();
-    for run in BASE64_RUN.find_iter(text) {
+    let base64_runs = may.matched(MAY_BE_BASE64).then(|| BASE64_RUN.find_iter(text));
+    for run in base64_runs.into_iter().flatten() {
         let run = run.as_str().trim_end_matches('=');
         // A run that would decode to more than what is left is not decoded at all.
         if run.len() / 4 * 3 > *budget {
@@ -264,7 +273,8 @@ fn decoded(text: &str, budget: &mut usize) -> Vec<String> {
         };
         keep(engine.decode(run).ok().and_then(readable), budget, &mut out);
     }
-    for run in HEX_RUN.find_iter(text) {
+    let hex_runs = may.matched(MAY_BE_HEX).then(|| HEX_RUN.find_iter(text));
+    for run in hex_runs.into_iter().flatten() {
         if run.len() / 2 <= *budget {
             keep(hex::decode(run.as_str()).ok().and_then(readable), budget, &mut out);
         }

@@ -33,9 +33,12 @@ static ZONE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"%(?:25)?[0-9A-Za-z.
 
 /// The internal targets of the URLs in `text`, in order.
 pub fn targets(text: &str) -> impl Iterator<Item = Target> + '_ {
-    let with_scheme = URL_CANDIDATE.find_iter(text).filter_map(|m| url_target(m.as_str()));
+    // Both patterns need `//` (or `\\`) or a digit before a dot: most texts have neither.
+    let slashes = text.contains("//") || text.contains('\\');
+    let dotted = text.match_indices('.').any(|(at, _)| at > 0 && text.as_bytes()[at - 1].is_ascii_digit());
+    let with_scheme = URL_CANDIDATE.find_iter(if slashes { text } else { "" }).filter_map(|m| url_target(m.as_str()));
     let bare = BARE_CANDIDATE
-        .captures_iter(text)
+        .captures_iter(if slashes || dotted { text } else { "" })
         .filter_map(|c| c.get(1))
         .map(|m| m.as_str())
         .filter(|s| !CIDR.is_match(s))
