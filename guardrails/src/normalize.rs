@@ -20,6 +20,9 @@ const MIN_DECODED: usize = 12;
 
 static SPACED: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\b(?:[^\W\d_][ .\-_*]){3,}[^\W\d_]\b").expect("spaced-letters pattern"));
+/// A leetspeak digit between letters ("1gn0r3"), the sign that a text is worth reading as letters.
+static LEET: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"[A-Za-z][0134579@$][A-Za-z]|\b[0134579][A-Za-z]{2}").expect("leetspeak pattern"));
 static BASE64_RUN: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"[A-Za-z0-9+/_-]{16,}={0,2}").expect("base64 pattern"));
 static HEX_RUN: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b(?:[0-9a-fA-F]{2}){8,}\b").expect("hex pattern"));
@@ -112,7 +115,7 @@ fn readings(text: &str) -> Vec<String> {
         out.push(joined.clone().into_owned());
     }
     // Digits inside words read as letters ("1gn0r3 4ll").
-    if text.bytes().any(|b| b.is_ascii_digit()) && text.bytes().any(|b| b.is_ascii_alphabetic()) {
+    if LEET.is_match(text) {
         let leet: String = joined.chars().map(unleet).collect();
         if leet != joined {
             out.push(leet);
