@@ -675,11 +675,12 @@ fn stored_secrets_are_encrypted_at_rest_and_need_their_key() {
     assert!(status.success());
     assert!(contains(&database_bytes(dir.path()), "legacy-secret-99"), "the clear row is in place");
     let cp = ControlPlane::start_with(dir, Some(ADMIN_KEY));
-    let local = cp.ok("GET", "/api/v1/configs/sealed/servers/local", None, 200);
-    assert_eq!(local["config"]["env"]["API_TOKEN"], "legacy-secret-99");
+    // A change republishes what the database holds (the file on disk may still be the old one).
+    cp.ok("PATCH", "/api/v1/configs/sealed", Some(json!({"description": "reread"})), 200);
+    assert_eq!(published_server(&cp, "sealed", "local")["config"]["env"]["API_TOKEN"], "legacy-secret-99");
     let stored = database_bytes(cp.data_dir());
     assert!(!contains(&stored, "legacy-secret-99"), "the clear row was sealed and nothing of it is left");
-    let remote = cp.ok("GET", "/api/v1/configs/sealed/servers/remote", None, 200);
+    let remote = published_server(&cp, "sealed", "remote");
     assert_eq!(remote["config"]["headers"]["X-Api-Key"], "header-secret-55");
 
     // With another key, the control plane refuses to start instead of serving unreadable secrets.
@@ -699,6 +700,92 @@ fn stored_secrets_are_encrypted_at_rest_and_need_their_key() {
     let key = std::fs::read_to_string(dir.path().join("secrets_key")).unwrap();
     std::fs::remove_file(dir.path().join("secrets_key")).unwrap();
     let cp = ControlPlane::start_full_env(dir, &[("MCPGW_SECRETS_KEY", key.trim())]);
-    let local = cp.ok("GET", "/api/v1/configs/sealed/servers/local", None, 200);
-    assert_eq!(local["config"]["env"]["API_TOKEN"], "legacy-secret-99");
+    cp.ok(
+        "PATCH",
+        "/api/v1/configs/sealed",
+        Some(json!({"description": "reread with the key from the environment"})),
+        200,
+    );
+    assert_eq!(published_server(&cp, "sealed", "local")["config"]["env"]["API_TOKEN"], "legacy-secret-99");
+}
+
+/// A server as the latest snapshot carries it to the data planes (secrets in clear).
+fn published_server(cp: &ControlPlane, config: &str, server: &str) -> Value {
+    let snapshot = cp.wait_for_snapshot();
+    let config = snapshot["mcp_configs"].as_array().unwrap().iter().find(|c| c["name"] == config).unwrap().clone();
+    config["servers"].as_array().unwrap().iter().find(|s| s["server_name"] == server).unwrap().clone()
+}
+
+#[test]
+fn env_and_header_values_are_never_shown_and_survive_a_round_trip() {
+    let cp = ControlPlane::start();
+    let secrets = ["env-secret-11", "env-secret-12", "header-secret-13"];
+    let servers = json!([
+        {"server_name": "local", "config": {"command": "echo", "env": {"API_TOKEN": "env-secret-11", "DB_PASSWORD": "env-secret-12"}}},
+        {"server_name": "remote", "config": {"url": "https://api.example/mcp", "headers": {"X-Api-Key": "header-secret-13"}}}
+    ]);
+    let mut answers = vec![cp.ok("POST", "/api/v1/configs", Some(json!({"name": "masked", "servers": servers})), 201)];
+    let added = json!({"server_name": "more", "config": {"command": "echo", "env": {"TOKEN": "env-secret-14"}}});
+    answers.push(cp.ok("POST", "/api/v1/configs/masked/servers", Some(added), 201));
+    for path in [
+        "/api/v1/configs/masked",
+        "/api/v1/configs/masked/servers",
+        "/api/v1/configs/masked/servers/local",
+        "/api/v1/configs/masked/servers/remote",
+        "/api/v1/configs/masked/export",
+    ] {
+        answers.push(cp.ok("GET", path, None, 200));
+    }
+    answers.push(cp.ok("PATCH", "/api/v1/configs/masked", Some(json!({"description": "d"})), 200));
+    answers.push(cp.ok("POST", "/api/v1/configs/masked/copy", Some(json!({"name": "masked-copy"})), 201));
+    cp.ok("POST", "/api/v1/projects", Some(json!({"name": "masked-proj", "mcp_config": "masked"})), 201);
+    answers.push(cp.ok("GET", "/api/v1/projects/masked-proj/config", None, 200));
+
+    // Read, edit one field, send back: every stored value stays; a new value is taken as given.
+    let mut local = cp.ok("GET", "/api/v1/configs/masked/servers/local", None, 200);
+    assert_eq!(local["config"]["env"], json!({"API_TOKEN": "****", "DB_PASSWORD": "****"}));
+    local["description"] = json!("edited");
+    local["config"]["env"]["DB_PASSWORD"] = json!("env-secret-15");
+    local["config"]["env"]["MODE"] = json!("fast");
+    answers.push(cp.ok("PUT", "/api/v1/configs/masked/servers/local", Some(local.clone()), 200));
+    let mut remote = cp.ok("GET", "/api/v1/configs/masked/servers/remote", None, 200);
+    remote["server_name"] = json!("renamed");
+    answers.push(cp.ok("PUT", "/api/v1/configs/masked/servers/remote", Some(remote.clone()), 200));
+    for answer in &answers {
+        let text = answer.to_string();
+        for secret in secrets.iter().chain(&["env-secret-14", "env-secret-15"]) {
+            assert!(!text.contains(secret), "{secret} shown: {text}");
+        }
+        assert!(text.contains("****"), "{text}");
+    }
+    let local = published_server(&cp, "masked", "local");
+    assert_eq!(local["description"], "edited");
+    assert_eq!(
+        local["config"]["env"],
+        json!({"API_TOKEN": "env-secret-11", "DB_PASSWORD": "env-secret-15", "MODE": "fast"})
+    );
+    assert_eq!(published_server(&cp, "masked", "renamed")["config"]["headers"]["X-Api-Key"], "header-secret-13");
+    assert_eq!(published_server(&cp, "masked-copy", "local")["config"]["env"]["API_TOKEN"], "env-secret-11");
+
+    // A mask for a name with nothing stored behind it is refused, and nothing changes.
+    let before = cp.db_revision();
+    let mut local = cp.ok("GET", "/api/v1/configs/masked/servers/local", None, 200);
+    local["config"]["env"]["NEW_TOKEN"] = json!("****");
+    let (status, body) = cp.call("PUT", "/api/v1/configs/masked/servers/local", Some(local.clone()));
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("config.env.NEW_TOKEN"), "{body}");
+    local["server_name"] = json!("copied");
+    assert_eq!(
+        cp.call("POST", "/api/v1/configs/masked/servers", Some(local)).0,
+        422,
+        "a new server has nothing stored"
+    );
+    let http_mask =
+        json!({"server_name": "h", "config": {"url": "https://h.example/mcp", "headers": {"Authorization": "****"}}});
+    assert_eq!(cp.call("POST", "/api/v1/configs", Some(json!({"name": "c2", "servers": [http_mask]}))).0, 422);
+    // Another transport keeps nothing of the old one's values.
+    let switched =
+        json!({"server_name": "local", "config": {"url": "https://h.example/mcp", "headers": {"API_TOKEN": "****"}}});
+    assert_eq!(cp.call("PUT", "/api/v1/configs/masked/servers/local", Some(switched)).0, 422);
+    assert_eq!(cp.db_revision(), before);
 }

@@ -279,7 +279,7 @@ pub async fn create_config(
     JsonBody(mut body): JsonBody<CreateConfig>,
 ) -> Result<HttpResponse, ApiError> {
     for spec in &mut body.servers {
-        spec.keep_masked_oauth_secrets(None).map_err(masked_secret)?;
+        spec.keep_masked_secrets(None).map_err(masked_secret)?;
     }
     let mut w = store.begin_write().await?;
     let id = create(&mut w.tx, &store.secrets, &body, publisher.has_remote_provider()).await?;
@@ -439,7 +439,7 @@ pub async fn add_server(
     path: web::Path<String>,
     JsonBody(mut spec): JsonBody<ServerSpec>,
 ) -> Result<HttpResponse, ApiError> {
-    spec.keep_masked_oauth_secrets(None).map_err(masked_secret)?;
+    spec.keep_masked_secrets(None).map_err(masked_secret)?;
     let mut w = store.begin_write().await?;
     let config = load(&mut w.tx, &store.secrets, &path).await?;
     if config.servers.iter().any(|s| s.server_name == spec.server_name) {
@@ -455,12 +455,13 @@ pub async fn add_server(
     insert_server(&mut w.tx, &store.secrets, &id, &spec).await?;
     touch(&mut w.tx, &id).await?;
     w.commit("add_server", "mcp_config", &id).await?;
-    Ok(HttpResponse::Created().json(spec.with_oauth_secrets_masked()))
+    Ok(HttpResponse::Created().json(spec.with_secrets_masked()))
 }
 
-/// A config as the admin API shows it: OAuth secrets masked.
+/// A config as the admin API shows it: environment values, header values and OAuth secrets masked
+/// (sent back as they are shown, they keep the stored values).
 pub(crate) fn shown(mut config: McpConfig) -> McpConfig {
-    config.servers = config.servers.iter().map(ServerSpec::with_oauth_secrets_masked).collect();
+    config.servers = config.servers.iter().map(ServerSpec::with_secrets_masked).collect();
     config
 }
 
@@ -484,7 +485,7 @@ fn find<'a>(config: &'a McpConfig, name: &str) -> Result<&'a ServerSpec, ApiErro
 pub async fn get_server(store: web::Data<Store>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
     let (config, server) = path.into_inner();
     let config = load(&mut *store.conn().await?, &store.secrets, &config).await?;
-    Ok(HttpResponse::Ok().json(find(&config, &server)?.with_oauth_secrets_masked()))
+    Ok(HttpResponse::Ok().json(find(&config, &server)?.with_secrets_masked()))
 }
 
 #[utoipa::path(put, path = "/api/v1/configs/{config}/servers/{server}", tag = "servers", request_body = ServerSpec,
@@ -501,7 +502,7 @@ pub async fn replace_server(
     let mut w = store.begin_write().await?;
     let config = load(&mut w.tx, &store.secrets, &config).await?;
     let previous = find(&config, &server)?.clone();
-    spec.keep_masked_oauth_secrets(Some(&previous)).map_err(masked_secret)?;
+    spec.keep_masked_secrets(Some(&previous)).map_err(masked_secret)?;
     if spec.server_name != server && config.servers.iter().any(|s| s.server_name == spec.server_name) {
         return Err(ApiError::Conflict(format!(
             "config `{}` already has a server named `{}`",
@@ -539,7 +540,7 @@ pub async fn replace_server(
         .await?;
     touch(&mut w.tx, &id).await?;
     w.commit("replace_server", "mcp_config", &id).await?;
-    Ok(HttpResponse::Ok().json(spec.with_oauth_secrets_masked()))
+    Ok(HttpResponse::Ok().json(spec.with_secrets_masked()))
 }
 
 #[utoipa::path(delete, path = "/api/v1/configs/{config}/servers/{server}", tag = "servers",

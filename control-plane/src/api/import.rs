@@ -299,10 +299,12 @@ fn convert_server(
     }
     let name = fit_name(source, "server", taken);
     out.insert("server_name".into(), Value::String(name.clone()));
-    let spec: ServerSpec = serde_json::from_value(Value::Object(out)).map_err(|e| e.to_string())?;
+    let mut spec: ServerSpec = serde_json::from_value(Value::Object(out)).map_err(|e| e.to_string())?;
     if let Err(errs) = spec.validate_with(remote_provider) {
         return Err(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "));
     }
+    // A masked value (an exported config) has nothing stored behind it here.
+    spec.keep_masked_secrets(None).map_err(|e| e.to_string())?;
     let mut entries: Vec<ImportEntry> = notes
         .into_iter()
         .map(|n| ImportEntry::new("server", source, ImportAction::Mapped).target(&name).detail(n))
