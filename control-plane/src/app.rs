@@ -15,9 +15,11 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use shared::runtime::{init_tracing, shutdown_signal};
 use shared::settings as names;
 use shared::snapshot::{GuardrailProvider, ProviderKind, SnapshotSettings};
+use shared::stdio_commands::StdioCommands;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::admin_key::{self, AdminKeyFile};
+use crate::api::configs::ServerRules;
 use crate::api::{api_keys, configs, import, oauth, pins, projects, system, users};
 use crate::auth::require_admin;
 use crate::browser::AllowedOrigins;
@@ -63,6 +65,10 @@ pub struct Settings {
     /// public address); empty, none. Requests without an Origin (curl, the CLI) are not affected.
     #[arg(long, env = names::ENV_ADMIN_ALLOWED_ORIGINS, default_value = crate::browser::OWN_ORIGIN)]
     pub admin_allowed_origins: String,
+    /// Executables, or directories of them, that stdio servers may run, comma separated (absolute
+    /// paths, or names looked up in PATH); unset, any. Servers with another command are refused.
+    #[arg(long, env = names::ENV_STDIO_COMMANDS)]
+    pub stdio_commands: Option<String>,
 }
 
 impl Settings {
@@ -102,6 +108,14 @@ impl Settings {
         };
         Ok(SnapshotSettings { guardrail_provider, ..SnapshotSettings::default() })
     }
+
+    /// What the admin API accepts in a server besides its own validity.
+    pub fn server_rules(&self) -> anyhow::Result<ServerRules> {
+        Ok(ServerRules {
+            remote_provider: self.snapshot_settings()?.guardrail_provider.is_some(),
+            stdio_commands: StdioCommands::parse(self.stdio_commands.as_deref())?,
+        })
+    }
 }
 
 /// Runs the control plane until `shutdown` completes.
@@ -123,6 +137,7 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
     let renewing = crate::upstream_oauth::spawn_refresher(store.clone(), token_http.clone());
     let token_http = web::Data::new(oauth::TokenHttp(token_http));
     let origins = web::Data::new(AllowedOrigins::parse(&settings.admin_allowed_origins)?);
+    let rules = web::Data::new(settings.server_rules()?);
 
     let listener = TcpListener::bind(&settings.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
@@ -137,6 +152,7 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
             .app_data(publisher_data.clone())
             .app_data(token_http.clone())
             .app_data(origins.clone())
+            .app_data(rules.clone())
             .app_data(
                 web::QueryConfig::default()
                     .error_handler(|e, _| ApiError::BadRequest(format!("query string: {e}")).into()),
@@ -297,7 +313,7 @@ impl Settings {
             SecretBox::check_env_key(key)?;
         }
         AllowedOrigins::parse(&self.admin_allowed_origins)?;
-        self.snapshot_settings().map(|_| ())
+        self.server_rules().map(|_| ())
     }
 }
 
