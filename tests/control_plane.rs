@@ -14,27 +14,175 @@ fn health_is_open_and_everything_else_needs_the_key() {
     assert_eq!(r.status(), 200);
     let r = cp.client.get(cp.url("/api/v1/users")).send().unwrap();
     assert_eq!(r.status(), 401);
-    assert!(r.headers().get("www-authenticate").unwrap().to_str().unwrap().starts_with("Basic"));
+    // Not a Basic challenge: a browser neither prompts for nor replays Basic credentials on the API.
+    assert_eq!(r.headers().get("www-authenticate").unwrap(), "Bearer realm=\"mcpgw admin\"");
     let body: Value = r.json().unwrap();
     assert_eq!(body["error"]["code"], "unauthorized");
     // Every accepted way of presenting the key.
     for req in [
         cp.client.get(cp.url("/api/v1/users")).bearer_auth(ADMIN_KEY),
         cp.client.get(cp.url("/api/v1/users")).header("apikey", ADMIN_KEY),
-        cp.client.get(cp.url("/api/v1/users")).basic_auth("admin", Some(ADMIN_KEY)),
     ] {
         assert_eq!(req.send().unwrap().status(), 200);
     }
-    // Docs and the OpenAPI document are guarded too.
-    assert_eq!(cp.client.get(cp.url("/docs/")).send().unwrap().status(), 401);
+    // HTTP Basic, which browsers attach to every request to the origin, opens the docs only.
+    for (method, path) in [("GET", "/api/v1/users"), ("POST", "/api/v1/users"), ("POST", "/docs/")] {
+        let r = cp
+            .client
+            .request(method.parse().unwrap(), cp.url(path))
+            .basic_auth("admin", Some(ADMIN_KEY))
+            .json(&json!({"email": "basic@example.com"}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 401, "{method} {path} with Basic");
+    }
+    assert_eq!(cp.ok("GET", "/api/v1/users", None, 200)["items"], json!([]));
+    // Docs and the OpenAPI document are guarded too, and ask a browser for Basic credentials.
+    let docs = cp.client.get(cp.url("/docs/")).send().unwrap();
+    assert_eq!(docs.status(), 401);
+    assert!(docs.headers().get("www-authenticate").unwrap().to_str().unwrap().starts_with("Basic"));
     assert_eq!(cp.client.get(cp.url("/openapi.json")).send().unwrap().status(), 401);
+    for path in ["/docs/", "/openapi.json"] {
+        let r = cp.client.get(cp.url(path)).basic_auth("admin", Some(ADMIN_KEY)).send().unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        // Nothing of the control plane may be framed by another page (clickjacking).
+        assert_eq!(r.headers().get("x-frame-options").unwrap(), "DENY");
+        assert_eq!(r.headers().get("content-security-policy").unwrap(), "frame-ancestors 'none'");
+    }
     let docs = cp.client.get(cp.url("/docs/")).basic_auth("admin", Some(ADMIN_KEY)).send().unwrap();
-    assert_eq!(docs.status(), 200);
     assert!(docs.text().unwrap().contains("swagger"));
     // Unknown routes do not reveal themselves without a key, and are JSON 404s with one.
     assert_eq!(cp.client.get(cp.url("/api/v1/nope")).send().unwrap().status(), 401);
     let (status, body) = cp.call("GET", "/api/v1/nope", None);
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+}
+
+/// What a web page of another site can make the admin's browser send: simple requests (forms,
+/// `no-cors` fetches) with any Origin, reads started by includes and links. None gets through; curl,
+/// the CLI and the control plane's own pages do.
+#[test]
+fn requests_a_page_of_another_site_could_send_are_refused_and_change_nothing() {
+    let cp = ControlPlane::start();
+    let own = cp.base.clone();
+    let before = cp.db_revision();
+    let send = |method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>| {
+        let mut r = cp.client.request(method.parse().unwrap(), cp.url(path)).bearer_auth(ADMIN_KEY);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        if let Some(b) = body {
+            r = r.body(b.to_string());
+        }
+        let resp = r.send().unwrap();
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().unwrap_or(Value::Null);
+        (status, v)
+    };
+    let user = |n: u32| format!("{{\"email\": \"csrf{n}@example.com\"}}");
+    let json_type = ("content-type", "application/json");
+    // Bodies that are not declared JSON: 415 in the JSON error envelope.
+    for (i, ct) in [
+        "text/plain",
+        "text/plain;charset=UTF-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, v) = send("POST", "/api/v1/users", &[("content-type", ct)], Some(&user(i as u32)));
+        assert_eq!((status, v["error"]["code"].as_str()), (415, Some("unsupported_media_type")), "{ct}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("application/json"), "{v}");
+    }
+    assert_eq!(send("POST", "/api/v1/users", &[], Some(&user(10))).0, 415, "a body without a type");
+    assert_eq!(send("PUT", "/api/v1/projects/p/config", &[("content-type", "text/plain")], Some("{}")).0, 415);
+    assert_eq!(send("PATCH", "/api/v1/users/u", &[("content-type", "text/plain")], Some("{}")).0, 415);
+    assert_eq!(send("DELETE", "/api/v1/users/u", &[("content-type", "text/plain")], Some("{}")).0, 415);
+    assert_eq!(send("POST", "/api/v1/admin-key/rotate", &[("content-type", "text/plain")], None).0, 415, "empty form");
+    // Origins of other sites, whatever the method: 403, before the key is even looked at.
+    for origin in ["http://evil.example", "http://localhost:1", "http://127.0.0.1:1", "https://127.0.0.1", "null"] {
+        for (method, body) in [("POST", Some(user(20))), ("GET", None), ("DELETE", None), ("OPTIONS", None)] {
+            let (status, v) = send(method, "/api/v1/users", &[("origin", origin), json_type], body.as_deref());
+            assert_eq!((status, v["error"]["code"].as_str()), (403, Some("forbidden")), "{method} {origin}: {v}");
+        }
+    }
+    let no_key = cp.client.get(cp.url("/docs/")).header("origin", "http://evil.example").send().unwrap();
+    assert_eq!(no_key.status(), 403);
+    assert!(no_key.headers().get("www-authenticate").is_none(), "no sign-in prompt for another site");
+    // The browser says another site started it (an include, a frame, a link): 403, with no Origin.
+    for site in ["cross-site", "same-site"] {
+        assert_eq!(send("GET", "/api/v1/users", &[("sec-fetch-site", site)], None).0, 403, "{site}");
+        assert_eq!(send("POST", "/api/v1/users", &[("sec-fetch-site", site), json_type], Some(&user(30))).0, 403);
+        let docs = cp.client.get(cp.url("/docs/")).basic_auth("a", Some(ADMIN_KEY)).header("sec-fetch-site", site);
+        assert_eq!(docs.send().unwrap().status(), 403, "/docs/ from {site}");
+    }
+    assert_eq!(cp.db_revision(), before, "a refused request changed something");
+    assert_eq!(cp.ok("GET", "/api/v1/users", None, 200)["items"], json!([]));
+
+    // Accepted: JSON with a charset, the control plane's own origin (as browsers without fetch
+    // metadata tell it, and as a same-origin page behind a TLS proxy does), and no browser at all.
+    let accepted: [&[(&str, &str)]; 5] = [
+        &[("content-type", "application/json; charset=utf-8")],
+        &[json_type, ("origin", &own)],
+        &[json_type, ("origin", &own), ("sec-fetch-site", "same-origin")],
+        &[json_type, ("origin", "https://admin.example.com"), ("sec-fetch-site", "same-origin")],
+        &[json_type, ("sec-fetch-site", "none")],
+    ];
+    for (i, headers) in accepted.iter().enumerate() {
+        let (status, v) = send("POST", "/api/v1/users", headers, Some(&user(40 + i as u32)));
+        assert_eq!(status, 201, "{headers:?}: {v}");
+    }
+    assert_eq!(send("GET", "/api/v1/users", &[("origin", &own), ("sec-fetch-site", "same-origin")], None).0, 200);
+    // A bodiless action needs no Content-Type (curl -X POST, the CLI): it reaches its handler.
+    assert_eq!(send("POST", "/api/v1/api-keys/nope/rotate", &[], None).0, 404);
+    assert_eq!(cp.ok("GET", "/api/v1/users", None, 200)["items"].as_array().unwrap().len(), 5);
+    let log = cp.log_text();
+    assert!(log.contains("refused a request from another web site"), "{log}");
+}
+
+#[test]
+fn admin_allowed_origins_replace_the_own_origin() {
+    let cp = ControlPlane::start_with_env(&[(
+        "MCPGW_ADMIN_ALLOWED_ORIGINS",
+        "https://admin.example.com, http://localhost:3000",
+    )]);
+    let post = |origin: &str, site: Option<&str>, n: u32| {
+        let mut r = cp
+            .client
+            .post(cp.url("/api/v1/users"))
+            .bearer_auth(ADMIN_KEY)
+            .header("origin", origin)
+            .json(&json!({"email": format!("o{n}@example.com")}));
+        if let Some(site) = site {
+            r = r.header("sec-fetch-site", site);
+        }
+        r.send().unwrap().status().as_u16()
+    };
+    // The listed origins, as a reverse proxy's public address is, even if the browser calls it
+    // another site.
+    assert_eq!(post("https://admin.example.com", Some("cross-site"), 1), 201);
+    assert_eq!(post("https://admin.example.com:443", None, 2), 201);
+    assert_eq!(post("http://localhost:3000", Some("same-site"), 3), 201);
+    // `self` is not listed, so the address the request went to is no longer enough.
+    assert_eq!(post(&cp.base, None, 4), 403);
+    assert_eq!(post(&cp.base, Some("same-origin"), 5), 403);
+    assert_eq!(post("http://admin.example.com", None, 6), 403);
+    assert_eq!(cp.ok("GET", "/api/v1/users", None, 200)["items"].as_array().unwrap().len(), 3);
+
+    // A value that is not a list of origins stops the control plane before it listens.
+    for bad in ["*", "admin.example.com", "https://admin.example.com/docs"] {
+        let dir = TempDir::new("mcpgw-cp-origins");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_control-plane"))
+            .env_clear()
+            .env("MCPGW_DATA_DIR", dir.path())
+            .env("MCPGW_CONTROL_LISTEN", "127.0.0.1:0")
+            .env("MCPGW_ADMIN_API_KEY", ADMIN_KEY)
+            .env("MCPGW_ADMIN_ALLOWED_ORIGINS", bad)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("MCPGW_ADMIN_ALLOWED_ORIGINS"), "{bad}: {err}");
+    }
 }
 
 #[test]
@@ -675,11 +823,12 @@ fn stored_secrets_are_encrypted_at_rest_and_need_their_key() {
     assert!(status.success());
     assert!(contains(&database_bytes(dir.path()), "legacy-secret-99"), "the clear row is in place");
     let cp = ControlPlane::start_with(dir, Some(ADMIN_KEY));
-    let local = cp.ok("GET", "/api/v1/configs/sealed/servers/local", None, 200);
-    assert_eq!(local["config"]["env"]["API_TOKEN"], "legacy-secret-99");
+    // A change republishes what the database holds (the file on disk may still be the old one).
+    cp.ok("PATCH", "/api/v1/configs/sealed", Some(json!({"description": "reread"})), 200);
+    assert_eq!(published_server(&cp, "sealed", "local")["config"]["env"]["API_TOKEN"], "legacy-secret-99");
     let stored = database_bytes(cp.data_dir());
     assert!(!contains(&stored, "legacy-secret-99"), "the clear row was sealed and nothing of it is left");
-    let remote = cp.ok("GET", "/api/v1/configs/sealed/servers/remote", None, 200);
+    let remote = published_server(&cp, "sealed", "remote");
     assert_eq!(remote["config"]["headers"]["X-Api-Key"], "header-secret-55");
 
     // With another key, the control plane refuses to start instead of serving unreadable secrets.
@@ -699,6 +848,92 @@ fn stored_secrets_are_encrypted_at_rest_and_need_their_key() {
     let key = std::fs::read_to_string(dir.path().join("secrets_key")).unwrap();
     std::fs::remove_file(dir.path().join("secrets_key")).unwrap();
     let cp = ControlPlane::start_full_env(dir, &[("MCPGW_SECRETS_KEY", key.trim())]);
-    let local = cp.ok("GET", "/api/v1/configs/sealed/servers/local", None, 200);
-    assert_eq!(local["config"]["env"]["API_TOKEN"], "legacy-secret-99");
+    cp.ok(
+        "PATCH",
+        "/api/v1/configs/sealed",
+        Some(json!({"description": "reread with the key from the environment"})),
+        200,
+    );
+    assert_eq!(published_server(&cp, "sealed", "local")["config"]["env"]["API_TOKEN"], "legacy-secret-99");
+}
+
+/// A server as the latest snapshot carries it to the data planes (secrets in clear).
+fn published_server(cp: &ControlPlane, config: &str, server: &str) -> Value {
+    let snapshot = cp.wait_for_snapshot();
+    let config = snapshot["mcp_configs"].as_array().unwrap().iter().find(|c| c["name"] == config).unwrap().clone();
+    config["servers"].as_array().unwrap().iter().find(|s| s["server_name"] == server).unwrap().clone()
+}
+
+#[test]
+fn env_and_header_values_are_never_shown_and_survive_a_round_trip() {
+    let cp = ControlPlane::start();
+    let secrets = ["env-secret-11", "env-secret-12", "header-secret-13"];
+    let servers = json!([
+        {"server_name": "local", "config": {"command": "echo", "env": {"API_TOKEN": "env-secret-11", "DB_PASSWORD": "env-secret-12"}}},
+        {"server_name": "remote", "config": {"url": "https://api.example/mcp", "headers": {"X-Api-Key": "header-secret-13"}}}
+    ]);
+    let mut answers = vec![cp.ok("POST", "/api/v1/configs", Some(json!({"name": "masked", "servers": servers})), 201)];
+    let added = json!({"server_name": "more", "config": {"command": "echo", "env": {"TOKEN": "env-secret-14"}}});
+    answers.push(cp.ok("POST", "/api/v1/configs/masked/servers", Some(added), 201));
+    for path in [
+        "/api/v1/configs/masked",
+        "/api/v1/configs/masked/servers",
+        "/api/v1/configs/masked/servers/local",
+        "/api/v1/configs/masked/servers/remote",
+        "/api/v1/configs/masked/export",
+    ] {
+        answers.push(cp.ok("GET", path, None, 200));
+    }
+    answers.push(cp.ok("PATCH", "/api/v1/configs/masked", Some(json!({"description": "d"})), 200));
+    answers.push(cp.ok("POST", "/api/v1/configs/masked/copy", Some(json!({"name": "masked-copy"})), 201));
+    cp.ok("POST", "/api/v1/projects", Some(json!({"name": "masked-proj", "mcp_config": "masked"})), 201);
+    answers.push(cp.ok("GET", "/api/v1/projects/masked-proj/config", None, 200));
+
+    // Read, edit one field, send back: every stored value stays; a new value is taken as given.
+    let mut local = cp.ok("GET", "/api/v1/configs/masked/servers/local", None, 200);
+    assert_eq!(local["config"]["env"], json!({"API_TOKEN": "****", "DB_PASSWORD": "****"}));
+    local["description"] = json!("edited");
+    local["config"]["env"]["DB_PASSWORD"] = json!("env-secret-15");
+    local["config"]["env"]["MODE"] = json!("fast");
+    answers.push(cp.ok("PUT", "/api/v1/configs/masked/servers/local", Some(local.clone()), 200));
+    let mut remote = cp.ok("GET", "/api/v1/configs/masked/servers/remote", None, 200);
+    remote["server_name"] = json!("renamed");
+    answers.push(cp.ok("PUT", "/api/v1/configs/masked/servers/remote", Some(remote.clone()), 200));
+    for answer in &answers {
+        let text = answer.to_string();
+        for secret in secrets.iter().chain(&["env-secret-14", "env-secret-15"]) {
+            assert!(!text.contains(secret), "{secret} shown: {text}");
+        }
+        assert!(text.contains("****"), "{text}");
+    }
+    let local = published_server(&cp, "masked", "local");
+    assert_eq!(local["description"], "edited");
+    assert_eq!(
+        local["config"]["env"],
+        json!({"API_TOKEN": "env-secret-11", "DB_PASSWORD": "env-secret-15", "MODE": "fast"})
+    );
+    assert_eq!(published_server(&cp, "masked", "renamed")["config"]["headers"]["X-Api-Key"], "header-secret-13");
+    assert_eq!(published_server(&cp, "masked-copy", "local")["config"]["env"]["API_TOKEN"], "env-secret-11");
+
+    // A mask for a name with nothing stored behind it is refused, and nothing changes.
+    let before = cp.db_revision();
+    let mut local = cp.ok("GET", "/api/v1/configs/masked/servers/local", None, 200);
+    local["config"]["env"]["NEW_TOKEN"] = json!("****");
+    let (status, body) = cp.call("PUT", "/api/v1/configs/masked/servers/local", Some(local.clone()));
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("config.env.NEW_TOKEN"), "{body}");
+    local["server_name"] = json!("copied");
+    assert_eq!(
+        cp.call("POST", "/api/v1/configs/masked/servers", Some(local)).0,
+        422,
+        "a new server has nothing stored"
+    );
+    let http_mask =
+        json!({"server_name": "h", "config": {"url": "https://h.example/mcp", "headers": {"Authorization": "****"}}});
+    assert_eq!(cp.call("POST", "/api/v1/configs", Some(json!({"name": "c2", "servers": [http_mask]}))).0, 422);
+    // Another transport keeps nothing of the old one's values.
+    let switched =
+        json!({"server_name": "local", "config": {"url": "https://h.example/mcp", "headers": {"API_TOKEN": "****"}}});
+    assert_eq!(cp.call("PUT", "/api/v1/configs/masked/servers/local", Some(switched)).0, 422);
+    assert_eq!(cp.db_revision(), before);
 }

@@ -1,5 +1,6 @@
 //! Settings, wiring and serving: opens the store, bootstraps the admin key, starts the publisher and
-//! serves the routes. `/health` is open; everything else sits behind the admin-key middleware.
+//! serves the routes. `/health` and the OAuth callback are open; everything else sits behind the
+//! browser checks and the admin-key middleware.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -8,16 +9,20 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::{Next, from_fn};
+use actix_web::http::header;
+use actix_web::middleware::{DefaultHeaders, Next, from_fn};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use shared::runtime::{init_tracing, shutdown_signal};
 use shared::settings as names;
 use shared::snapshot::{GuardrailProvider, ProviderKind, SnapshotSettings};
+use shared::stdio_commands::StdioCommands;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::admin_key::{self, AdminKeyFile};
+use crate::api::configs::ServerRules;
 use crate::api::{api_keys, configs, import, oauth, pins, projects, system, users};
 use crate::auth::require_admin;
+use crate::browser::AllowedOrigins;
 use crate::error::ApiError;
 use crate::publish::Publisher;
 use crate::secrets::SecretBox;
@@ -55,6 +60,15 @@ pub struct Settings {
     /// Provider requests in flight at once, per data plane.
     #[arg(long, env = "MCPGW_GUARDRAIL_MAX_CONCURRENCY", default_value_t = 16)]
     pub guardrail_max_concurrency: usize,
+    /// Browser origins the admin API takes requests from, comma separated: `self` (the origin a
+    /// request is addressed to) and origins such as `https://admin.example.com` (a reverse proxy's
+    /// public address); empty, none. Requests without an Origin (curl, the CLI) are not affected.
+    #[arg(long, env = names::ENV_ADMIN_ALLOWED_ORIGINS, default_value = crate::browser::OWN_ORIGIN)]
+    pub admin_allowed_origins: String,
+    /// Executables, or directories of them, that stdio servers may run, comma separated (absolute
+    /// paths, or names looked up in PATH); unset, any. Servers with another command are refused.
+    #[arg(long, env = names::ENV_STDIO_COMMANDS)]
+    pub stdio_commands: Option<String>,
 }
 
 impl Settings {
@@ -94,6 +108,14 @@ impl Settings {
         };
         Ok(SnapshotSettings { guardrail_provider, ..SnapshotSettings::default() })
     }
+
+    /// What the admin API accepts in a server besides its own validity.
+    pub fn server_rules(&self) -> anyhow::Result<ServerRules> {
+        Ok(ServerRules {
+            remote_provider: self.snapshot_settings()?.guardrail_provider.is_some(),
+            stdio_commands: StdioCommands::parse(self.stdio_commands.as_deref())?,
+        })
+    }
 }
 
 /// Runs the control plane until `shutdown` completes.
@@ -114,6 +136,8 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
     let token_http = crate::upstream_oauth::http_client()?;
     let renewing = crate::upstream_oauth::spawn_refresher(store.clone(), token_http.clone());
     let token_http = web::Data::new(oauth::TokenHttp(token_http));
+    let origins = web::Data::new(AllowedOrigins::parse(&settings.admin_allowed_origins)?);
+    let rules = web::Data::new(settings.server_rules()?);
 
     let listener = TcpListener::bind(&settings.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
@@ -127,6 +151,8 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
             .app_data(key_file.clone())
             .app_data(publisher_data.clone())
             .app_data(token_http.clone())
+            .app_data(origins.clone())
+            .app_data(rules.clone())
             .app_data(
                 web::QueryConfig::default()
                     .error_handler(|e, _| ApiError::BadRequest(format!("query string: {e}")).into()),
@@ -135,11 +161,20 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
                 web::PathConfig::default().error_handler(|e, _| ApiError::BadRequest(format!("path: {e}")).into()),
             )
             .wrap(from_fn(access_log))
+            // Nothing here is meant to be framed: no clickjacking of the Swagger UI.
+            .wrap(
+                DefaultHeaders::new()
+                    .add((header::X_FRAME_OPTIONS, "DENY"))
+                    .add((header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"))
+                    .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")),
+            )
             .service(system::health)
             .service(oauth::callback)
             .service(
                 web::scope("")
                     .wrap(from_fn(require_admin))
+                    // Outermost, so it runs first: a page of another site never reaches the key check.
+                    .wrap(from_fn(crate::browser::guard))
                     .service(
                         web::scope("/api/v1")
                             .configure(users::routes)
@@ -277,7 +312,8 @@ impl Settings {
         if let Some(key) = &self.secrets_key {
             SecretBox::check_env_key(key)?;
         }
-        self.snapshot_settings().map(|_| ())
+        AllowedOrigins::parse(&self.admin_allowed_origins)?;
+        self.server_rules().map(|_| ())
     }
 }
 

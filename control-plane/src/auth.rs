@@ -1,7 +1,10 @@
 //! Admin authentication: which requests carry the admin key.
 //!
-//! Accepts `Authorization: Bearer <key>`, the Python gateway's `apikey: <key>` header, and HTTP Basic
-//! with the key as password (so a browser can open `/docs`). The argon2 check of a presented key runs
+//! Accepts `Authorization: Bearer <key>` and the Python gateway's `apikey: <key>` header everywhere.
+//! HTTP Basic with the key as password is accepted only to read the Swagger UI's pages and the
+//! OpenAPI document, so that a browser can open `/docs`: a browser replays Basic credentials on every
+//! request to the origin, whichever page starts it, so the API itself never takes them (Swagger UI
+//! sends the key it is given under Authorize as a Bearer token). The argon2 check of a presented key runs
 //! once; afterwards the key's SHA-256 fingerprint is compared in constant time. Wrong keys presented
 //! before any right one pay argon2, one at a time, so a flood cannot take every core.
 
@@ -9,6 +12,7 @@ use std::sync::Mutex;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::http::header::HeaderMap;
 use actix_web::middleware::Next;
 use actix_web::{ResponseError, web};
@@ -67,8 +71,14 @@ impl AdminKey {
     }
 }
 
-/// The key a request presents, from any of the accepted places.
-pub fn presented_key(headers: &HeaderMap) -> Option<String> {
+/// Whether a request reads the Swagger UI or the OpenAPI document, where HTTP Basic is accepted.
+pub fn reads_docs(method: &Method, path: &str) -> bool {
+    (method == Method::GET || method == Method::HEAD)
+        && (path == "/docs" || path.starts_with("/docs/") || path == "/openapi.json")
+}
+
+/// The key a request presents, from any of the accepted places (HTTP Basic only if `basic`).
+pub fn presented_key(headers: &HeaderMap, basic: bool) -> Option<String> {
     if let Some(v) = headers.get("apikey").and_then(|v| v.to_str().ok()) {
         return Some(v.trim().to_string());
     }
@@ -77,7 +87,7 @@ pub fn presented_key(headers: &HeaderMap) -> Option<String> {
     if scheme.eq_ignore_ascii_case("bearer") {
         return Some(rest.trim().to_string());
     }
-    if scheme.eq_ignore_ascii_case("basic") {
+    if basic && scheme.eq_ignore_ascii_case("basic") {
         let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
         let text = String::from_utf8(decoded).ok()?;
         let (_user, password) = text.split_once(':')?;
@@ -92,13 +102,14 @@ pub async fn require_admin(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
     let admin = req.app_data::<web::Data<AdminKey>>().cloned();
-    let allowed = match (admin, presented_key(req.headers())) {
+    let docs = reads_docs(req.method(), req.path());
+    let allowed = match (admin, presented_key(req.headers(), docs)) {
         (Some(admin), Some(key)) if !key.is_empty() => admin.check(&key).await,
         _ => false,
     };
     if !allowed {
-        let resp = ApiError::Unauthorized.error_response();
-        return Ok(req.into_response(resp));
+        let refusal = if docs { ApiError::DocsUnauthorized } else { ApiError::Unauthorized };
+        return Ok(req.into_response(refusal.error_response()));
     }
     Ok(next.call(req).await?.map_into_boxed_body())
 }
@@ -116,13 +127,28 @@ mod tests {
 
     #[test]
     fn key_is_found_in_every_accepted_place() {
-        assert_eq!(presented_key(&headers("authorization", "Bearer k1")).as_deref(), Some("k1"));
-        assert_eq!(presented_key(&headers("authorization", "bearer  k1 ")).as_deref(), Some("k1"));
-        assert_eq!(presented_key(&headers("apikey", "k2")).as_deref(), Some("k2"));
-        let basic = base64::engine::general_purpose::STANDARD.encode("admin:k3");
-        assert_eq!(presented_key(&headers("authorization", &format!("Basic {basic}"))).as_deref(), Some("k3"));
-        assert_eq!(presented_key(&headers("authorization", "Digest x")), None);
-        assert_eq!(presented_key(&HeaderMap::new()), None);
+        for docs in [false, true] {
+            assert_eq!(presented_key(&headers("authorization", "Bearer k1"), docs).as_deref(), Some("k1"));
+            assert_eq!(presented_key(&headers("authorization", "bearer  k1 "), docs).as_deref(), Some("k1"));
+            assert_eq!(presented_key(&headers("apikey", "k2"), docs).as_deref(), Some("k2"));
+            assert_eq!(presented_key(&headers("authorization", "Digest x"), docs), None);
+            assert_eq!(presented_key(&HeaderMap::new(), docs), None);
+        }
+        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("admin:k3"));
+        assert_eq!(presented_key(&headers("authorization", &basic), true).as_deref(), Some("k3"));
+        assert_eq!(presented_key(&headers("authorization", &basic), false), None);
+    }
+
+    #[test]
+    fn basic_is_for_reading_the_docs_only() {
+        for path in ["/docs", "/docs/", "/docs/swagger-ui.css", "/openapi.json"] {
+            assert!(reads_docs(&Method::GET, path), "{path}");
+            assert!(reads_docs(&Method::HEAD, path), "{path}");
+            assert!(!reads_docs(&Method::POST, path), "{path}");
+        }
+        for path in ["/api/v1/users", "/docsx", "/api/v1/docs/", "/openapi.json/x"] {
+            assert!(!reads_docs(&Method::GET, path), "{path}");
+        }
     }
 
     #[tokio::test]

@@ -13,16 +13,26 @@ use utoipa::openapi::{RefOr, Response, ResponseBuilder, content::ContentBuilder}
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
-    #[error(
-        "a valid admin API key is required (Authorization: Bearer <key>, apikey: <key>, or HTTP Basic with the key as password)"
-    )]
+    #[error("a valid admin API key is required (Authorization: Bearer <key>, or apikey: <key>)")]
     Unauthorized,
+    /// The Swagger UI's pages, which a browser may open with HTTP Basic (see [`crate::auth`]).
+    #[error(
+        "a valid admin API key is required (HTTP Basic with any user name and the key as password, or Authorization: Bearer <key>)"
+    )]
+    DocsUnauthorized,
+    /// A request a page of another web site could have made (see [`crate::browser`]).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error(
+        "the request body must be JSON sent with `Content-Type: application/json` (curl: -H 'Content-Type: application/json', or --json)"
+    )]
+    UnsupportedMediaType,
     #[error("{0}")]
     Invalid(String),
     /// A server the control plane called on the admin's behalf (an OAuth token endpoint) failed.
@@ -36,10 +46,12 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::DocsUnauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Invalid(_) => "invalid_field",
             ApiError::BadGateway(_) => "bad_gateway",
             ApiError::Internal(_) => "internal",
@@ -63,8 +75,8 @@ pub struct ErrorBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable machine-readable code: bad_request, unauthorized, not_found, conflict, payload_too_large,
-    /// invalid_field, bad_gateway, internal.
+    /// Stable machine-readable code: bad_request, unauthorized, forbidden, not_found, conflict,
+    /// payload_too_large, unsupported_media_type, invalid_field, bad_gateway, internal.
     pub code: String,
     /// What went wrong and what to do about it.
     pub message: String,
@@ -80,10 +92,12 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::DocsUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -96,9 +110,16 @@ impl ResponseError for ApiError {
         }
         let body = ErrorBody { error: ErrorDetail { code: self.code().into(), message: self.to_string() } };
         let mut resp = HttpResponse::build(self.status_code());
-        if matches!(self, ApiError::Unauthorized) {
+        match self {
             // Lets a browser prompt for the key (Basic auth, key as password) on /docs.
-            resp.insert_header(("WWW-Authenticate", "Basic realm=\"mcpgw admin\", charset=\"UTF-8\""));
+            ApiError::DocsUnauthorized => {
+                resp.insert_header(("WWW-Authenticate", "Basic realm=\"mcpgw admin\", charset=\"UTF-8\""));
+            }
+            // Not Basic: a browser must neither prompt for nor replay cached Basic credentials here.
+            ApiError::Unauthorized => {
+                resp.insert_header(("WWW-Authenticate", "Bearer realm=\"mcpgw admin\""));
+            }
+            _ => {}
         }
         resp.json(body)
     }
@@ -143,9 +164,11 @@ fn responses(codes: &[u16]) -> BTreeMap<String, RefOr<Response>> {
             let d = match c {
                 400 => "Malformed JSON or query string",
                 401 => "Missing or wrong admin API key",
+                403 => "Refused: sent by a page of another web site (Origin, Sec-Fetch-Site)",
                 404 => "Unknown resource",
                 409 => "Conflict: duplicate name, or the resource is in use",
                 413 => "Request body over 1 MiB",
+                415 => "The body is not sent as Content-Type: application/json",
                 422 => "Invalid field values",
                 502 => "The upstream's OAuth token endpoint failed or refused the request",
                 _ => "Error",
@@ -159,7 +182,7 @@ fn responses(codes: &[u16]) -> BTreeMap<String, RefOr<Response>> {
 pub struct ReadErrors;
 impl utoipa::IntoResponses for ReadErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
-        responses(&[400, 401, 404])
+        responses(&[400, 401, 403, 404])
     }
 }
 
@@ -167,7 +190,7 @@ impl utoipa::IntoResponses for ReadErrors {
 pub struct ListErrors;
 impl utoipa::IntoResponses for ListErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
-        responses(&[400, 401, 404, 422])
+        responses(&[400, 401, 403, 404, 422])
     }
 }
 
@@ -175,15 +198,23 @@ impl utoipa::IntoResponses for ListErrors {
 pub struct WriteErrors;
 impl utoipa::IntoResponses for WriteErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
-        responses(&[400, 401, 404, 409, 413, 422])
+        responses(&[400, 401, 403, 404, 409, 413, 415, 422])
     }
 }
 
-/// Errors of an OAuth exchange with an upstream's authorization server.
+/// Errors of starting an OAuth authorization with an upstream's authorization server.
 pub struct OAuthErrors;
 impl utoipa::IntoResponses for OAuthErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
-        responses(&[400, 401, 404, 409, 422, 502])
+        responses(&[400, 401, 403, 404, 409, 415, 422, 502])
+    }
+}
+
+/// Errors of the open OAuth callback (no admin key, no browser checks: see its handler).
+pub struct CallbackErrors;
+impl utoipa::IntoResponses for CallbackErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        responses(&[400, 404, 409, 422, 502])
     }
 }
 
@@ -191,6 +222,6 @@ impl utoipa::IntoResponses for OAuthErrors {
 pub struct ActionErrors;
 impl utoipa::IntoResponses for ActionErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
-        responses(&[400, 401, 404, 409])
+        responses(&[400, 401, 403, 404, 409, 415])
     }
 }

@@ -1,6 +1,7 @@
-//! Request-body extraction: JSON of at most 1 MiB, whatever the Content-Type (curl users often omit
-//! it), with errors that say what is wrong: 400 for malformed JSON, 422 for well-formed JSON with wrong
-//! or unknown fields, 413 for oversized bodies.
+//! Request-body extraction: JSON of at most 1 MiB, with errors that say what is wrong: 400 for
+//! malformed JSON, 422 for well-formed JSON with wrong or unknown fields, 413 for oversized bodies.
+//! That the body is declared `application/json` is checked before, for every route, by
+//! [`crate::browser`].
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest};

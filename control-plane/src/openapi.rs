@@ -13,8 +13,10 @@ use crate::publish::PublishStatus;
     info(
         title = "mcpgw admin API",
         description = "Manage users, projects, MCP configs and API keys of the mcpgw MCP gateway. \
-            Every route but /health and /oauth/callback needs the admin key: `Authorization: Bearer <admin key>`, \
-            the header `apikey: <admin key>`, or HTTP Basic with the key as password. \
+            Every route but /health and /oauth/callback needs the admin key: `Authorization: Bearer <admin key>` \
+            or the header `apikey: <admin key>` (HTTP Basic with the key as password opens this page only). \
+            Request bodies are `Content-Type: application/json`. Requests from web pages of other sites \
+            (`Origin`, `Sec-Fetch-Site`) are refused with 403. \
             Errors are `{\"error\": {\"code\", \"message\"}}`.",
         license(name = "Apache-2.0")
     ),
@@ -33,7 +35,7 @@ use crate::publish::PublishStatus;
     ),
     components(schemas(ErrorBody, ErrorDetail, PublishStatus)),
     modifiers(&Security),
-    security(("bearer" = []), ("apikey" = []), ("basic" = [])),
+    security(("bearer" = []), ("apikey" = [])),
     tags(
         (name = "users", description = "People who hold API keys"),
         (name = "projects", description = "Teams: members, MCP config assignment"),
@@ -58,15 +60,6 @@ impl utoipa::Modify for Security {
             ),
         );
         components.add_security_scheme("apikey", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("apikey"))));
-        components.add_security_scheme(
-            "basic",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Basic)
-                    .description(Some("Any user name; the admin API key as password"))
-                    .build(),
-            ),
-        );
     }
 }
 

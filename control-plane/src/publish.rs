@@ -52,11 +52,6 @@ impl Publisher {
         Arc::new(Self { path, settings, status: Mutex::new(status) })
     }
 
-    /// Whether detectors that need a remote provider can be used.
-    pub fn has_remote_provider(&self) -> bool {
-        self.settings.guardrail_provider.is_some()
-    }
-
     /// Where the snapshot is published.
     pub fn path(&self) -> &std::path::Path {
         &self.path

@@ -59,6 +59,10 @@ pub struct Config {
     /// Also record tool-call arguments in the audit log (they may hold personal data).
     #[arg(long, env = "MCPGW_AUDIT_ARGUMENTS", default_value_t = false)]
     pub audit_arguments: bool,
+    /// Executables, or directories of them, that stdio servers may run, comma separated (absolute
+    /// paths, or names looked up in PATH); unset, any. Other servers are not started.
+    #[arg(long, env = names::ENV_STDIO_COMMANDS)]
+    pub stdio_commands: Option<String>,
 }
 
 impl Config {
@@ -88,6 +92,7 @@ impl Config {
             self.allowed_hosts.iter().any(|h| !h.trim().is_empty()),
             "MCPGW_ALLOWED_HOSTS is empty: no request could reach the gateway (use `*` for any host)"
         );
+        shared::stdio_commands::StdioCommands::parse(self.stdio_commands.as_deref())?;
         Ok(())
     }
 

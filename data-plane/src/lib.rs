@@ -64,6 +64,7 @@ fn assemble(config: Config, replica: String, observed: Option<std::path::PathBuf
         tokens: Arc::new(upstream::oauth::TokenSource::new(http.clone())),
         http,
         max_response_bytes: config.max_response_bytes,
+        stdio_commands: shared::stdio_commands::StdioCommands::parse(config.stdio_commands.as_deref())?,
         metrics: metrics.clone(),
         events: events.clone(),
         observer,

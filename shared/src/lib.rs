@@ -1,8 +1,9 @@
 //! The contract between the mcpgw control plane and data plane.
 //!
 //! The planes share nothing at run time but the snapshot file. This crate owns its types and their
-//! validation ([`snapshot`], [`server`]), the atomic file I/O ([`snapshot_file`]), and the API-key format
-//! and hashing ([`api_key`]). It must not know about SQL or MCP, and knows HTTP only behind the
+//! validation ([`snapshot`], [`server`]), the atomic file I/O ([`snapshot_file`]), the API-key format
+//! and hashing ([`api_key`]), and the settings both planes apply alike ([`settings`],
+//! [`stdio_commands`]). It must not know about SQL or MCP, and knows HTTP only behind the
 //! `token-endpoint` feature: the one request both planes make, to upstreams' OAuth token endpoints.
 
 pub mod api_key;
@@ -14,6 +15,7 @@ pub mod server;
 pub mod settings;
 pub mod snapshot;
 pub mod snapshot_file;
+pub mod stdio_commands;
 #[cfg(feature = "token-endpoint")]
 pub mod token_endpoint;
 

@@ -322,10 +322,8 @@ impl ServerSpec {
                 taken.insert(format!("{kind}:{k}"), serde_json::Value::String(value));
             }
         };
-        match &mut self.config {
-            Transport::Stdio { env, .. } => take("env", env),
-            Transport::Http { headers, .. } => take("headers", headers),
-        }
+        let (kind, values) = self.config.secret_values_mut();
+        take(kind, values);
         if let Some(oauth) = self.oauth_config.as_mut() {
             for (k, v) in oauth.iter_mut() {
                 if is_secret_oauth_field(k) && !v.is_boolean() && !v.is_null() {
@@ -359,36 +357,28 @@ impl ServerSpec {
         }
     }
 
-    /// A copy for the admin API: OAuth secrets replaced by [`SECRET_MASK`] (they are never shown
-    /// after they are set; see [`ServerSpec::keep_masked_oauth_secrets`]).
-    pub fn with_oauth_secrets_masked(&self) -> ServerSpec {
-        let mut spec = self.clone();
-        if let Some(oauth) = spec.oauth_config.as_mut() {
-            for (k, v) in oauth.iter_mut() {
-                if is_secret_oauth_field(k) && !v.is_boolean() && !v.is_null() {
-                    *v = serde_json::Value::String(SECRET_MASK.into());
+    /// Puts back the stored value of every secret sent as [`SECRET_MASK`] (environment and header
+    /// values, OAuth secrets), so a server read from the admin API, which shows them masked, can be
+    /// edited and sent back. A mask with nothing stored behind it (a new name, another transport) is
+    /// an error: it would otherwise be stored as the value.
+    pub fn keep_masked_secrets(&mut self, stored: Option<&ServerSpec>) -> Result<(), FieldError> {
+        let (kind, values) = self.config.secret_values_mut();
+        let previous = stored.map(|s| s.config.secret_values()).filter(|(k, _)| *k == kind).map(|(_, m)| m);
+        for (name, value) in values.iter_mut() {
+            if value == SECRET_MASK {
+                match previous.and_then(|p| p.get(name)).filter(|p| *p != SECRET_MASK) {
+                    Some(old) => value.clone_from(old),
+                    None => return Err(nothing_stored(format!("config.{kind}.{name}"))),
                 }
             }
         }
-        spec
-    }
-
-    /// Puts back the stored value of every OAuth secret sent as [`SECRET_MASK`], so a setting read
-    /// from the admin API can be sent back unchanged. A masked secret with nothing stored behind it
-    /// is an error.
-    pub fn keep_masked_oauth_secrets(&mut self, stored: Option<&ServerSpec>) -> Result<(), FieldError> {
         let Some(oauth) = self.oauth_config.as_mut() else { return Ok(()) };
         let previous = stored.and_then(|s| s.oauth_config.as_ref());
         for (k, v) in oauth.iter_mut() {
             if v.as_str() == Some(SECRET_MASK) {
                 match previous.and_then(|p| p.get(k)).filter(|p| p.as_str() != Some(SECRET_MASK)) {
                     Some(old) => *v = old.clone(),
-                    None => {
-                        return Err(FieldError::new(
-                            format!("oauth_config.{k}"),
-                            format!("`{SECRET_MASK}` stands for a stored secret, and none is stored; send the secret"),
-                        ));
-                    }
+                    None => return Err(nothing_stored(format!("oauth_config.{k}"))),
                 }
             }
         }
@@ -469,6 +459,27 @@ impl ServerSpec {
             }
         }
         if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+}
+
+fn nothing_stored(field: String) -> FieldError {
+    FieldError::new(field, format!("`{SECRET_MASK}` stands for a stored secret, and none is stored; send the secret"))
+}
+
+impl Transport {
+    /// The values shown masked: a stdio server's environment, an HTTP server's headers.
+    fn secret_values(&self) -> (&'static str, &BTreeMap<String, String>) {
+        match self {
+            Transport::Stdio { env, .. } => ("env", env),
+            Transport::Http { headers, .. } => ("headers", headers),
+        }
+    }
+
+    fn secret_values_mut(&mut self) -> (&'static str, &mut BTreeMap<String, String>) {
+        match self {
+            Transport::Stdio { env, .. } => ("env", env),
+            Transport::Http { headers, .. } => ("headers", headers),
+        }
     }
 }
 
@@ -555,6 +566,33 @@ mod tests {
         assert!(!stored.contains("t0p") && !stored.contains("s3cret"), "{stored}");
         spec.restore_secrets(secrets);
         assert_eq!(spec, original);
+    }
+
+    #[test]
+    fn masked_values_sent_back_keep_the_stored_ones() {
+        let stored = parse(json!({"server_name": "s", "config": {"command": "x", "env": {"TOKEN": "t0p"}},
+            "oauth_config": {"enabled": true, "OAUTH_CLIENT_ID": "id", "OAUTH_CLIENT_SECRET": "s3cret"}}))
+        .unwrap();
+        let mut edited = stored.with_secrets_masked();
+        edited.description = "edited".into();
+        if let Transport::Stdio { env, .. } = &mut edited.config {
+            env.insert("MODE".into(), "fast".into());
+        }
+        edited.keep_masked_secrets(Some(&stored)).unwrap();
+        let Transport::Stdio { env, .. } = &edited.config else { unreachable!() };
+        assert_eq!((env["TOKEN"].as_str(), env["MODE"].as_str()), ("t0p", "fast"));
+        assert_eq!(edited.oauth_config.as_ref().unwrap()["OAUTH_CLIENT_SECRET"], "s3cret");
+
+        // A mask for a name with nothing stored, with no stored server, or across transports.
+        let new_name =
+            parse(json!({"server_name": "s", "config": {"command": "x", "env": {"OTHER": "****"}}})).unwrap();
+        let e = new_name.clone().keep_masked_secrets(Some(&stored)).unwrap_err();
+        assert_eq!(e.field, "config.env.OTHER");
+        assert!(new_name.clone().keep_masked_secrets(None).is_err());
+        let http =
+            parse(json!({"server_name": "s", "config": {"url": "https://h.example", "headers": {"TOKEN": "****"}}}))
+                .unwrap();
+        assert_eq!(http.clone().keep_masked_secrets(Some(&stored)).unwrap_err().field, "config.headers.TOKEN");
     }
 
     fn parse(v: serde_json::Value) -> Result<ServerSpec, serde_json::Error> {

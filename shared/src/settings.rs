@@ -10,6 +10,10 @@ pub const ENV_SNAPSHOT_PATH: &str = "MCPGW_SNAPSHOT_PATH";
 pub const ENV_API_KEY: &str = "MCPGW_API_KEY";
 pub const ENV_LOG_FORMAT: &str = "MCPGW_LOG_FORMAT";
 pub const ENV_SECRETS_KEY: &str = "MCPGW_SECRETS_KEY";
+/// Executables (or directories of them) stdio servers may run; unset, any (see [`crate::stdio_commands`]).
+pub const ENV_STDIO_COMMANDS: &str = "MCPGW_STDIO_COMMANDS";
+/// Browser origins the admin API accepts requests from.
+pub const ENV_ADMIN_ALLOWED_ORIGINS: &str = "MCPGW_ADMIN_ALLOWED_ORIGINS";
 
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_CONTROL_LISTEN: &str = "127.0.0.1:8001";

@@ -1,5 +1,6 @@
 // Drives the control plane's Swagger UI in headless Chromium: refused without credentials; with them,
-// Authorize takes the Bearer key and "Try it out" on listing users returns 200.
+// Authorize takes the Bearer key, "Try it out" on listing users returns 200 and on creating one 201
+// (a JSON POST from the control plane's own origin passes its browser checks).
 import { chromium } from 'playwright-core';
 
 const base = process.env.BASE;
@@ -46,6 +47,21 @@ try {
   if (!seen.some((h) => h.startsWith('Bearer '))) fail(`no Bearer header was sent: ${JSON.stringify(seen)}`);
   await page.screenshot({ path: `${out}/swagger.png`, fullPage: false });
   console.log(`swagger ok: status ${code}, authorization ${seen[0] && seen[0].split(' ')[0]}`);
+
+  const create = page.locator('#operations-users-create_user');
+  await create.locator('.opblock-summary').click();
+  const tryCreate = create.locator('button.try-out__btn');
+  if ((await tryCreate.innerText()).includes('Try it out')) await tryCreate.click();
+  await create.locator('textarea.body-param__text').fill(JSON.stringify({ email: 'swagger@example.com' }));
+  await create.locator('button.execute').click();
+  const created = create.locator('.live-responses-table .response .response-col_status').first();
+  await created.waitFor({ timeout: 15000 });
+  const createdCode = (await created.innerText()).trim();
+  if (createdCode !== '201') {
+    const body = await create.locator('.live-responses-table .highlight-code').first().innerText().catch(() => '');
+    fail(`creating a user answered ${createdCode}: ${body.slice(0, 300)}`);
+  }
+  console.log(`swagger create: status ${createdCode}`);
 } finally {
   await browser.close();
 }

@@ -1,25 +1,44 @@
 //! MCP configs and their servers: which upstream MCP servers a project's keys reach, and the policies
 //! that guard each one. Identified by id or name; servers by name within their config.
 
-use std::sync::Arc;
-
 use actix_web::{HttpResponse, delete, get, patch, post, put, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shared::ServerSpec;
 use shared::snapshot::{SnapshotConfig, ToolNaming, validate_config_servers};
+use shared::stdio_commands::StdioCommands;
+use shared::{ServerSpec, Transport};
 use sqlx::SqliteConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::{ActionErrors, ApiError, ListErrors, ReadErrors, WriteErrors};
 use crate::json::JsonBody;
-use crate::publish::Publisher;
 use crate::secrets::SecretBox;
 use crate::store::{PageQuery, Store, as_uuid, now, time};
 
 /// Most servers one config may hold.
 pub const MAX_SERVERS: usize = 256;
+
+/// What this installation accepts in a server beyond the server's own validity.
+#[derive(Debug, Default)]
+pub struct ServerRules {
+    /// A remote guardrail provider is configured, so the detectors that need one are accepted.
+    pub remote_provider: bool,
+    /// `MCPGW_STDIO_COMMANDS`.
+    pub stdio_commands: StdioCommands,
+}
+
+impl ServerRules {
+    /// Refuses a stdio server whose command the installation does not allow.
+    pub fn check_command(&self, spec: &ServerSpec) -> Result<(), ApiError> {
+        if let Transport::Stdio { command, env, cwd, .. } = &spec.config
+            && let Err(refused) = self.stdio_commands.admit(command, env, cwd.as_deref())
+        {
+            return Err(ApiError::Invalid(format!("server `{}`: {refused}", spec.server_name)));
+        }
+        Ok(())
+    }
+}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct McpConfig {
@@ -173,13 +192,12 @@ pub(crate) async fn load(
 }
 
 /// Every check the data plane will make on this config, made before anything is stored.
-/// `remote` says whether a remote guardrail provider is configured.
 fn validate(
     name: &str,
     description: &str,
     tool_naming: ToolNaming,
     servers: &[ServerSpec],
-    remote: bool,
+    rules: &ServerRules,
 ) -> Result<(), ApiError> {
     if description.len() > 4096 {
         return Err(ApiError::invalid("description", "must be at most 4096 characters"));
@@ -188,10 +206,11 @@ fn validate(
         return Err(ApiError::invalid("servers", format!("a config holds at most {MAX_SERVERS} servers")));
     }
     for s in servers {
-        if let Err(errs) = s.validate_with(remote) {
+        if let Err(errs) = s.validate_with(rules.remote_provider) {
             let all: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
             return Err(ApiError::Invalid(format!("server `{}`: {}", s.server_name, all.join("; "))));
         }
+        rules.check_command(s)?;
     }
     let config = SnapshotConfig {
         id: Uuid::nil(),
@@ -247,9 +266,9 @@ async fn create(
     conn: &mut SqliteConnection,
     secrets: &SecretBox,
     body: &CreateConfig,
-    remote: bool,
+    rules: &ServerRules,
 ) -> Result<String, ApiError> {
-    validate(&body.name, &body.description, body.tool_naming, &body.servers, remote)?;
+    validate(&body.name, &body.description, body.tool_naming, &body.servers, rules)?;
     if name_taken(&mut *conn, &body.name, None).await? {
         return Err(ApiError::Conflict(format!("an MCP config named `{}` already exists", body.name)));
     }
@@ -275,14 +294,14 @@ async fn create(
 #[post("/configs")]
 pub async fn create_config(
     store: web::Data<Store>,
-    publisher: web::Data<Arc<Publisher>>,
+    rules: web::Data<ServerRules>,
     JsonBody(mut body): JsonBody<CreateConfig>,
 ) -> Result<HttpResponse, ApiError> {
     for spec in &mut body.servers {
-        spec.keep_masked_oauth_secrets(None).map_err(masked_secret)?;
+        spec.keep_masked_secrets(None).map_err(masked_secret)?;
     }
     let mut w = store.begin_write().await?;
-    let id = create(&mut w.tx, &store.secrets, &body, publisher.has_remote_provider()).await?;
+    let id = create(&mut w.tx, &store.secrets, &body, &rules).await?;
     let config = load(&mut w.tx, &store.secrets, &id).await?;
     w.commit("create", "mcp_config", &id).await?;
     Ok(HttpResponse::Created().json(shown(config)))
@@ -346,7 +365,7 @@ pub async fn get_config(store: web::Data<Store>, path: web::Path<String>) -> Res
 #[patch("/configs/{config}")]
 pub async fn update_config(
     store: web::Data<Store>,
-    publisher: web::Data<Arc<Publisher>>,
+    rules: web::Data<ServerRules>,
     path: web::Path<String>,
     JsonBody(body): JsonBody<UpdateConfig>,
 ) -> Result<HttpResponse, ApiError> {
@@ -356,7 +375,7 @@ pub async fn update_config(
     let name = body.name.unwrap_or(current.name);
     let description = body.description.unwrap_or(current.description);
     let tool_naming = body.tool_naming.unwrap_or(current.tool_naming);
-    validate(&name, &description, tool_naming, &current.servers, publisher.has_remote_provider())?;
+    validate(&name, &description, tool_naming, &current.servers, &rules)?;
     if name_taken(&mut w.tx, &name, Some(&id)).await? {
         return Err(ApiError::Conflict(format!("an MCP config named `{name}` already exists")));
     }
@@ -402,7 +421,7 @@ pub async fn delete_config(store: web::Data<Store>, path: web::Path<String>) -> 
 #[post("/configs/{config}/copy")]
 pub async fn copy_config(
     store: web::Data<Store>,
-    publisher: web::Data<Arc<Publisher>>,
+    rules: web::Data<ServerRules>,
     path: web::Path<String>,
     JsonBody(body): JsonBody<CopyConfig>,
 ) -> Result<HttpResponse, ApiError> {
@@ -414,7 +433,7 @@ pub async fn copy_config(
         tool_naming: source.tool_naming,
         servers: source.servers,
     };
-    let id = create(&mut w.tx, &store.secrets, &copy, publisher.has_remote_provider()).await?;
+    let id = create(&mut w.tx, &store.secrets, &copy, &rules).await?;
     let config = load(&mut w.tx, &store.secrets, &id).await?;
     w.commit("copy", "mcp_config", &id).await?;
     Ok(HttpResponse::Created().json(shown(config)))
@@ -435,11 +454,11 @@ pub async fn list_servers(store: web::Data<Store>, path: web::Path<String>) -> R
 #[post("/configs/{config}/servers")]
 pub async fn add_server(
     store: web::Data<Store>,
-    publisher: web::Data<Arc<Publisher>>,
+    rules: web::Data<ServerRules>,
     path: web::Path<String>,
     JsonBody(mut spec): JsonBody<ServerSpec>,
 ) -> Result<HttpResponse, ApiError> {
-    spec.keep_masked_oauth_secrets(None).map_err(masked_secret)?;
+    spec.keep_masked_secrets(None).map_err(masked_secret)?;
     let mut w = store.begin_write().await?;
     let config = load(&mut w.tx, &store.secrets, &path).await?;
     if config.servers.iter().any(|s| s.server_name == spec.server_name) {
@@ -450,17 +469,18 @@ pub async fn add_server(
     }
     let mut servers = config.servers;
     servers.push(spec.clone());
-    validate(&config.name, &config.description, config.tool_naming, &servers, publisher.has_remote_provider())?;
+    validate(&config.name, &config.description, config.tool_naming, &servers, &rules)?;
     let id = config.id.to_string();
     insert_server(&mut w.tx, &store.secrets, &id, &spec).await?;
     touch(&mut w.tx, &id).await?;
     w.commit("add_server", "mcp_config", &id).await?;
-    Ok(HttpResponse::Created().json(spec.with_oauth_secrets_masked()))
+    Ok(HttpResponse::Created().json(spec.with_secrets_masked()))
 }
 
-/// A config as the admin API shows it: OAuth secrets masked.
+/// A config as the admin API shows it: environment values, header values and OAuth secrets masked
+/// (sent back as they are shown, they keep the stored values).
 pub(crate) fn shown(mut config: McpConfig) -> McpConfig {
-    config.servers = config.servers.iter().map(ServerSpec::with_oauth_secrets_masked).collect();
+    config.servers = config.servers.iter().map(ServerSpec::with_secrets_masked).collect();
     config
 }
 
@@ -484,7 +504,7 @@ fn find<'a>(config: &'a McpConfig, name: &str) -> Result<&'a ServerSpec, ApiErro
 pub async fn get_server(store: web::Data<Store>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
     let (config, server) = path.into_inner();
     let config = load(&mut *store.conn().await?, &store.secrets, &config).await?;
-    Ok(HttpResponse::Ok().json(find(&config, &server)?.with_oauth_secrets_masked()))
+    Ok(HttpResponse::Ok().json(find(&config, &server)?.with_secrets_masked()))
 }
 
 #[utoipa::path(put, path = "/api/v1/configs/{config}/servers/{server}", tag = "servers", request_body = ServerSpec,
@@ -493,7 +513,7 @@ pub async fn get_server(store: web::Data<Store>, path: web::Path<(String, String
 #[put("/configs/{config}/servers/{server}")]
 pub async fn replace_server(
     store: web::Data<Store>,
-    publisher: web::Data<Arc<Publisher>>,
+    rules: web::Data<ServerRules>,
     path: web::Path<(String, String)>,
     JsonBody(mut spec): JsonBody<ServerSpec>,
 ) -> Result<HttpResponse, ApiError> {
@@ -501,7 +521,7 @@ pub async fn replace_server(
     let mut w = store.begin_write().await?;
     let config = load(&mut w.tx, &store.secrets, &config).await?;
     let previous = find(&config, &server)?.clone();
-    spec.keep_masked_oauth_secrets(Some(&previous)).map_err(masked_secret)?;
+    spec.keep_masked_secrets(Some(&previous)).map_err(masked_secret)?;
     if spec.server_name != server && config.servers.iter().any(|s| s.server_name == spec.server_name) {
         return Err(ApiError::Conflict(format!(
             "config `{}` already has a server named `{}`",
@@ -510,7 +530,7 @@ pub async fn replace_server(
     }
     let servers: Vec<ServerSpec> =
         config.servers.iter().map(|s| if s.server_name == server { spec.clone() } else { s.clone() }).collect();
-    validate(&config.name, &config.description, config.tool_naming, &servers, publisher.has_remote_provider())?;
+    validate(&config.name, &config.description, config.tool_naming, &servers, &rules)?;
     let id = config.id.to_string();
     let (stored, sealed) = store.secrets.seal_spec(&spec)?;
     sqlx::query("UPDATE servers SET name = ?, spec = ?, sealed = ?, updated_at = ? WHERE config_id = ? AND name = ?")
@@ -539,7 +559,7 @@ pub async fn replace_server(
         .await?;
     touch(&mut w.tx, &id).await?;
     w.commit("replace_server", "mcp_config", &id).await?;
-    Ok(HttpResponse::Ok().json(spec.with_oauth_secrets_masked()))
+    Ok(HttpResponse::Ok().json(spec.with_secrets_masked()))
 }
 
 #[utoipa::path(delete, path = "/api/v1/configs/{config}/servers/{server}", tag = "servers",

@@ -11,7 +11,6 @@
 //! derived from the key ([`api_key::imported_key_id`]), so clients keep working with their keys.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use actix_web::{HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
@@ -25,10 +24,10 @@ use sqlx::SqliteConnection;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::api::configs::ServerRules;
 use crate::api::{configs, users};
 use crate::error::{ApiError, ReadErrors, WriteErrors};
 use crate::json::JsonBody;
-use crate::publish::Publisher;
 use crate::secrets::SecretBox;
 use crate::store::{Store, now};
 
@@ -299,10 +298,12 @@ fn convert_server(
     }
     let name = fit_name(source, "server", taken);
     out.insert("server_name".into(), Value::String(name.clone()));
-    let spec: ServerSpec = serde_json::from_value(Value::Object(out)).map_err(|e| e.to_string())?;
+    let mut spec: ServerSpec = serde_json::from_value(Value::Object(out)).map_err(|e| e.to_string())?;
     if let Err(errs) = spec.validate_with(remote_provider) {
         return Err(errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "));
     }
+    // A masked value (an exported config) has nothing stored behind it here.
+    spec.keep_masked_secrets(None).map_err(|e| e.to_string())?;
     let mut entries: Vec<ImportEntry> = notes
         .into_iter()
         .map(|n| ImportEntry::new("server", source, ImportAction::Mapped).target(&name).detail(n))
@@ -317,8 +318,10 @@ fn convert_server(
     Ok((spec, entries))
 }
 
-/// The whole file in our model. Fails only when the file is not one (wrong shape at the top).
-fn plan(file: &Map<String, Value>, remote_provider: bool) -> Result<Plan, ApiError> {
+/// The whole file in our model. Fails only when the file is not one (wrong shape at the top), or
+/// when it asks for a stdio command the installation does not allow (nothing of it is imported).
+fn plan(file: &Map<String, Value>, rules: &ServerRules) -> Result<Plan, ApiError> {
+    let remote_provider = rules.remote_provider;
     let (users_in, configs_in, projects_in, keys_in) =
         (object(file, "users")?, object(file, "mcp_configs")?, object(file, "projects")?, object(file, "apikeys")?);
     if users_in.is_none() && configs_in.is_none() && projects_in.is_none() && keys_in.is_none() {
@@ -376,6 +379,7 @@ fn plan(file: &Map<String, Value>, remote_provider: bool) -> Result<Plan, ApiErr
             let label = text(entry, "server_name").unwrap_or("(unnamed)").to_string();
             match convert_server(entry, common, remote_provider, &mut server_names) {
                 Ok((spec, notes)) => {
+                    rules.check_command(&spec)?;
                     plan.notes.extend(notes);
                     servers.push(spec);
                 }
@@ -668,12 +672,12 @@ async fn hash_new_keys(store: &Store, keys: &[PlanKey]) -> Result<HashMap<String
 #[post("/import")]
 pub async fn import(
     store: web::Data<Store>,
-    publisher: web::Data<Arc<Publisher>>,
+    rules: web::Data<ServerRules>,
     q: web::Query<ImportQuery>,
     JsonBody(file): JsonBody<Map<String, Value>>,
 ) -> Result<HttpResponse, ApiError> {
     let dry_run = q.dry_run.unwrap_or(false);
-    let plan = plan(&file, publisher.has_remote_provider())?;
+    let plan = plan(&file, &rules)?;
     drop(file);
     let hashes = if dry_run { HashMap::new() } else { hash_new_keys(&store, &plan.keys).await? };
     let mut created = ImportCounts::default();
@@ -747,7 +751,7 @@ mod tests {
 
     #[test]
     fn the_plan_maps_renames_and_skips_with_reasons() {
-        let plan = plan(&file(), false).unwrap();
+        let plan = plan(&file(), &ServerRules::default()).unwrap();
         assert_eq!(plan.users.len(), 1);
         assert_eq!(plan.configs.len(), 1);
         assert_eq!(plan.configs[0].name, "My-Config");
@@ -783,16 +787,16 @@ mod tests {
 
     #[test]
     fn remote_detectors_are_kept_when_a_provider_is_configured() {
-        let plan = plan(&file(), true).unwrap();
+        let plan = plan(&file(), &ServerRules { remote_provider: true, ..ServerRules::default() }).unwrap();
         assert_eq!(plan.configs[0].servers[0].input_guardrails_policy.block, ["injection_attack", "toxicity"]);
     }
 
     #[test]
     fn a_file_of_another_kind_is_refused() {
         let not_ours = json!({"servers": []}).as_object().cloned().unwrap();
-        assert!(plan(&not_ours, false).is_err());
+        assert!(plan(&not_ours, &ServerRules::default()).is_err());
         let wrong = json!({"users": []}).as_object().cloned().unwrap();
-        assert!(plan(&wrong, false).is_err());
+        assert!(plan(&wrong, &ServerRules::default()).is_err());
     }
 
     #[test]

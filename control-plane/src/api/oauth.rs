@@ -7,7 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use crate::error::{ActionErrors, ApiError, OAuthErrors, ReadErrors};
+use crate::error::{ActionErrors, ApiError, CallbackErrors, OAuthErrors, ReadErrors};
 use crate::store::Store;
 use crate::upstream_oauth::{self, AuthorizationStarted, Authorized, CALLBACK_PATH, OAuthStatus};
 
@@ -71,10 +71,12 @@ pub struct CallbackQuery {
 }
 
 /// Where the authorization server sends the admin's browser back. It needs no admin key (a
-/// redirect cannot carry one): the single-use state, bound to an authorization an admin started,
-/// is what admits it.
+/// redirect cannot carry one) and skips the browser checks of the admin API (the redirect comes
+/// from the authorization server's site): the single-use state, bound to an authorization an admin
+/// started and unknown to other sites, is what admits it. It only completes that authorization, and
+/// its page runs nothing and cannot be framed.
 #[utoipa::path(get, path = "/oauth/callback", tag = "servers", security(()), params(CallbackQuery),
-    responses((status = 200, description = "Authorized (an HTML page for browsers)", body = Authorized), OAuthErrors))]
+    responses((status = 200, description = "Authorized (an HTML page for browsers)", body = Authorized), CallbackErrors))]
 #[get("/oauth/callback")]
 pub async fn callback(
     req: HttpRequest,
@@ -114,7 +116,10 @@ pub async fn callback(
     let headers = resp.headers_mut();
     headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
     headers.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
-    headers.insert(header::CONTENT_SECURITY_POLICY, header::HeaderValue::from_static("default-src 'none'"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
     resp
 }
 

@@ -54,6 +54,8 @@ impl UpstreamError {
 pub struct UpstreamSettings {
     pub http: reqwest::Client,
     pub max_response_bytes: usize,
+    /// `MCPGW_STDIO_COMMANDS`, checked again before every start (the snapshot may not be ours).
+    pub stdio_commands: shared::stdio_commands::StdioCommands,
     pub metrics: Arc<Metrics>,
     pub events: broadcast::Sender<ChangeEvent>,
     /// Where definitions awaiting an admin's review are reported.

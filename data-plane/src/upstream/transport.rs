@@ -41,7 +41,19 @@ pub(super) async fn open(
 ) -> Result<(Session, bool), String> {
     match &spec.config {
         Transport::Stdio { command, args, env, cwd } => {
-            let mut cmd = tokio::process::Command::new(command);
+            let mut cmd = match settings.stdio_commands.admit(command, env, cwd.as_deref()) {
+                Ok(None) => tokio::process::Command::new(command),
+                // Exactly the file that was checked; the program still sees the name it was given.
+                Ok(Some(checked)) => {
+                    let mut cmd = tokio::process::Command::new(checked);
+                    cmd.arg0(command);
+                    cmd
+                }
+                Err(refused) => {
+                    tracing::warn!(server = %spec.server_name, %refused, "stdio server not started");
+                    return Err(refused.to_string());
+                }
+            };
             if let Some(auth) = &auth {
                 for (name, value) in token_env(&auth.token.access_token) {
                     if !env.contains_key(name) {
