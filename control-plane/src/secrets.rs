@@ -44,16 +44,13 @@ impl SecretBox {
 
     /// Checks a key given in the environment without using it.
     pub fn check_env_key(text: &str) -> anyhow::Result<()> {
-        parse_key(text).map(|_| ()).ok_or_else(|| {
-            anyhow::anyhow!("MCPGW_SECRETS_KEY must be 32 bytes, as base64 (44 characters) or hex (64 characters)")
-        })
+        env_key(text).map(|_| ())
     }
 
     /// The key from the environment when given, otherwise from `key_file`, generated when absent.
     pub fn load(from_env: Option<&str>, key_file: &Path) -> anyhow::Result<Self> {
         if let Some(text) = from_env {
-            Self::check_env_key(text)?;
-            return Ok(Self::from_key(&parse_key(text).unwrap_or_default()));
+            return Ok(Self::from_key(&env_key(text)?));
         }
         match std::fs::read_to_string(key_file) {
             Ok(text) => {
@@ -163,6 +160,12 @@ impl SecretBox {
         }
         Ok(())
     }
+}
+
+fn env_key(text: &str) -> anyhow::Result<[u8; 32]> {
+    parse_key(text).ok_or_else(|| {
+        anyhow::anyhow!("MCPGW_SECRETS_KEY must be 32 bytes, as base64 (44 characters) or hex (64 characters)")
+    })
 }
 
 fn parse_key(text: &str) -> Option<[u8; 32]> {

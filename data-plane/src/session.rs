@@ -207,8 +207,8 @@ impl Sessions {
         });
     }
 
-    /// Open sessions (for tests and metrics).
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    fn open(&self) -> usize {
         self.owners().by_id.len()
     }
 }
