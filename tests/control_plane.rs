@@ -1,13 +1,14 @@
 //! End-to-end tests of the control plane: the real binary on an ephemeral port, driven over HTTP.
+//! Every test runs twice, on SQLite and on PostgreSQL (see `on_every_database!` at the end).
 
 mod common;
 
 use std::time::Duration;
 
-use common::control_plane::{ADMIN_KEY, ControlPlane, seed, tempdir::TempDir};
+use common::control_plane::{ADMIN_KEY, Backend, ControlPlane, backend, database_name, seed, tempdir::TempDir};
+use common::postgres::Cluster;
 use serde_json::{Value, json};
 
-#[test]
 fn health_is_open_and_everything_else_needs_the_key() {
     let cp = ControlPlane::start();
     let r = cp.client.get(cp.url("/health")).send().unwrap();
@@ -60,7 +61,6 @@ fn health_is_open_and_everything_else_needs_the_key() {
 /// What a web page of another site can make the admin's browser send: simple requests (forms,
 /// `no-cors` fetches) with any Origin, reads started by includes and links. None gets through; curl,
 /// the CLI and the control plane's own pages do.
-#[test]
 fn requests_a_page_of_another_site_could_send_are_refused_and_change_nothing() {
     let cp = ControlPlane::start();
     let own = cp.base.clone();
@@ -140,7 +140,6 @@ fn requests_a_page_of_another_site_could_send_are_refused_and_change_nothing() {
     assert!(log.contains("refused a request from another web site"), "{log}");
 }
 
-#[test]
 fn admin_allowed_origins_replace_the_own_origin() {
     let cp = ControlPlane::start_with_env(&[(
         "MCPGW_ADMIN_ALLOWED_ORIGINS",
@@ -185,7 +184,6 @@ fn admin_allowed_origins_replace_the_own_origin() {
     }
 }
 
-#[test]
 fn every_documented_operation_refuses_missing_and_wrong_keys() {
     let cp = ControlPlane::start();
     let doc = cp.ok("GET", "/openapi.json", None, 200);
@@ -218,7 +216,6 @@ fn every_documented_operation_refuses_missing_and_wrong_keys() {
     assert!(checked >= 38, "only {checked} operations checked");
 }
 
-#[test]
 fn full_lifecycle_of_every_resource() {
     let cp = ControlPlane::start();
     // Users.
@@ -312,7 +309,6 @@ fn full_lifecycle_of_every_resource() {
     assert_eq!(health["counts"]["users"], 0);
 }
 
-#[test]
 fn api_key_needs_membership_and_future_expiry() {
     let cp = ControlPlane::start();
     let (email, project, _) = seed(&cp, "carol");
@@ -337,7 +333,6 @@ fn api_key_needs_membership_and_future_expiry() {
     assert_eq!(k["expired"], false);
 }
 
-#[test]
 fn bad_input_gets_the_right_error_and_changes_nothing() {
     let cp = ControlPlane::start();
     seed(&cp, "dave");
@@ -401,7 +396,6 @@ fn bad_input_gets_the_right_error_and_changes_nothing() {
     assert_eq!(before, after);
 }
 
-#[test]
 fn fifty_concurrent_creates_lose_nothing() {
     let cp = ControlPlane::start();
     let base = cp.base.clone();
@@ -458,7 +452,6 @@ fn fifty_concurrent_creates_lose_nothing() {
     assert_eq!(snap["projects"].as_array().unwrap().len(), 50);
 }
 
-#[test]
 fn snapshot_follows_every_change_and_is_never_half_written() {
     let cp = ControlPlane::start();
     let path = cp.snapshot_path();
@@ -507,7 +500,6 @@ fn snapshot_follows_every_change_and_is_never_half_written() {
     assert_eq!(status["sha256"].as_str().unwrap().len(), 64);
 }
 
-#[test]
 fn secrets_appear_only_once_and_never_in_logs() {
     let cp = ControlPlane::start();
     let (email, project, _) = seed(&cp, "frank");
@@ -541,11 +533,9 @@ fn secrets_appear_only_once_and_never_in_logs() {
     for s in [&secret_part, &new_part, &ADMIN_KEY.to_string()] {
         assert!(!log.contains(s.as_str()), "a secret appeared in the log");
     }
-    let db = std::fs::read(cp.data_dir().join("mcpgw.db")).unwrap();
-    assert!(!String::from_utf8_lossy(&db).contains(&secret_part), "a secret is stored in the database");
+    assert!(!contains(&database_bytes(cp.data_dir()), &secret_part), "a secret is stored in the database");
 }
 
-#[test]
 fn generated_admin_key_survives_restart_and_rotation_kills_the_old_one() {
     let dir = TempDir::new("mcpgw-cp-gen");
     let cp = ControlPlane::start_with(dir, None);
@@ -580,7 +570,6 @@ fn generated_admin_key_survives_restart_and_rotation_kills_the_old_one() {
     assert_eq!(std::fs::read_to_string(cp.data_dir().join("admin_apikey")).unwrap().trim(), new);
 }
 
-#[test]
 fn admin_key_from_the_environment_cannot_be_rotated_over_the_api() {
     let cp = ControlPlane::start();
     cp.ok("POST", "/api/v1/admin-key/rotate", None, 409);
@@ -613,7 +602,6 @@ fn cli(cp: &ControlPlane, args: &[&str], env: &[(&str, &str)], stdin: Option<&st
     )
 }
 
-#[test]
 fn the_cli_drives_the_admin_api_with_exit_codes_a_script_can_rely_on() {
     let cp = ControlPlane::start();
     let ok = |args: &[&str]| {
@@ -728,7 +716,6 @@ fn shared_key_shape(key: &str) -> bool {
     parts.len() == 3 && parts[0] == "mcpgw" && parts[1].len() == 16 && parts[2].len() == 40
 }
 
-#[test]
 fn oauth_client_secrets_are_never_shown_and_survive_a_round_trip() {
     let cp = ControlPlane::start();
     let oauth = json!({"enabled": true, "OAUTH_CLIENT_ID": "cid", "OAUTH_CLIENT_SECRET": "oauth-secret-42",
@@ -767,8 +754,12 @@ fn oauth_client_secrets_are_never_shown_and_survive_a_round_trip() {
     assert!(body["error"]["message"].as_str().unwrap().contains("OAUTH_CLIENT_SECRET"), "{body}");
 }
 
-/// Every file of the database (main file, WAL, shared memory), as one byte string.
+/// What the database of the control plane with data dir `dir` holds, as one byte string: on SQLite
+/// every file (main file, WAL, shared memory), on PostgreSQL a dump of its database.
 fn database_bytes(dir: &std::path::Path) -> Vec<u8> {
+    if backend() == Backend::Postgres {
+        return Cluster::shared().dump(&database_name(dir));
+    }
     let mut all = Vec::new();
     for name in ["mcpgw.db", "mcpgw.db-wal", "mcpgw.db-shm"] {
         all.extend(std::fs::read(dir.join(name)).unwrap_or_default());
@@ -776,11 +767,28 @@ fn database_bytes(dir: &std::path::Path) -> Vec<u8> {
     all
 }
 
+/// Runs one SQL statement on the (stopped) control plane's database, behind its back.
+fn run_sql(dir: &std::path::Path, sql: &str) {
+    if backend() == Backend::Postgres {
+        Cluster::shared().psql(&database_name(dir), sql);
+        return;
+    }
+    let script = "import sqlite3, sys\n\
+        db = sqlite3.connect(sys.argv[1])\n\
+        db.execute(sys.argv[2])\n\
+        db.commit()\n\
+        db.close()\n";
+    let status = std::process::Command::new("python3")
+        .args(["-c", script, dir.join("mcpgw.db").to_str().unwrap(), sql])
+        .status()
+        .expect("python3 runs");
+    assert!(status.success());
+}
+
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
 
-#[test]
 fn stored_secrets_are_encrypted_at_rest_and_need_their_key() {
     let cp = ControlPlane::start();
     let servers = json!([
@@ -801,7 +809,7 @@ fn stored_secrets_are_encrypted_at_rest_and_need_their_key() {
         assert!(!contains(&stored, secret), "{secret} is stored in clear");
     }
     #[cfg(unix)]
-    {
+    if backend() == Backend::Sqlite {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.join("secrets_key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -811,16 +819,8 @@ fn stored_secrets_are_encrypted_at_rest_and_need_their_key() {
     let dir = cp.stop();
     let legacy =
         json!({"server_name": "local", "config": {"command": "echo", "env": {"API_TOKEN": "legacy-secret-99"}}});
-    let script = "import sqlite3, sys\n\
-        db = sqlite3.connect(sys.argv[1])\n\
-        db.execute(\"UPDATE servers SET spec = ?, sealed = NULL WHERE name = 'local'\", (sys.argv[2],))\n\
-        db.commit()\n\
-        db.close()\n";
-    let status = std::process::Command::new("python3")
-        .args(["-c", script, dir.path().join("mcpgw.db").to_str().unwrap(), &legacy.to_string()])
-        .status()
-        .expect("python3 runs");
-    assert!(status.success());
+    let legacy = legacy.to_string().replace('\'', "''");
+    run_sql(dir.path(), &format!("UPDATE servers SET spec = '{legacy}', sealed = NULL WHERE name = 'local'"));
     assert!(contains(&database_bytes(dir.path()), "legacy-secret-99"), "the clear row is in place");
     let cp = ControlPlane::start_with(dir, Some(ADMIN_KEY));
     // A change republishes what the database holds (the file on disk may still be the old one).
@@ -833,17 +833,32 @@ fn stored_secrets_are_encrypted_at_rest_and_need_their_key() {
 
     // With another key, the control plane refuses to start instead of serving unreadable secrets.
     let dir = cp.stop();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_control-plane"))
-        .env_clear()
-        .env("MCPGW_DATA_DIR", dir.path())
-        .env("MCPGW_CONTROL_LISTEN", "127.0.0.1:0")
-        .env("MCPGW_ADMIN_API_KEY", ADMIN_KEY)
-        .env("MCPGW_SECRETS_KEY", "0".repeat(64))
-        .output()
-        .unwrap();
+    let start = |secrets_key: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_control-plane"));
+        cmd.env_clear()
+            .env("MCPGW_DATA_DIR", dir.path())
+            .env("MCPGW_CONTROL_LISTEN", "127.0.0.1:0")
+            .env("MCPGW_ADMIN_API_KEY", ADMIN_KEY);
+        if let Some(key) = secrets_key {
+            cmd.env("MCPGW_SECRETS_KEY", key);
+        }
+        if backend() == Backend::Postgres {
+            cmd.env("MCPGW_DATABASE_URL", Cluster::shared().url(&database_name(dir.path())));
+        }
+        cmd.output().unwrap()
+    };
+    let out = start(Some(&"0".repeat(64)));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot be decrypted with this key") && err.contains("MCPGW_SECRETS_KEY"), "{err}");
+    if backend() == Backend::Postgres {
+        // Instances of one database must share the key: none is generated, and the start says so.
+        let out = start(None);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("MCPGW_SECRETS_KEY is required with a PostgreSQL database"), "{err}");
+        return;
+    }
     // The right key from the environment works as well as the key file.
     let key = std::fs::read_to_string(dir.path().join("secrets_key")).unwrap();
     std::fs::remove_file(dir.path().join("secrets_key")).unwrap();
@@ -864,7 +879,6 @@ fn published_server(cp: &ControlPlane, config: &str, server: &str) -> Value {
     config["servers"].as_array().unwrap().iter().find(|s| s["server_name"] == server).unwrap().clone()
 }
 
-#[test]
 fn env_and_header_values_are_never_shown_and_survive_a_round_trip() {
     let cp = ControlPlane::start();
     let secrets = ["env-secret-11", "env-secret-12", "header-secret-13"];
@@ -937,3 +951,36 @@ fn env_and_header_values_are_never_shown_and_survive_a_round_trip() {
     assert_eq!(cp.call("PUT", "/api/v1/configs/masked/servers/local", Some(switched)).0, 422);
     assert_eq!(cp.db_revision(), before);
 }
+
+/// Runs each test once per database: `sqlite::<name>` and `postgres::<name>`.
+macro_rules! on_every_database {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::common::control_plane::{on, Backend};
+            $( #[test] fn $name() { on(Backend::Sqlite, super::$name) } )*
+        }
+        mod postgres {
+            use super::common::control_plane::{on, Backend};
+            $( #[test] fn $name() { on(Backend::Postgres, super::$name) } )*
+        }
+    };
+}
+
+on_every_database!(
+    health_is_open_and_everything_else_needs_the_key,
+    requests_a_page_of_another_site_could_send_are_refused_and_change_nothing,
+    admin_allowed_origins_replace_the_own_origin,
+    every_documented_operation_refuses_missing_and_wrong_keys,
+    full_lifecycle_of_every_resource,
+    api_key_needs_membership_and_future_expiry,
+    bad_input_gets_the_right_error_and_changes_nothing,
+    fifty_concurrent_creates_lose_nothing,
+    snapshot_follows_every_change_and_is_never_half_written,
+    secrets_appear_only_once_and_never_in_logs,
+    generated_admin_key_survives_restart_and_rotation_kills_the_old_one,
+    admin_key_from_the_environment_cannot_be_rotated_over_the_api,
+    the_cli_drives_the_admin_api_with_exit_codes_a_script_can_rely_on,
+    oauth_client_secrets_are_never_shown_and_survive_a_round_trip,
+    stored_secrets_are_encrypted_at_rest_and_need_their_key,
+    env_and_header_values_are_never_shown_and_survive_a_round_trip,
+);

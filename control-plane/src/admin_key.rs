@@ -2,12 +2,14 @@
 //! written once to `<data dir>/admin_apikey` (mode 0600). Only its argon2 hash is kept in the database.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use actix_web::web;
 use shared::api_key;
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 
 use crate::auth::AdminKey;
-use crate::store::{get_meta, set_meta};
+use crate::store::{Store, get_meta, set_meta};
 
 pub const HASH_META_KEY: &str = "admin_key_hash";
 /// Shortest admin key accepted from the environment.
@@ -27,7 +29,7 @@ impl AdminKeyFile {
 }
 
 /// Makes sure an admin key exists and returns the verifier for it.
-pub async fn bootstrap(pool: &SqlitePool, file: &AdminKeyFile, env_key: Option<&str>) -> anyhow::Result<AdminKey> {
+pub async fn bootstrap(pool: &AnyPool, file: &AdminKeyFile, env_key: Option<&str>) -> anyhow::Result<AdminKey> {
     let mut conn = pool.acquire().await?;
     let stored = get_meta(&mut conn, HASH_META_KEY).await?;
     match env_key {
@@ -59,10 +61,43 @@ pub async fn bootstrap(pool: &SqlitePool, file: &AdminKeyFile, env_key: Option<&
                 let key = api_key::generate_admin_key();
                 let hash = api_key::hash(&key)?;
                 file.replace(&key)?;
-                set_meta(&mut conn, HASH_META_KEY, &hash).await?;
+                // Instances starting together on one new database: the first one's key counts.
+                let inserted = sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT(key) DO NOTHING")
+                    .bind(HASH_META_KEY)
+                    .bind(&hash)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                if inserted == 0 {
+                    // This key was never accepted anywhere: leave no file that suggests otherwise.
+                    let _ = std::fs::remove_file(&file.path);
+                    let hash = get_meta(&mut conn, HASH_META_KEY).await?.unwrap_or(hash);
+                    tracing::info!(
+                        "another control-plane instance generated the admin API key; read it from its data dir"
+                    );
+                    return Ok(AdminKey::new(hash, None));
+                }
                 tracing::warn!(path = %file.path.display(), "generated a new admin API key; read it from this file (mode 0600)");
                 Ok(AdminKey::new(hash, Some(&key)))
             }
         },
     }
+}
+
+/// Follows the stored hash on every revision (another instance may rotate the key), so a rotated
+/// key stops working on every instance, not only on the one that rotated it.
+pub fn spawn_follower(store: Arc<Store>, admin: web::Data<AdminKey>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut revisions = store.subscribe();
+        while revisions.changed().await.is_ok() {
+            match store.conn().await {
+                Ok(mut conn) => {
+                    if let Ok(Some(hash)) = get_meta(&mut conn, HASH_META_KEY).await {
+                        admin.follow_stored(hash);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the admin key hash"),
+            }
+        }
+    })
 }

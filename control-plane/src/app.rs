@@ -20,13 +20,14 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::admin_key::{self, AdminKeyFile};
 use crate::api::configs::ServerRules;
+use crate::api::data_plane::{self, DataPlaneTokens};
 use crate::api::{api_keys, configs, import, oauth, pins, projects, system, users};
 use crate::auth::require_admin;
 use crate::browser::AllowedOrigins;
 use crate::error::ApiError;
 use crate::publish::Publisher;
 use crate::secrets::SecretBox;
-use crate::store::Store;
+use crate::store::{Database, Dialect, Store};
 
 /// Control-plane settings (flags, then `MCPGW_*` variables, then defaults).
 #[derive(Debug, Clone, clap::Args)]
@@ -34,9 +35,24 @@ pub struct Settings {
     /// Address of the admin API; port 0 picks a free port (the bound address is logged).
     #[arg(long, env = names::ENV_CONTROL_LISTEN, default_value = names::DEFAULT_CONTROL_LISTEN)]
     pub listen: String,
-    /// Directory for the SQLite database, the snapshot and a generated admin key.
+    /// Directory for the SQLite database (unless MCPGW_DATABASE_URL names another), the snapshot and
+    /// a generated admin key.
     #[arg(long, env = names::ENV_DATA_DIR, default_value = names::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+    /// The database: `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB` (any number of
+    /// instances may share one PostgreSQL database) [default: <data dir>/mcpgw.db].
+    #[arg(long, env = names::ENV_DATABASE_URL, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Tokens data planes on other hosts present to pull the snapshot and send their reports,
+    /// comma separated (several during a rotation); unset, no data plane can pull.
+    #[arg(long, env = names::ENV_DATA_PLANE_TOKEN, hide_env_values = true)]
+    pub data_plane_token: Option<String>,
+    /// PEM certificate chain: serve the admin API over HTTPS (with MCPGW_TLS_KEY).
+    #[arg(long, env = shared::tls::ENV_TLS_CERT)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of MCPGW_TLS_CERT.
+    #[arg(long, env = shared::tls::ENV_TLS_KEY)]
+    pub tls_key: Option<PathBuf>,
     /// Where to publish the snapshot [default: <data dir>/snapshot.json].
     #[arg(long, env = names::ENV_SNAPSHOT_PATH)]
     pub snapshot_path: Option<PathBuf>,
@@ -82,6 +98,14 @@ impl Settings {
         <Only as clap::Parser>::parse_from(["control-plane"]).s
     }
 
+    /// The database the settings name.
+    pub fn database(&self) -> anyhow::Result<Database> {
+        match self.database_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
+            None => Ok(Database::sqlite_file(&self.data_dir.join(names::DATABASE_FILE_NAME))),
+            Some(url) => Database::from_url(url),
+        }
+    }
+
     pub fn snapshot_path(&self) -> PathBuf {
         self.snapshot_path.clone().unwrap_or_else(|| names::default_snapshot_path(&self.data_dir))
     }
@@ -124,12 +148,16 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
     create_private_dir(&settings.data_dir)?;
     let secrets =
         SecretBox::load(settings.secrets_key.as_deref(), &settings.data_dir.join(names::SECRETS_KEY_FILE_NAME))?;
-    let store = Arc::new(Store::open(&settings.data_dir.join(names::DATABASE_FILE_NAME), secrets).await?);
+    let store = Arc::new(Store::open(settings.database()?, secrets).await?);
+    let following = store.spawn_follower();
     let key_file = AdminKeyFile {
         path: settings.data_dir.join(names::ADMIN_KEY_FILE_NAME),
         from_env: settings.admin_api_key.is_some(),
     };
     let admin = web::Data::new(admin_key::bootstrap(&store.pool, &key_file, settings.admin_api_key.as_deref()).await?);
+    let admin_following = following.is_some().then(|| admin_key::spawn_follower(store.clone(), admin.clone()));
+    let data_planes = web::Data::new(DataPlaneTokens::parse(settings.data_plane_token.as_deref())?);
+    let tls = shared::tls::server_config(settings.tls_cert.as_deref(), settings.tls_key.as_deref())?;
     let key_file = web::Data::new(key_file);
     let publisher = Publisher::new(settings.snapshot_path(), settings.snapshot_settings()?);
     let publishing = publisher.spawn(store.clone());
@@ -153,6 +181,7 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
             .app_data(token_http.clone())
             .app_data(origins.clone())
             .app_data(rules.clone())
+            .app_data(data_planes.clone())
             .app_data(
                 web::QueryConfig::default()
                     .error_handler(|e, _| ApiError::BadRequest(format!("query string: {e}")).into()),
@@ -170,6 +199,13 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
             )
             .service(system::health)
             .service(oauth::callback)
+            // Data planes present their own token, not the admin key.
+            .service(
+                web::scope("/api/v1/data-plane")
+                    .wrap(from_fn(crate::browser::guard))
+                    .configure(data_plane::routes)
+                    .default_service(web::to(not_found)),
+            )
             .service(
                 web::scope("")
                     .wrap(from_fn(require_admin))
@@ -200,10 +236,15 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
             )
     })
     .workers(2)
-    .disable_signals()
-    .listen(listener)?
+    .disable_signals();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, (*config).clone())?,
+        None => server.listen(listener)?,
+    }
     .run();
-    tracing::info!("control plane listening on http://{addr}");
+    tracing::info!(database = %store.database_display(), "database open");
+    tracing::info!("control plane listening on {scheme}://{addr}");
     let handle = server.handle();
     tokio::spawn(async move {
         shutdown.await;
@@ -212,6 +253,8 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
     let result = server.await;
     publishing.abort();
     renewing.abort();
+    following.inspect(|t| t.abort());
+    admin_following.inspect(|t| t.abort());
     result.map_err(Into::into)
 }
 
@@ -266,7 +309,7 @@ pub fn cli_main() -> anyhow::Result<()> {
     #[command(
         name = "control-plane",
         version,
-        about = "mcpgw admin REST API over SQLite; publishes the config snapshot"
+        about = "mcpgw admin REST API over SQLite or PostgreSQL; publishes the config snapshot"
     )]
     struct Cli {
         #[command(subcommand)]
@@ -312,6 +355,15 @@ impl Settings {
         if let Some(key) = &self.secrets_key {
             SecretBox::check_env_key(key)?;
         }
+        let database = self.database()?;
+        anyhow::ensure!(
+            database.dialect == Dialect::Sqlite || self.secrets_key.is_some(),
+            "{} is required with a PostgreSQL database: every instance must encrypt stored secrets with the same \
+             key (32 bytes as base64, e.g. `openssl rand -base64 32`), so none is generated",
+            names::ENV_SECRETS_KEY
+        );
+        DataPlaneTokens::parse(self.data_plane_token.as_deref())?;
+        shared::tls::server_config(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
         AllowedOrigins::parse(&self.admin_allowed_origins)?;
         self.server_rules().map(|_| ())
     }

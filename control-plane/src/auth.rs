@@ -47,6 +47,15 @@ impl AdminKey {
         *st = KeyState { hash, verified: Some(api_key::fingerprint(key)) };
     }
 
+    /// Takes the hash stored now (another instance of the same database may have rotated the key):
+    /// a changed hash forgets the verified key, so the old key stops working here too.
+    pub fn follow_stored(&self, hash: String) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.hash != hash {
+            *st = KeyState { hash, verified: None };
+        }
+    }
+
     /// Whether `presented` is the admin key.
     pub async fn check(&self, presented: &str) -> bool {
         let fp = api_key::fingerprint(presented);

@@ -15,6 +15,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("a valid admin API key is required (Authorization: Bearer <key>, or apikey: <key>)")]
     Unauthorized,
+    /// A data-plane route without a valid data-plane token.
+    #[error("{0}")]
+    DataPlaneUnauthorized(String),
     /// The Swagger UI's pages, which a browser may open with HTTP Basic (see [`crate::auth`]).
     #[error(
         "a valid admin API key is required (HTTP Basic with any user name and the key as password, or Authorization: Bearer <key>)"
@@ -38,6 +41,9 @@ pub enum ApiError {
     /// A server the control plane called on the admin's behalf (an OAuth token endpoint) failed.
     #[error("{0}")]
     BadGateway(String),
+    /// The database cannot be reached (it is down, restarting or out of connections).
+    #[error("the database is unavailable ({0}); retry shortly")]
+    Unavailable(String),
     #[error("internal error; the details are in the control plane's log")]
     Internal(String),
 }
@@ -46,7 +52,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad_request",
-            ApiError::Unauthorized | ApiError::DocsUnauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::DocsUnauthorized | ApiError::DataPlaneUnauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
@@ -54,6 +60,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Invalid(_) => "invalid_field",
             ApiError::BadGateway(_) => "bad_gateway",
+            ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -76,7 +83,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code: bad_request, unauthorized, forbidden, not_found, conflict,
-    /// payload_too_large, unsupported_media_type, invalid_field, bad_gateway, internal.
+    /// payload_too_large, unsupported_media_type, invalid_field, bad_gateway, unavailable, internal.
     pub code: String,
     /// What went wrong and what to do about it.
     pub message: String,
@@ -92,7 +99,9 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized | ApiError::DocsUnauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::DocsUnauthorized | ApiError::DataPlaneUnauthorized(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -100,6 +109,7 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -119,6 +129,9 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => {
                 resp.insert_header(("WWW-Authenticate", "Bearer realm=\"mcpgw admin\""));
             }
+            ApiError::DataPlaneUnauthorized(_) => {
+                resp.insert_header(("WWW-Authenticate", "Bearer realm=\"mcpgw data plane\""));
+            }
             _ => {}
         }
         resp.json(body)
@@ -134,8 +147,18 @@ impl From<sqlx::Error> for ApiError {
             if db.is_foreign_key_violation() {
                 return ApiError::Conflict("the resource is still referenced by another resource".into());
             }
+            // PostgreSQL: connection exceptions (08...) and a server shutting down or starting (57P..).
+            if db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) {
+                return ApiError::Unavailable(db.message().to_string());
+            }
         }
-        ApiError::Internal(e.to_string())
+        match e {
+            sqlx::Error::PoolTimedOut => ApiError::Unavailable("no database connection within 3 s".into()),
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+                ApiError::Unavailable(e.to_string())
+            }
+            e => ApiError::Internal(e.to_string()),
+        }
     }
 }
 
@@ -171,6 +194,7 @@ fn responses(codes: &[u16]) -> BTreeMap<String, RefOr<Response>> {
                 415 => "The body is not sent as Content-Type: application/json",
                 422 => "Invalid field values",
                 502 => "The upstream's OAuth token endpoint failed or refused the request",
+                503 => "The database is unavailable; retry shortly",
                 _ => "Error",
             };
             (c.to_string(), error_response(d))
@@ -182,7 +206,7 @@ fn responses(codes: &[u16]) -> BTreeMap<String, RefOr<Response>> {
 pub struct ReadErrors;
 impl utoipa::IntoResponses for ReadErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
-        responses(&[400, 401, 403, 404])
+        responses(&[400, 401, 403, 404, 503])
     }
 }
 
@@ -190,7 +214,7 @@ impl utoipa::IntoResponses for ReadErrors {
 pub struct ListErrors;
 impl utoipa::IntoResponses for ListErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
-        responses(&[400, 401, 403, 404, 422])
+        responses(&[400, 401, 403, 404, 422, 503])
     }
 }
 
@@ -198,7 +222,7 @@ impl utoipa::IntoResponses for ListErrors {
 pub struct WriteErrors;
 impl utoipa::IntoResponses for WriteErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
-        responses(&[400, 401, 403, 404, 409, 413, 415, 422])
+        responses(&[400, 401, 403, 404, 409, 413, 415, 422, 503])
     }
 }
 
@@ -206,7 +230,7 @@ impl utoipa::IntoResponses for WriteErrors {
 pub struct OAuthErrors;
 impl utoipa::IntoResponses for OAuthErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
-        responses(&[400, 401, 403, 404, 409, 415, 422, 502])
+        responses(&[400, 401, 403, 404, 409, 415, 422, 502, 503])
     }
 }
 
@@ -214,7 +238,7 @@ impl utoipa::IntoResponses for OAuthErrors {
 pub struct CallbackErrors;
 impl utoipa::IntoResponses for CallbackErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
-        responses(&[400, 404, 409, 422, 502])
+        responses(&[400, 404, 409, 422, 502, 503])
     }
 }
 
@@ -222,6 +246,6 @@ impl utoipa::IntoResponses for CallbackErrors {
 pub struct ActionErrors;
 impl utoipa::IntoResponses for ActionErrors {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
-        responses(&[400, 401, 403, 404, 409, 415])
+        responses(&[400, 401, 403, 404, 409, 415, 503])
     }
 }

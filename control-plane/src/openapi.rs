@@ -4,7 +4,7 @@
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::api::{api_keys, configs, import, oauth, pins, projects, system, users};
+use crate::api::{api_keys, configs, data_plane, import, oauth, pins, projects, system, users};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::publish::PublishStatus;
 
@@ -13,10 +13,11 @@ use crate::publish::PublishStatus;
     info(
         title = "mcpgw admin API",
         description = "Manage users, projects, MCP configs and API keys of the mcpgw MCP gateway. \
-            Every route but /health and /oauth/callback needs the admin key: `Authorization: Bearer <admin key>` \
+            Every route but /health, /oauth/callback and /api/v1/data-plane/* needs the admin key: `Authorization: Bearer <admin key>` \
             or the header `apikey: <admin key>` (HTTP Basic with the key as password opens this page only). \
             Request bodies are `Content-Type: application/json`. Requests from web pages of other sites \
             (`Origin`, `Sec-Fetch-Site`) are refused with 403. \
+            The /api/v1/data-plane/* routes take only a data-plane token (`MCPGW_DATA_PLANE_TOKEN`). \
             Errors are `{\"error\": {\"code\", \"message\"}}`.",
         license(name = "Apache-2.0")
     ),
@@ -32,6 +33,7 @@ use crate::publish::PublishStatus;
         api_keys::create_key, api_keys::list_keys, api_keys::get_key, api_keys::delete_key, api_keys::rotate_key,
         api_keys::disable_key, api_keys::enable_key, import::import, import::export_config,
         oauth::authorize, oauth::oauth_status, oauth::forget_tokens, oauth::callback,
+        data_plane::snapshot, data_plane::observations,
     ),
     components(schemas(ErrorBody, ErrorDetail, PublishStatus)),
     modifiers(&Security),
@@ -44,6 +46,7 @@ use crate::publish::PublishStatus;
         (name = "pins", description = "Approved tool definitions (rug-pull protection) and changes awaiting review"),
         (name = "api-keys", description = "Client keys for the MCP gateway (secrets shown once)"),
         (name = "system", description = "Health, snapshot publishing, admin key, import of a Python gateway config"),
+        (name = "data-plane", description = "What data planes on other hosts use, with a data-plane token: the snapshot, their reports"),
     )
 )]
 pub struct ApiDoc;
@@ -60,6 +63,15 @@ impl utoipa::Modify for Security {
             ),
         );
         components.add_security_scheme("apikey", SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("apikey"))));
+        components.add_security_scheme(
+            "data_plane_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A data-plane token (MCPGW_DATA_PLANE_TOKEN)"))
+                    .build(),
+            ),
+        );
     }
 }
 

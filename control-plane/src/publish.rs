@@ -1,6 +1,8 @@
-//! Snapshot publishing: after every committed change, read the whole configuration in one consistent
-//! read transaction and write it atomically to the snapshot file. Bursts coalesce (the task always
-//! publishes the latest revision); a failed write is retried and reported in the status.
+//! Snapshot publishing: after every committed change (here, or through another instance of the same
+//! database), read the whole configuration in one consistent read transaction, keep it in memory for
+//! data planes that pull it over the network, and write it atomically to the snapshot file. Bursts
+//! coalesce (the task always publishes the latest revision); a failed write is retried and reported
+//! in the status.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,7 +17,8 @@ use shared::snapshot::{
     FORMAT_VERSION, Snapshot, SnapshotApiKey, SnapshotConfig, SnapshotProject, SnapshotSettings, SnapshotUser,
     ToolNaming,
 };
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
+use tokio::sync::watch;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -44,12 +47,26 @@ pub struct Publisher {
     /// Installation-wide settings every snapshot carries.
     settings: SnapshotSettings,
     status: Mutex<PublishStatus>,
+    /// The newest snapshot built, as the bytes of the file (served to data planes).
+    latest: watch::Sender<Option<Arc<Built>>>,
+}
+
+/// One built snapshot.
+pub struct Built {
+    pub revision: u64,
+    pub bytes: Vec<u8>,
 }
 
 impl Publisher {
     pub fn new(path: PathBuf, settings: SnapshotSettings) -> Arc<Self> {
         let status = PublishStatus { path: path.display().to_string(), ..Default::default() };
-        Arc::new(Self { path, settings, status: Mutex::new(status) })
+        let (latest, _) = watch::channel(None);
+        Arc::new(Self { path, settings, status: Mutex::new(status), latest })
+    }
+
+    /// Follows the newest built snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Built>>> {
+        self.latest.subscribe()
     }
 
     /// Where the snapshot is published.
@@ -86,15 +103,16 @@ impl Publisher {
 
     async fn publish_once(&self, store: &Store) -> bool {
         let result = async {
-            let mut tx = store.pool.begin().await?;
+            let mut tx = store.begin_consistent_read().await?;
             let snapshot = build(&mut tx, &store.secrets, &self.settings).await?;
             tx.rollback().await?;
             snapshot.validate()?;
-            let bytes = serde_json::to_vec_pretty(&snapshot)?;
+            let built = Arc::new(Built { revision: snapshot.revision, bytes: serde_json::to_vec_pretty(&snapshot)? });
+            self.latest.send_replace(Some(built.clone()));
             let path = self.path.clone();
-            let written = bytes.clone();
-            tokio::task::spawn_blocking(move || shared::snapshot_file::write_bytes(&path, &written)).await??;
-            Ok::<_, anyhow::Error>((snapshot.revision, hex::encode(Sha256::digest(&bytes))))
+            let written = built.clone();
+            tokio::task::spawn_blocking(move || shared::snapshot_file::write_bytes(&path, &written.bytes)).await??;
+            Ok::<_, anyhow::Error>((snapshot.revision, hex::encode(Sha256::digest(&built.bytes))))
         }
         .await;
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
@@ -118,7 +136,7 @@ impl Publisher {
 
 /// Reads the whole configuration (call inside one transaction for a consistent view).
 pub async fn build(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     secrets: &SecretBox,
     settings: &SnapshotSettings,
 ) -> anyhow::Result<Snapshot> {
@@ -190,7 +208,7 @@ pub async fn build(
         name: Option<String>,
         hash: String,
         expires_at: Option<String>,
-        disabled: bool,
+        disabled: i64,
     }
     let keys: Vec<KeyRow> =
         sqlx::query_as("SELECT id, project_id, user_id, name, hash, expires_at, disabled FROM api_keys ORDER BY id")
@@ -206,7 +224,7 @@ pub async fn build(
                 user_id: uuid(&k.user_id)?,
                 name: k.name,
                 hash: k.hash,
-                disabled: k.disabled,
+                disabled: k.disabled != 0,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

@@ -1,4 +1,4 @@
-//! Encryption at rest of the secrets the control plane keeps in SQLite: servers' environment and
+//! Encryption at rest of the secrets the control plane keeps in its database: servers' environment and
 //! header values and OAuth client secrets, and upstream OAuth tokens.
 //!
 //! AES-256-GCM with a random 96-bit nonce per value; the purpose of a value is bound in as
@@ -13,7 +13,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rand::RngCore;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use shared::ServerSpec;
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 
 /// Format tag of a sealed value, so the scheme can change without guessing.
 const VERSION: &str = "v1.";
@@ -131,7 +131,7 @@ impl SecretBox {
 
     /// Seals the secrets of rows written before they were sealed, and checks that every sealed row
     /// opens with this key, so a wrong key stops the start instead of failing later.
-    pub async fn seal_stored(&self, pool: &SqlitePool) -> anyhow::Result<()> {
+    pub async fn seal_stored(&self, pool: &AnyPool, dialect: crate::store::Dialect) -> anyhow::Result<()> {
         let rows: Vec<(String, String, String, Option<String>)> =
             sqlx::query_as("SELECT config_id, name, spec, sealed FROM servers").fetch_all(pool).await?;
         let mut sealed_now = 0;
@@ -139,7 +139,7 @@ impl SecretBox {
             let spec = self.open_spec(&spec, sealed.as_deref())?;
             if sealed.is_none() {
                 let (stored, sealed) = self.seal_spec(&spec)?;
-                sqlx::query("UPDATE servers SET spec = ?, sealed = ? WHERE config_id = ? AND name = ?")
+                sqlx::query("UPDATE servers SET spec = $1, sealed = $2 WHERE config_id = $3 AND name = $4")
                     .bind(stored)
                     .bind(sealed)
                     .bind(&config_id)
@@ -154,8 +154,10 @@ impl SecretBox {
             self.open(crate::upstream_oauth::ACCESS_TOKEN, &token)?;
         }
         if sealed_now > 0 {
-            // Move the sealed pages into the database file now, so no plaintext page outlives this.
-            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(pool).await?;
+            if dialect == crate::store::Dialect::Sqlite {
+                // Move the sealed pages into the database file now, so no plaintext page outlives this.
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(pool).await?;
+            }
             tracing::info!(servers = sealed_now, "encrypted the secrets of servers stored before encryption");
         }
         Ok(())

@@ -21,7 +21,7 @@ use shared::ServerSpec;
 use shared::oauth::{Grant, OAuthConfig};
 use shared::snapshot::IssuedToken;
 use shared::token_endpoint::{self, GrantRequest, TokenAnswer, TokenError};
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use utoipa::ToSchema;
 
 use crate::api::configs;
@@ -97,7 +97,7 @@ struct Target {
 
 impl Target {
     async fn load(
-        conn: &mut SqliteConnection,
+        conn: &mut AnyConnection,
         secrets: &SecretBox,
         config: &str,
         server: &str,
@@ -175,10 +175,10 @@ pub async fn start(
         }
     }
     let expires_at = Utc::now() + AUTHORIZATION_TTL;
-    sqlx::query("DELETE FROM oauth_authorizations WHERE expires_at < ?").bind(now()).execute(&mut *w.tx).await?;
+    sqlx::query("DELETE FROM oauth_authorizations WHERE expires_at < $1").bind(now()).execute(&mut *w.tx).await?;
     sqlx::query(
         "INSERT INTO oauth_authorizations (state_hash, config_id, server, verifier, redirect_uri, created_at, expires_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(state_hash(&state))
     .bind(&target.config_id)
@@ -199,7 +199,7 @@ pub async fn complete(store: &Store, http: &reqwest::Client, state: &str, code: 
     // The state is consumed first: it is single use even when the exchange fails.
     let mut w = store.begin_write().await?;
     let pending: Option<(String, String, String, String, String)> = sqlx::query_as(
-        "DELETE FROM oauth_authorizations WHERE state_hash = ? \
+        "DELETE FROM oauth_authorizations WHERE state_hash = $1 \
          RETURNING config_id, server, verifier, redirect_uri, expires_at",
     )
     .bind(state_hash(state))
@@ -225,7 +225,7 @@ pub async fn complete(store: &Store, http: &reqwest::Client, state: &str, code: 
     let mut w = store.begin_write().await?;
     sqlx::query(
         "INSERT INTO oauth_tokens (config_id, server, access_token, refresh_token, expires_at, scope, obtained_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
          ON CONFLICT (config_id, server) DO UPDATE SET access_token = excluded.access_token, \
          refresh_token = excluded.refresh_token, expires_at = excluded.expires_at, scope = excluded.scope, \
          obtained_at = excluded.obtained_at, refreshed_at = NULL, last_error = NULL",
@@ -259,8 +259,8 @@ pub async fn status(store: &Store, config: &str, server: &str) -> Result<OAuthSt
     let mut conn = store.conn().await?;
     let target = Target::load(&mut conn, &store.secrets, config, server).await?;
     let row: Option<TokenRow> = sqlx::query_as(
-        "SELECT refresh_token IS NOT NULL, expires_at, scope, obtained_at, refreshed_at, last_error \
-         FROM oauth_tokens WHERE config_id = ? AND server = ?",
+        "SELECT CASE WHEN refresh_token IS NULL THEN 0 ELSE 1 END, expires_at, scope, obtained_at, refreshed_at, last_error \
+         FROM oauth_tokens WHERE config_id = $1 AND server = $2",
     )
     .bind(&target.config_id)
     .bind(&target.server)
@@ -281,6 +281,7 @@ pub async fn status(store: &Store, config: &str, server: &str) -> Result<OAuthSt
         needs_authorization: by_code && row.is_none(),
     };
     if let Some((renewable, expires_at, scope, obtained_at, refreshed_at, last_error)) = row {
+        let renewable = renewable != 0;
         status.expires_at = opt_time(&expires_at);
         status.needs_authorization = !renewable && status.expires_at.is_some_and(|t| t <= Utc::now());
         (status.renewable, status.scope, status.last_error) = (renewable, scope, last_error);
@@ -289,13 +290,13 @@ pub async fn status(store: &Store, config: &str, server: &str) -> Result<OAuthSt
     Ok(status)
 }
 
-type TokenRow = (bool, Option<String>, Option<String>, String, Option<String>, Option<String>);
+type TokenRow = (i64, Option<String>, Option<String>, String, Option<String>, Option<String>);
 
 /// Forgets a server's tokens (data planes stop using them with the next snapshot).
 pub async fn forget(store: &Store, config: &str, server: &str) -> Result<(), ApiError> {
     let mut w = store.begin_write().await?;
     let target = Target::load(&mut w.tx, &store.secrets, config, server).await?;
-    let removed = sqlx::query("DELETE FROM oauth_tokens WHERE config_id = ? AND server = ?")
+    let removed = sqlx::query("DELETE FROM oauth_tokens WHERE config_id = $1 AND server = $2")
         .bind(&target.config_id)
         .bind(&target.server)
         .execute(&mut *w.tx)
@@ -320,7 +321,7 @@ pub fn same_authority(old: &ServerSpec, new: &ServerSpec) -> bool {
 
 /// The access tokens every published snapshot carries, by config id.
 pub async fn issued_tokens(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     secrets: &SecretBox,
 ) -> anyhow::Result<HashMap<String, Vec<IssuedToken>>> {
     let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
@@ -347,13 +348,23 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?)
 }
 
+/// Names the renewal for [`Store::lead`]: one instance of a shared database renews at a time.
+const RENEWAL_LEADER: i64 = 0x6d63_7067_7702;
+/// How often an instance that does not renew looks whether the one that does is still there.
+const FOLLOWER_RETRY: Duration = Duration::from_secs(5);
+
 /// Renews access tokens before they expire, for as long as the control plane runs.
 pub fn spawn_refresher(store: Arc<Store>, http: reqwest::Client) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut changes = store.subscribe();
         let mut retry_at: HashMap<(String, String), DateTime<Utc>> = HashMap::new();
+        let mut leadership = None;
         loop {
             changes.mark_unchanged();
+            if !store.lead(&mut leadership, RENEWAL_LEADER).await {
+                tokio::time::sleep(FOLLOWER_RETRY).await;
+                continue;
+            }
             let wait = match renew_due(&store, &http, &mut retry_at).await {
                 Ok(wait) => wait,
                 Err(e) => {
@@ -420,9 +431,9 @@ async fn renew_due(
                 tracing::warn!(config = %target.config_name, server = %target.server, error = %message, "OAuth token renewal failed");
                 let mut w = store.begin_write().await?;
                 sqlx::query(
-                    "UPDATE oauth_tokens SET last_error = ?, \
-                     refresh_token = CASE WHEN ? THEN NULL ELSE refresh_token END \
-                     WHERE config_id = ? AND server = ?",
+                    "UPDATE oauth_tokens SET last_error = $1, \
+                     refresh_token = CASE WHEN $2 THEN NULL ELSE refresh_token END \
+                     WHERE config_id = $3 AND server = $4",
                 )
                 .bind(&message)
                 .bind(invalid)
@@ -447,8 +458,8 @@ async fn save_renewed(store: &Store, target: &Target, answer: &TokenAnswer) -> R
     let mut w = store.begin_write().await?;
     // A rotated refresh token replaces the old one; otherwise the old one stays valid.
     sqlx::query(
-        "UPDATE oauth_tokens SET access_token = ?, refresh_token = COALESCE(?, refresh_token), expires_at = ?, \
-         scope = COALESCE(?, scope), refreshed_at = ?, last_error = NULL WHERE config_id = ? AND server = ?",
+        "UPDATE oauth_tokens SET access_token = $1, refresh_token = COALESCE($2, refresh_token), expires_at = $3, \
+         scope = COALESCE($4, scope), refreshed_at = $5, last_error = NULL WHERE config_id = $6 AND server = $7",
     )
     .bind(store.secrets.seal(ACCESS_TOKEN, answer.access_token.as_bytes()))
     .bind(answer.refresh_token.as_ref().map(|t| store.secrets.seal(REFRESH_TOKEN, t.as_bytes())))

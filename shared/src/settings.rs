@@ -12,6 +12,14 @@ pub const ENV_LOG_FORMAT: &str = "MCPGW_LOG_FORMAT";
 pub const ENV_SECRETS_KEY: &str = "MCPGW_SECRETS_KEY";
 /// Executables (or directories of them) stdio servers may run; unset, any (see [`crate::stdio_commands`]).
 pub const ENV_STDIO_COMMANDS: &str = "MCPGW_STDIO_COMMANDS";
+/// The control plane's database (`sqlite://...` or `postgres://...`); unset, SQLite in the data dir.
+pub const ENV_DATABASE_URL: &str = "MCPGW_DATABASE_URL";
+/// The credential data planes present to pull the snapshot (comma separated on the control plane).
+pub const ENV_DATA_PLANE_TOKEN: &str = "MCPGW_DATA_PLANE_TOKEN";
+/// The control plane a data plane pulls its snapshot from.
+pub const ENV_CONTROL_URL: &str = "MCPGW_CONTROL_URL";
+/// Extra trust anchors (PEM) for the control plane's certificate.
+pub const ENV_CONTROL_CA: &str = "MCPGW_CONTROL_CA";
 /// Browser origins the admin API accepts requests from.
 pub const ENV_ADMIN_ALLOWED_ORIGINS: &str = "MCPGW_ADMIN_ALLOWED_ORIGINS";
 

@@ -1,4 +1,6 @@
-//! Starts the real `control-plane` binary on an ephemeral port with a temporary data dir.
+//! Starts the real `control-plane` binary on an ephemeral port with a temporary data dir, on the
+//! database the running test asks for (see [`on`]): SQLite in the data dir, or a PostgreSQL database
+//! of its own in the shared test cluster.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -9,6 +11,36 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
+/// The secrets key of control planes on PostgreSQL (where none is generated).
+pub const SECRETS_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// The database the control planes of a test run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+thread_local! {
+    static BACKEND: std::cell::Cell<Backend> = const { std::cell::Cell::new(Backend::Sqlite) };
+}
+
+/// Runs `test` with its control planes on `backend`.
+pub fn on(backend: Backend, test: fn()) {
+    BACKEND.with(|b| b.set(backend));
+    test();
+}
+
+/// The database the running test's control planes use.
+pub fn backend() -> Backend {
+    BACKEND.with(|b| b.get())
+}
+
+/// The PostgreSQL database of a control plane with data dir `dir` (the same across restarts).
+pub fn database_name(dir: &Path) -> String {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
+}
 
 pub struct ControlPlane {
     pub child: Child,
@@ -79,6 +111,13 @@ impl ControlPlane {
         if let Some(k) = admin_key {
             cmd.env("MCPGW_ADMIN_API_KEY", k);
         }
+        let named = |name: &str| env.iter().any(|(k, _)| *k == name);
+        if backend() == Backend::Postgres && !named("MCPGW_DATABASE_URL") {
+            cmd.env("MCPGW_DATABASE_URL", super::postgres::Cluster::shared().database(&database_name(dir.path())));
+            if !named("MCPGW_SECRETS_KEY") {
+                cmd.env("MCPGW_SECRETS_KEY", SECRETS_KEY);
+            }
+        }
         let mut child = cmd.spawn().expect("spawn control-plane");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
@@ -87,7 +126,7 @@ impl ControlPlane {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(i) = line.find("control plane listening on http://") {
+                    if let Some(i) = line.find("control plane listening on http") {
                         let addr = line[i + "control plane listening on ".len()..].trim().to_string();
                         let _ = tx.send(addr);
                     }

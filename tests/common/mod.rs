@@ -3,6 +3,7 @@
 
 pub mod control_plane;
 pub mod data_plane;
+pub mod postgres;
 
 /// Runs blocking test I/O (the blocking HTTP client) also from inside an async test body.
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {

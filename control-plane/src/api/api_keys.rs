@@ -6,7 +6,7 @@ use actix_web::{HttpResponse, delete, get, post, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::api_key;
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -85,7 +85,8 @@ struct KeyRow {
     user_email: String,
     created_at: String,
     expires_at: Option<String>,
-    disabled: bool,
+    /// 0 or 1 (an integer on every database).
+    disabled: i64,
     disabled_at: Option<String>,
     rotated_at: Option<String>,
 }
@@ -103,7 +104,7 @@ impl From<KeyRow> for ApiKey {
             created_at: time(&r.created_at),
             expired: expires_at.is_some_and(|e| e <= Utc::now()),
             expires_at,
-            disabled: r.disabled,
+            disabled: r.disabled != 0,
             disabled_at: opt_time(&r.disabled_at),
             rotated_at: opt_time(&r.rotated_at),
         }
@@ -118,8 +119,8 @@ macro_rules! key_select {
     };
 }
 
-async fn fetch(conn: &mut SqliteConnection, id: &str) -> Result<ApiKey, ApiError> {
-    sqlx::query_as::<_, KeyRow>(concat!(key_select!(), "WHERE k.id = ?"))
+async fn fetch(conn: &mut AnyConnection, id: &str) -> Result<ApiKey, ApiError> {
+    sqlx::query_as::<_, KeyRow>(concat!(key_select!(), "WHERE k.id = $1"))
         .bind(id)
         .fetch_optional(conn)
         .await?
@@ -167,11 +168,12 @@ pub async fn create_key(
     let mut w = store.begin_write().await?;
     let project = projects::resolve(&mut w.tx, &body.project).await.map_err(|e| body_ref(e, "project"))?;
     let user = users::resolve(&mut w.tx, &body.user).await.map_err(|e| body_ref(e, "user"))?;
-    let member: Option<i64> = sqlx::query_scalar("SELECT 1 FROM project_members WHERE project_id = ? AND user_id = ?")
-        .bind(&project.id)
-        .bind(&user.id)
-        .fetch_optional(&mut *w.tx)
-        .await?;
+    let member: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM project_members WHERE project_id = $1 AND user_id = $2")
+            .bind(&project.id)
+            .bind(&user.id)
+            .fetch_optional(&mut *w.tx)
+            .await?;
     if member.is_none() {
         return Err(ApiError::invalid(
             "user",
@@ -181,7 +183,7 @@ pub async fn create_key(
             ),
         ));
     }
-    sqlx::query("INSERT INTO api_keys (id, project_id, user_id, name, hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO api_keys (id, project_id, user_id, name, hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
         .bind(&key.id)
         .bind(&project.id)
         .bind(&user.id)
@@ -216,7 +218,7 @@ pub async fn list_keys(
     };
     let rows = sqlx::query_as::<_, KeyRow>(concat!(
         key_select!(),
-        "WHERE k.id > ?1 AND (?4 IS NULL OR k.project_id = ?4) AND (?5 IS NULL OR k.user_id = ?5) ORDER BY k.id LIMIT ?2 OFFSET ?3"
+        "WHERE k.id > $1 AND ($4 IS NULL OR k.project_id = $4) AND ($5 IS NULL OR k.user_id = $5) ORDER BY k.id LIMIT $2 OFFSET $3"
     ))
     .bind(&page.after)
     .bind(page.fetch_limit())
@@ -244,7 +246,7 @@ pub async fn get_key(store: web::Data<Store>, path: web::Path<String>) -> Result
 pub async fn delete_key(store: web::Data<Store>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let mut w = store.begin_write().await?;
     let key = fetch(&mut w.tx, &path).await?;
-    sqlx::query("DELETE FROM api_keys WHERE id = ?").bind(&key.id).execute(&mut *w.tx).await?;
+    sqlx::query("DELETE FROM api_keys WHERE id = $1").bind(&key.id).execute(&mut *w.tx).await?;
     w.commit("delete", "api_key", &key.id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -257,7 +259,7 @@ pub async fn rotate_key(store: web::Data<Store>, path: web::Path<String>) -> Res
     let id = fetch(&mut *store.conn().await?, &path).await?.id;
     let (key, hash) = new_secret(Some(id.clone())).await?;
     let mut w = store.begin_write().await?;
-    let done = sqlx::query("UPDATE api_keys SET hash = ?, rotated_at = ? WHERE id = ?")
+    let done = sqlx::query("UPDATE api_keys SET hash = $1, rotated_at = $2 WHERE id = $3")
         .bind(&hash)
         .bind(now())
         .bind(&id)
@@ -275,8 +277,8 @@ async fn set_disabled(store: &Store, id: &str, disabled: bool) -> Result<HttpRes
     let mut w = store.begin_write().await?;
     let key = fetch(&mut w.tx, id).await?;
     if key.disabled != disabled {
-        sqlx::query("UPDATE api_keys SET disabled = ?, disabled_at = ? WHERE id = ?")
-            .bind(disabled)
+        sqlx::query("UPDATE api_keys SET disabled = $1, disabled_at = $2 WHERE id = $3")
+            .bind(i64::from(disabled))
             .bind(disabled.then(now))
             .bind(&key.id)
             .execute(&mut *w.tx)

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use shared::snapshot::{SnapshotConfig, ToolNaming, validate_config_servers};
 use shared::stdio_commands::StdioCommands;
 use shared::{ServerSpec, Transport};
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -138,10 +138,10 @@ fn naming_str(n: ToolNaming) -> &'static str {
 }
 
 /// Looks a config up by id or name.
-pub(crate) async fn resolve(conn: &mut SqliteConnection, ident: &str) -> Result<ConfigRow, ApiError> {
+pub(crate) async fn resolve(conn: &mut AnyConnection, ident: &str) -> Result<ConfigRow, ApiError> {
     if let Some(id) = as_uuid(ident)
         && let Some(r) = sqlx::query_as::<_, ConfigRow>(
-            "SELECT id, name, description, tool_naming, created_at, updated_at FROM mcp_configs WHERE id = ?",
+            "SELECT id, name, description, tool_naming, created_at, updated_at FROM mcp_configs WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&mut *conn)
@@ -150,7 +150,7 @@ pub(crate) async fn resolve(conn: &mut SqliteConnection, ident: &str) -> Result<
         return Ok(r);
     }
     sqlx::query_as::<_, ConfigRow>(
-        "SELECT id, name, description, tool_naming, created_at, updated_at FROM mcp_configs WHERE name = ?",
+        "SELECT id, name, description, tool_naming, created_at, updated_at FROM mcp_configs WHERE name = $1",
     )
     .bind(ident)
     .fetch_optional(&mut *conn)
@@ -160,12 +160,12 @@ pub(crate) async fn resolve(conn: &mut SqliteConnection, ident: &str) -> Result<
 
 /// The servers of a config, in order.
 pub(crate) async fn servers(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     secrets: &SecretBox,
     config_id: &str,
 ) -> Result<Vec<ServerSpec>, ApiError> {
     let rows: Vec<(String, Option<String>)> =
-        sqlx::query_as("SELECT spec, sealed FROM servers WHERE config_id = ? ORDER BY position")
+        sqlx::query_as("SELECT spec, sealed FROM servers WHERE config_id = $1 ORDER BY position")
             .bind(config_id)
             .fetch_all(conn)
             .await?;
@@ -174,7 +174,7 @@ pub(crate) async fn servers(
 
 /// A whole config with its servers.
 pub(crate) async fn load(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     secrets: &SecretBox,
     config_id: &str,
 ) -> Result<McpConfig, ApiError> {
@@ -229,14 +229,14 @@ fn validate(
     })
 }
 
-async fn name_taken(conn: &mut SqliteConnection, name: &str, except: Option<&str>) -> Result<bool, ApiError> {
+async fn name_taken(conn: &mut AnyConnection, name: &str, except: Option<&str>) -> Result<bool, ApiError> {
     let id: Option<String> =
-        sqlx::query_scalar("SELECT id FROM mcp_configs WHERE name = ?").bind(name).fetch_optional(conn).await?;
+        sqlx::query_scalar("SELECT id FROM mcp_configs WHERE name = $1").bind(name).fetch_optional(conn).await?;
     Ok(id.is_some_and(|id| Some(id.as_str()) != except))
 }
 
 pub(crate) async fn insert_server(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     secrets: &SecretBox,
     config_id: &str,
     spec: &ServerSpec,
@@ -245,7 +245,7 @@ pub(crate) async fn insert_server(
     let (stored, sealed) = secrets.seal_spec(spec)?;
     sqlx::query(
         "INSERT INTO servers (config_id, name, position, spec, sealed, created_at, updated_at) \
-         VALUES (?1, ?2, (SELECT COALESCE(MAX(position), 0) + 1 FROM servers WHERE config_id = ?1), ?3, ?4, ?5, ?5)",
+         VALUES ($1, $2, (SELECT COALESCE(MAX(position), 0) + 1 FROM servers WHERE config_id = $1), $3, $4, $5, $5)",
     )
     .bind(config_id)
     .bind(&spec.server_name)
@@ -257,13 +257,17 @@ pub(crate) async fn insert_server(
     Ok(())
 }
 
-async fn touch(conn: &mut SqliteConnection, config_id: &str) -> Result<(), ApiError> {
-    sqlx::query("UPDATE mcp_configs SET updated_at = ? WHERE id = ?").bind(now()).bind(config_id).execute(conn).await?;
+async fn touch(conn: &mut AnyConnection, config_id: &str) -> Result<(), ApiError> {
+    sqlx::query("UPDATE mcp_configs SET updated_at = $1 WHERE id = $2")
+        .bind(now())
+        .bind(config_id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
 async fn create(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     secrets: &SecretBox,
     body: &CreateConfig,
     rules: &ServerRules,
@@ -274,7 +278,7 @@ async fn create(
     }
     let id = Uuid::new_v4().to_string();
     let ts = now();
-    sqlx::query("INSERT INTO mcp_configs (id, name, description, tool_naming, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO mcp_configs (id, name, description, tool_naming, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(&id)
         .bind(&body.name)
         .bind(&body.description)
@@ -327,7 +331,7 @@ pub async fn list_configs(store: web::Data<Store>, q: web::Query<PageQuery>) -> 
         "SELECT c.id, c.name, c.description, c.tool_naming, c.created_at, c.updated_at, \
          (SELECT COUNT(*) FROM servers s WHERE s.config_id = c.id) AS server_count, \
          (SELECT COUNT(*) FROM projects p WHERE p.mcp_config_id = c.id) AS project_count \
-         FROM mcp_configs c WHERE c.name > ? ORDER BY c.name LIMIT ? OFFSET ?",
+         FROM mcp_configs c WHERE c.name > $1 ORDER BY c.name LIMIT $2 OFFSET $3",
     )
     .bind(&page.after)
     .bind(page.fetch_limit())
@@ -379,7 +383,7 @@ pub async fn update_config(
     if name_taken(&mut w.tx, &name, Some(&id)).await? {
         return Err(ApiError::Conflict(format!("an MCP config named `{name}` already exists")));
     }
-    sqlx::query("UPDATE mcp_configs SET name = ?, description = ?, tool_naming = ?, updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE mcp_configs SET name = $1, description = $2, tool_naming = $3, updated_at = $4 WHERE id = $5")
         .bind(&name)
         .bind(&description)
         .bind(naming_str(tool_naming))
@@ -399,7 +403,7 @@ pub async fn update_config(
 pub async fn delete_config(store: web::Data<Store>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let mut w = store.begin_write().await?;
     let row = resolve(&mut w.tx, &path).await?;
-    let users: Vec<String> = sqlx::query_scalar("SELECT name FROM projects WHERE mcp_config_id = ? ORDER BY name")
+    let users: Vec<String> = sqlx::query_scalar("SELECT name FROM projects WHERE mcp_config_id = $1 ORDER BY name")
         .bind(&row.id)
         .fetch_all(&mut *w.tx)
         .await?;
@@ -410,7 +414,7 @@ pub async fn delete_config(store: web::Data<Store>, path: web::Path<String>) -> 
             users.join(", ")
         )));
     }
-    sqlx::query("DELETE FROM mcp_configs WHERE id = ?").bind(&row.id).execute(&mut *w.tx).await?;
+    sqlx::query("DELETE FROM mcp_configs WHERE id = $1").bind(&row.id).execute(&mut *w.tx).await?;
     w.commit("delete", "mcp_config", &row.id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -533,25 +537,27 @@ pub async fn replace_server(
     validate(&config.name, &config.description, config.tool_naming, &servers, &rules)?;
     let id = config.id.to_string();
     let (stored, sealed) = store.secrets.seal_spec(&spec)?;
-    sqlx::query("UPDATE servers SET name = ?, spec = ?, sealed = ?, updated_at = ? WHERE config_id = ? AND name = ?")
-        .bind(&spec.server_name)
-        .bind(stored)
-        .bind(sealed)
-        .bind(now())
-        .bind(&id)
-        .bind(&server)
-        .execute(&mut *w.tx)
-        .await?;
+    sqlx::query(
+        "UPDATE servers SET name = $1, spec = $2, sealed = $3, updated_at = $4 WHERE config_id = $5 AND name = $6",
+    )
+    .bind(&spec.server_name)
+    .bind(stored)
+    .bind(sealed)
+    .bind(now())
+    .bind(&id)
+    .bind(&server)
+    .execute(&mut *w.tx)
+    .await?;
     if !crate::upstream_oauth::same_authority(&previous, &spec) {
         // Tokens from another authorization server or client are of no use to this one.
-        sqlx::query("DELETE FROM oauth_tokens WHERE config_id = ? AND server = ?")
+        sqlx::query("DELETE FROM oauth_tokens WHERE config_id = $1 AND server = $2")
             .bind(&id)
             .bind(&spec.server_name)
             .execute(&mut *w.tx)
             .await?;
     }
     // Approvals follow a renamed server.
-    sqlx::query("UPDATE tool_pins SET server = ? WHERE config_id = ? AND server = ?")
+    sqlx::query("UPDATE tool_pins SET server = $1 WHERE config_id = $2 AND server = $3")
         .bind(&spec.server_name)
         .bind(&id)
         .bind(&server)
@@ -576,8 +582,8 @@ pub async fn delete_server(
     find(&config, &server)?;
     let id = config.id.to_string();
     for table in [
-        "DELETE FROM servers WHERE config_id = ? AND name = ?",
-        "DELETE FROM tool_pins WHERE config_id = ? AND server = ?",
+        "DELETE FROM servers WHERE config_id = $1 AND name = $2",
+        "DELETE FROM tool_pins WHERE config_id = $1 AND server = $2",
     ] {
         sqlx::query(table).bind(&id).bind(&server).execute(&mut *w.tx).await?;
     }

@@ -20,7 +20,7 @@ use shared::ServerSpec;
 use shared::api_key;
 use shared::server::{BUILTIN_DETECTORS, REMOTE_DETECTORS};
 use shared::snapshot::ToolNaming;
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -452,20 +452,23 @@ fn plan(file: &Map<String, Value>, rules: &ServerRules) -> Result<Plan, ApiError
 
 // ---- applying the plan ----
 
-async fn user_id_by_email(conn: &mut SqliteConnection, email: &str) -> Result<Option<String>, ApiError> {
-    Ok(sqlx::query_scalar("SELECT id FROM users WHERE email = ?").bind(email).fetch_optional(conn).await?)
+async fn user_id_by_email(conn: &mut AnyConnection, email: &str) -> Result<Option<String>, ApiError> {
+    Ok(sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = lower($1)")
+        .bind(email)
+        .fetch_optional(conn)
+        .await?)
 }
 
-async fn config_id_by_name(conn: &mut SqliteConnection, name: &str) -> Result<Option<String>, ApiError> {
-    Ok(sqlx::query_scalar("SELECT id FROM mcp_configs WHERE name = ?").bind(name).fetch_optional(conn).await?)
+async fn config_id_by_name(conn: &mut AnyConnection, name: &str) -> Result<Option<String>, ApiError> {
+    Ok(sqlx::query_scalar("SELECT id FROM mcp_configs WHERE name = $1").bind(name).fetch_optional(conn).await?)
 }
 
-async fn project_id_by_name(conn: &mut SqliteConnection, name: &str) -> Result<Option<String>, ApiError> {
-    Ok(sqlx::query_scalar("SELECT id FROM projects WHERE name = ?").bind(name).fetch_optional(conn).await?)
+async fn project_id_by_name(conn: &mut AnyConnection, name: &str) -> Result<Option<String>, ApiError> {
+    Ok(sqlx::query_scalar("SELECT id FROM projects WHERE name = $1").bind(name).fetch_optional(conn).await?)
 }
 
-async fn is_member(conn: &mut SqliteConnection, project: &str, user: &str) -> Result<bool, ApiError> {
-    let hit: Option<i64> = sqlx::query_scalar("SELECT 1 FROM project_members WHERE project_id = ? AND user_id = ?")
+async fn is_member(conn: &mut AnyConnection, project: &str, user: &str) -> Result<bool, ApiError> {
+    let hit: Option<i64> = sqlx::query_scalar("SELECT 1 FROM project_members WHERE project_id = $1 AND user_id = $2")
         .bind(project)
         .bind(user)
         .fetch_optional(conn)
@@ -473,8 +476,8 @@ async fn is_member(conn: &mut SqliteConnection, project: &str, user: &str) -> Re
     Ok(hit.is_some())
 }
 
-async fn add_member(conn: &mut SqliteConnection, project: &str, user: &str) -> Result<(), ApiError> {
-    sqlx::query("INSERT INTO project_members (project_id, user_id, added_at) VALUES (?, ?, ?)")
+async fn add_member(conn: &mut AnyConnection, project: &str, user: &str) -> Result<(), ApiError> {
+    sqlx::query("INSERT INTO project_members (project_id, user_id, added_at) VALUES ($1, $2, $3)")
         .bind(project)
         .bind(user)
         .bind(now())
@@ -486,7 +489,7 @@ async fn add_member(conn: &mut SqliteConnection, project: &str, user: &str) -> R
 /// Applies the plan inside `conn`'s transaction. `hashes` holds the argon2 hash of every key to
 /// create (absent on a dry run, where nothing is kept anyway).
 async fn apply(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     secrets: &SecretBox,
     plan: &Plan,
     hashes: &HashMap<String, String>,
@@ -503,7 +506,7 @@ async fn apply(
             }
             None => {
                 let id = Uuid::new_v4().to_string();
-                sqlx::query("INSERT INTO users (id, email, created_at, updated_at) VALUES (?, ?, ?, ?)")
+                sqlx::query("INSERT INTO users (id, email, created_at, updated_at) VALUES ($1, $2, $3, $4)")
                     .bind(&id)
                     .bind(&u.email)
                     .bind(&ts)
@@ -532,7 +535,7 @@ async fn apply(
                 let id = Uuid::new_v4().to_string();
                 sqlx::query(
                     "INSERT INTO mcp_configs (id, name, description, tool_naming, created_at, updated_at) \
-                     VALUES (?, ?, '', 'prefixed', ?, ?)",
+                     VALUES ($1, $2, '', 'prefixed', $3, $4)",
                 )
                 .bind(&id)
                 .bind(&c.name)
@@ -573,7 +576,7 @@ async fn apply(
                 let id = Uuid::new_v4().to_string();
                 sqlx::query(
                     "INSERT INTO projects (id, name, description, mcp_config_id, created_at, updated_at) \
-                     VALUES (?, ?, '', ?, ?, ?)",
+                     VALUES ($1, $2, '', $3, $4, $5)",
                 )
                 .bind(&id)
                 .bind(&p.name)
@@ -606,7 +609,7 @@ async fn apply(
 
     for k in &plan.keys {
         let exists: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM api_keys WHERE id = ?").bind(&k.id).fetch_optional(&mut *conn).await?;
+            sqlx::query_scalar("SELECT 1 FROM api_keys WHERE id = $1").bind(&k.id).fetch_optional(&mut *conn).await?;
         if exists.is_some() {
             entries.push(ImportEntry::new("api_key", &k.id, ImportAction::Exists));
             continue;
@@ -628,14 +631,14 @@ async fn apply(
         let hash = hashes.get(&k.id).map(String::as_str).unwrap_or("dry-run");
         sqlx::query(
             "INSERT INTO api_keys (id, project_id, user_id, name, hash, created_at, disabled, disabled_at) \
-             VALUES (?, ?, ?, 'imported', ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, 'imported', $4, $5, $6, $7)",
         )
         .bind(&k.id)
         .bind(project_id)
         .bind(user_id)
         .bind(hash)
         .bind(&ts)
-        .bind(k.disabled)
+        .bind(i64::from(k.disabled))
         .bind(k.disabled.then_some(&ts))
         .execute(&mut *conn)
         .await?;
@@ -651,7 +654,7 @@ async fn hash_new_keys(store: &Store, keys: &[PlanKey]) -> Result<HashMap<String
     let mut todo = Vec::new();
     for k in keys {
         let exists: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM api_keys WHERE id = ?").bind(&k.id).fetch_optional(&mut *conn).await?;
+            sqlx::query_scalar("SELECT 1 FROM api_keys WHERE id = $1").bind(&k.id).fetch_optional(&mut *conn).await?;
         if exists.is_none() {
             todo.push((k.id.clone(), k.secret.clone()));
         }

@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod configs;
+pub mod data_plane;
 pub mod import;
 pub mod oauth;
 pub mod pins;

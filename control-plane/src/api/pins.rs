@@ -9,8 +9,8 @@ use actix_web::{HttpResponse, delete, get, post, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shared::pins::{Change, ObservedStatus, changes, fingerprint, observations_dir, read_observations};
-use sqlx::SqliteConnection;
+use shared::pins::{Change, Observations, ObservedStatus, changes, fingerprint, observations_dir, read_observations};
+use sqlx::AnyConnection;
 use utoipa::ToSchema;
 
 use crate::api::configs::{McpConfig, load};
@@ -98,9 +98,9 @@ impl PinRow {
     }
 }
 
-async fn approved(conn: &mut SqliteConnection, config: &McpConfig) -> Result<Vec<Pin>, ApiError> {
+async fn approved(conn: &mut AnyConnection, config: &McpConfig) -> Result<Vec<Pin>, ApiError> {
     let rows = sqlx::query_as::<_, PinRow>(
-        "SELECT server, tool, fingerprint, definition, approved_at FROM tool_pins WHERE config_id = ? ORDER BY server, tool",
+        "SELECT server, tool, fingerprint, definition, approved_at FROM tool_pins WHERE config_id = $1 ORDER BY server, tool",
     )
     .bind(config.id.to_string())
     .fetch_all(conn)
@@ -112,10 +112,20 @@ async fn approved(conn: &mut SqliteConnection, config: &McpConfig) -> Result<Vec
         .collect())
 }
 
+/// Every replica's report: files of data planes next to this control plane, and reports sent over
+/// the network by data planes that pull the snapshot (kept in the database, seen by every instance).
+async fn reports(conn: &mut AnyConnection, publisher: &Publisher) -> Result<Vec<Observations>, ApiError> {
+    let mut reports = read_observations(&observations_dir(publisher.path()));
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT report FROM observations ORDER BY replica").fetch_all(conn).await?;
+    reports.extend(stored.iter().filter_map(|r| serde_json::from_str::<Observations>(r).ok()));
+    Ok(reports)
+}
+
 /// What the data planes reported for `config`, merged across replicas, minus what is approved.
-fn pending(publisher: &Publisher, config: &McpConfig, approved: &[Pin]) -> Vec<PendingPin> {
+fn pending(reports: &[Observations], config: &McpConfig, approved: &[Pin]) -> Vec<PendingPin> {
     let mut merged: BTreeMap<(String, String, String), PendingPin> = BTreeMap::new();
-    for report in read_observations(&observations_dir(publisher.path())) {
+    for report in reports.iter().cloned() {
         for seen in report.tools.into_iter().filter(|t| t.config_id == config.id) {
             if !config.servers.iter().any(|s| s.server_name == seen.server) {
                 continue;
@@ -165,7 +175,7 @@ pub async fn review_pins(
     let mut conn = store.conn().await?;
     let config = load(&mut conn, &store.secrets, &path).await?;
     let approved = approved(&mut conn, &config).await?;
-    let pending = pending(&publisher, &config, &approved);
+    let pending = pending(&reports(&mut conn, &publisher).await?, &config, &approved);
     Ok(HttpResponse::Ok().json(PinReview { approved, pending }))
 }
 
@@ -195,7 +205,7 @@ pub async fn approve_pin(
             }
             definition
         }
-        (Some(wanted), None) => pending(&publisher, &config, &approved_now)
+        (Some(wanted), None) => pending(&reports(&mut w.tx, &publisher).await?, &config, &approved_now)
             .into_iter()
             .find(|p| p.server == body.server && p.tool == body.tool && &p.fingerprint == wanted)
             .map(|p| p.definition)
@@ -216,7 +226,7 @@ pub async fn approve_pin(
     };
     let config_id = config.id.to_string();
     sqlx::query(
-        "INSERT INTO tool_pins (config_id, server, tool, fingerprint, definition, approved_at) VALUES (?, ?, ?, ?, ?, ?) \
+        "INSERT INTO tool_pins (config_id, server, tool, fingerprint, definition, approved_at) VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (config_id, server, tool) DO UPDATE SET fingerprint = excluded.fingerprint, \
          definition = excluded.definition, approved_at = excluded.approved_at",
     )
@@ -246,7 +256,7 @@ pub async fn revoke_pin(
     let mut w = store.begin_write().await?;
     let config = load(&mut w.tx, &store.secrets, &config).await?;
     let config_id = config.id.to_string();
-    let removed = sqlx::query("DELETE FROM tool_pins WHERE config_id = ? AND server = ? AND tool = ?")
+    let removed = sqlx::query("DELETE FROM tool_pins WHERE config_id = $1 AND server = $2 AND tool = $3")
         .bind(&config_id)
         .bind(&server)
         .bind(&tool)

@@ -4,7 +4,7 @@
 use actix_web::{HttpResponse, delete, get, patch, post, put, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -123,16 +123,16 @@ macro_rules! project_select {
 }
 
 /// Looks a project up by id or name.
-pub(crate) async fn resolve(conn: &mut SqliteConnection, ident: &str) -> Result<ProjectRow, ApiError> {
+pub(crate) async fn resolve(conn: &mut AnyConnection, ident: &str) -> Result<ProjectRow, ApiError> {
     if let Some(id) = as_uuid(ident)
-        && let Some(r) = sqlx::query_as::<_, ProjectRow>(concat!(project_select!(), "WHERE p.id = ?"))
+        && let Some(r) = sqlx::query_as::<_, ProjectRow>(concat!(project_select!(), "WHERE p.id = $1"))
             .bind(id)
             .fetch_optional(&mut *conn)
             .await?
     {
         return Ok(r);
     }
-    sqlx::query_as::<_, ProjectRow>(concat!(project_select!(), "WHERE p.name = ?"))
+    sqlx::query_as::<_, ProjectRow>(concat!(project_select!(), "WHERE p.name = $1"))
         .bind(ident)
         .fetch_optional(&mut *conn)
         .await?
@@ -140,15 +140,11 @@ pub(crate) async fn resolve(conn: &mut SqliteConnection, ident: &str) -> Result<
 }
 
 /// Projects ordered by name; only those `member` belongs to when given.
-pub(crate) async fn list(
-    conn: &mut SqliteConnection,
-    page: &Page,
-    member: Option<&str>,
-) -> Result<ProjectList, ApiError> {
+pub(crate) async fn list(conn: &mut AnyConnection, page: &Page, member: Option<&str>) -> Result<ProjectList, ApiError> {
     let rows = sqlx::query_as::<_, ProjectRow>(concat!(
         project_select!(),
-        "WHERE p.name > ?1 AND (?4 IS NULL OR EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = p.id AND m.user_id = ?4)) \
-         ORDER BY p.name LIMIT ?2 OFFSET ?3"
+        "WHERE p.name > $1 AND ($4 IS NULL OR EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = p.id AND m.user_id = $4)) \
+         ORDER BY p.name LIMIT $2 OFFSET $3"
     ))
     .bind(&page.after)
     .bind(page.fetch_limit())
@@ -172,9 +168,9 @@ fn valid_description(d: &str) -> Result<(), ApiError> {
     if d.len() > 4096 { Err(ApiError::invalid("description", "must be at most 4096 characters")) } else { Ok(()) }
 }
 
-async fn name_taken(conn: &mut SqliteConnection, name: &str, except: Option<&str>) -> Result<bool, ApiError> {
+async fn name_taken(conn: &mut AnyConnection, name: &str, except: Option<&str>) -> Result<bool, ApiError> {
     let id: Option<String> =
-        sqlx::query_scalar("SELECT id FROM projects WHERE name = ?").bind(name).fetch_optional(conn).await?;
+        sqlx::query_scalar("SELECT id FROM projects WHERE name = $1").bind(name).fetch_optional(conn).await?;
     Ok(id.is_some_and(|id| Some(id.as_str()) != except))
 }
 
@@ -198,7 +194,7 @@ pub async fn create_project(
     let id = Uuid::new_v4().to_string();
     let ts = now();
     sqlx::query(
-        "INSERT INTO projects (id, name, description, mcp_config_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO projects (id, name, description, mcp_config_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&id)
     .bind(&body.name)
@@ -254,7 +250,7 @@ pub async fn update_project(
     if name_taken(&mut w.tx, &name, Some(&row.id)).await? {
         return Err(ApiError::Conflict(format!("a project named `{name}` already exists")));
     }
-    sqlx::query("UPDATE projects SET name = ?, description = ?, updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE projects SET name = $1, description = $2, updated_at = $3 WHERE id = $4")
         .bind(&name)
         .bind(&description)
         .bind(now())
@@ -283,8 +279,8 @@ pub async fn delete_project(
             row.name, row.api_key_count
         )));
     }
-    sqlx::query("DELETE FROM api_keys WHERE project_id = ?").bind(&row.id).execute(&mut *w.tx).await?;
-    sqlx::query("DELETE FROM projects WHERE id = ?").bind(&row.id).execute(&mut *w.tx).await?;
+    sqlx::query("DELETE FROM api_keys WHERE project_id = $1").bind(&row.id).execute(&mut *w.tx).await?;
+    sqlx::query("DELETE FROM projects WHERE id = $1").bind(&row.id).execute(&mut *w.tx).await?;
     w.commit("delete", "project", &row.id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -303,7 +299,7 @@ pub async fn list_members(
     let project = resolve(&mut conn, &path).await?;
     let rows = sqlx::query_as::<_, UserRow>(
         "SELECT u.id, u.email, u.created_at, u.updated_at FROM users u JOIN project_members m ON m.user_id = u.id \
-         WHERE m.project_id = ? AND u.email > ? ORDER BY u.email LIMIT ? OFFSET ?",
+         WHERE m.project_id = $1 AND lower(u.email) > lower($2) ORDER BY lower(u.email) LIMIT $3 OFFSET $4",
     )
     .bind(&project.id)
     .bind(&page.after)
@@ -330,15 +326,16 @@ pub async fn add_member(
         ApiError::NotFound(_) => ApiError::invalid("user", format!("user `{}` does not exist", body.user)),
         other => other,
     })?;
-    let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM project_members WHERE project_id = ? AND user_id = ?")
-        .bind(&project.id)
-        .bind(&user.id)
-        .fetch_optional(&mut *w.tx)
-        .await?;
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM project_members WHERE project_id = $1 AND user_id = $2")
+            .bind(&project.id)
+            .bind(&user.id)
+            .fetch_optional(&mut *w.tx)
+            .await?;
     if exists.is_some() {
         return Err(ApiError::Conflict(format!("`{}` is already a member of `{}`", user.email, project.name)));
     }
-    sqlx::query("INSERT INTO project_members (project_id, user_id, added_at) VALUES (?, ?, ?)")
+    sqlx::query("INSERT INTO project_members (project_id, user_id, added_at) VALUES ($1, $2, $3)")
         .bind(&project.id)
         .bind(&user.id)
         .bind(now())
@@ -361,7 +358,7 @@ pub async fn remove_member(
     let mut w = store.begin_write().await?;
     let project = resolve(&mut w.tx, &project).await?;
     let user = users::resolve(&mut w.tx, &user).await?;
-    let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE project_id = ? AND user_id = ?")
+    let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE project_id = $1 AND user_id = $2")
         .bind(&project.id)
         .bind(&user.id)
         .fetch_one(&mut *w.tx)
@@ -372,12 +369,12 @@ pub async fn remove_member(
             user.email, project.name
         )));
     }
-    sqlx::query("DELETE FROM api_keys WHERE project_id = ? AND user_id = ?")
+    sqlx::query("DELETE FROM api_keys WHERE project_id = $1 AND user_id = $2")
         .bind(&project.id)
         .bind(&user.id)
         .execute(&mut *w.tx)
         .await?;
-    let removed = sqlx::query("DELETE FROM project_members WHERE project_id = ? AND user_id = ?")
+    let removed = sqlx::query("DELETE FROM project_members WHERE project_id = $1 AND user_id = $2")
         .bind(&project.id)
         .bind(&user.id)
         .execute(&mut *w.tx)
@@ -402,7 +399,7 @@ pub async fn assign_config(
     let project = resolve(&mut w.tx, &path).await?;
     let config =
         configs::resolve(&mut w.tx, &body.config).await.map_err(|e| unknown_config_is_invalid(e, &body.config))?;
-    sqlx::query("UPDATE projects SET mcp_config_id = ?, updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE projects SET mcp_config_id = $1, updated_at = $2 WHERE id = $3")
         .bind(&config.id)
         .bind(now())
         .bind(&project.id)
@@ -423,7 +420,7 @@ pub async fn unassign_config(store: web::Data<Store>, path: web::Path<String>) -
     if project.mcp_config_id.is_none() {
         return Ok(HttpResponse::NoContent().finish());
     }
-    sqlx::query("UPDATE projects SET mcp_config_id = NULL, updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE projects SET mcp_config_id = NULL, updated_at = $1 WHERE id = $2")
         .bind(now())
         .bind(&project.id)
         .execute(&mut *w.tx)

@@ -10,21 +10,48 @@ use crate::admin_key::AdminKeyFile;
 use crate::auth::AdminKey;
 use crate::error::{ActionErrors, ApiError, ReadErrors};
 use crate::publish::{PublishStatus, Publisher};
-use crate::store::{Store, current_revision, now};
+use crate::store::{Dialect, Store, current_revision, now};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// Always `ok` while the process serves requests.
+    /// `ok`, or `unavailable` while the database cannot be reached.
     pub status: String,
     pub version: String,
+    pub database: DatabaseHealth,
 }
 
-/// Liveness probe; the only route that needs no key.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DatabaseHealth {
+    /// `sqlite` or `postgres`.
+    pub kind: String,
+    pub reachable: bool,
+    /// Why it cannot be reached.
+    pub error: Option<String>,
+}
+
+async fn database_health(store: &Store) -> DatabaseHealth {
+    let error = store.ping().await.err();
+    let kind = match store.dialect {
+        Dialect::Sqlite => "sqlite",
+        Dialect::Postgres => "postgres",
+    };
+    DatabaseHealth { kind: kind.into(), reachable: error.is_none(), error }
+}
+
+/// Health probe; the only route that needs no key. 503 while the database cannot be reached (the
+/// control plane recovers by itself when it returns).
 #[utoipa::path(get, path = "/health", tag = "system", security(()),
-    responses((status = 200, description = "The control plane is up", body = Health)))]
+    responses((status = 200, description = "The control plane and its database are up", body = Health),
+              (status = 503, description = "The database cannot be reached", body = Health)))]
 #[get("/health")]
-pub async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
+pub async fn health(store: web::Data<Store>) -> HttpResponse {
+    let database = database_health(&store).await;
+    let (status, mut resp) = if database.reachable {
+        ("ok", HttpResponse::Ok())
+    } else {
+        ("unavailable", HttpResponse::ServiceUnavailable())
+    };
+    resp.json(Health { status: status.into(), version: env!("CARGO_PKG_VERSION").into(), database })
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -61,8 +88,8 @@ pub async fn system_health(
     let counts: Counts = sqlx::query_as(
         "SELECT (SELECT COUNT(*) FROM users) AS users, (SELECT COUNT(*) FROM projects) AS projects, \
          (SELECT COUNT(*) FROM mcp_configs) AS mcp_configs, (SELECT COUNT(*) FROM servers) AS servers, \
-         (SELECT COUNT(*) FROM api_keys) AS api_keys, (SELECT COUNT(*) FROM api_keys WHERE disabled) AS disabled_api_keys, \
-         (SELECT COUNT(*) FROM api_keys WHERE expires_at IS NOT NULL AND expires_at <= ?) AS expired_api_keys",
+         (SELECT COUNT(*) FROM api_keys) AS api_keys, (SELECT COUNT(*) FROM api_keys WHERE disabled <> 0) AS disabled_api_keys, \
+         (SELECT COUNT(*) FROM api_keys WHERE expires_at IS NOT NULL AND expires_at <= $1) AS expired_api_keys",
     )
     .bind(now())
     .fetch_one(&mut *conn)
@@ -71,7 +98,11 @@ pub async fn system_health(
         sqlx::query_scalar("SELECT name FROM projects WHERE mcp_config_id IS NULL ORDER BY name LIMIT 50")
             .fetch_all(&mut *conn)
             .await?;
-    let integrity: Vec<String> = sqlx::query_scalar("PRAGMA foreign_key_check").fetch_all(&mut *conn).await?;
+    // PostgreSQL enforces foreign keys on every statement; SQLite's can be switched off, so look.
+    let integrity: Vec<String> = match store.dialect {
+        Dialect::Sqlite => sqlx::query_scalar("PRAGMA foreign_key_check").fetch_all(&mut *conn).await?,
+        Dialect::Postgres => Vec::new(),
+    };
     let failed_renewals: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT c.name, t.server, t.last_error FROM oauth_tokens t JOIN mcp_configs c ON c.id = t.config_id \
          WHERE t.last_error IS NOT NULL ORDER BY c.name, t.server LIMIT 50",

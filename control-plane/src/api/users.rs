@@ -3,7 +3,7 @@
 use actix_web::{HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -74,10 +74,10 @@ impl From<UserRow> for User {
 }
 
 /// Looks a user up by id or e-mail.
-pub(crate) async fn resolve(conn: &mut SqliteConnection, ident: &str) -> Result<UserRow, ApiError> {
+pub(crate) async fn resolve(conn: &mut AnyConnection, ident: &str) -> Result<UserRow, ApiError> {
     let row = match as_uuid(ident) {
         Some(id) => {
-            sqlx::query_as::<_, UserRow>("SELECT id, email, created_at, updated_at FROM users WHERE id = ?")
+            sqlx::query_as::<_, UserRow>("SELECT id, email, created_at, updated_at FROM users WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&mut *conn)
                 .await?
@@ -87,10 +87,12 @@ pub(crate) async fn resolve(conn: &mut SqliteConnection, ident: &str) -> Result<
     let row = match row {
         Some(r) => Some(r),
         None => {
-            sqlx::query_as::<_, UserRow>("SELECT id, email, created_at, updated_at FROM users WHERE email = ?")
-                .bind(ident.trim())
-                .fetch_optional(&mut *conn)
-                .await?
+            sqlx::query_as::<_, UserRow>(
+                "SELECT id, email, created_at, updated_at FROM users WHERE lower(email) = lower($1)",
+            )
+            .bind(ident.trim())
+            .fetch_optional(&mut *conn)
+            .await?
         }
     };
     row.ok_or_else(|| ApiError::not_found("user", ident))
@@ -111,9 +113,11 @@ pub(crate) fn valid_email(email: &str) -> Result<String, ApiError> {
     Ok(email.to_string())
 }
 
-async fn email_taken(conn: &mut SqliteConnection, email: &str, except: Option<&str>) -> Result<bool, ApiError> {
-    let id: Option<String> =
-        sqlx::query_scalar("SELECT id FROM users WHERE email = ?").bind(email).fetch_optional(conn).await?;
+async fn email_taken(conn: &mut AnyConnection, email: &str, except: Option<&str>) -> Result<bool, ApiError> {
+    let id: Option<String> = sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = lower($1)")
+        .bind(email)
+        .fetch_optional(conn)
+        .await?;
     Ok(id.is_some_and(|id| Some(id.as_str()) != except))
 }
 
@@ -131,7 +135,7 @@ pub async fn create_user(
     }
     let id = Uuid::new_v4().to_string();
     let ts = now();
-    sqlx::query("INSERT INTO users (id, email, created_at, updated_at) VALUES (?, ?, ?, ?)")
+    sqlx::query("INSERT INTO users (id, email, created_at, updated_at) VALUES ($1, $2, $3, $4)")
         .bind(&id)
         .bind(&email)
         .bind(&ts)
@@ -149,7 +153,7 @@ pub async fn create_user(
 pub async fn list_users(store: web::Data<Store>, q: web::Query<PageQuery>) -> Result<HttpResponse, ApiError> {
     let page = q.page()?;
     let rows = sqlx::query_as::<_, UserRow>(
-        "SELECT id, email, created_at, updated_at FROM users WHERE email > ? ORDER BY email LIMIT ? OFFSET ?",
+        "SELECT id, email, created_at, updated_at FROM users WHERE lower(email) > lower($1) ORDER BY lower(email) LIMIT $2 OFFSET $3",
     )
     .bind(&page.after)
     .bind(page.fetch_limit())
@@ -185,7 +189,7 @@ pub async fn update_user(
         if email_taken(&mut w.tx, &email, Some(&row.id)).await? {
             return Err(ApiError::Conflict(format!("a user with e-mail `{email}` already exists")));
         }
-        sqlx::query("UPDATE users SET email = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE users SET email = $1, updated_at = $2 WHERE id = $3")
             .bind(&email)
             .bind(now())
             .bind(&row.id)
@@ -208,11 +212,11 @@ pub async fn delete_user(
 ) -> Result<HttpResponse, ApiError> {
     let mut w = store.begin_write().await?;
     let row = resolve(&mut w.tx, &path).await?;
-    let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE user_id = ?")
+    let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE user_id = $1")
         .bind(&row.id)
         .fetch_one(&mut *w.tx)
         .await?;
-    let memberships: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM project_members WHERE user_id = ?")
+    let memberships: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM project_members WHERE user_id = $1")
         .bind(&row.id)
         .fetch_one(&mut *w.tx)
         .await?;
@@ -222,9 +226,9 @@ pub async fn delete_user(
             row.email
         )));
     }
-    sqlx::query("DELETE FROM api_keys WHERE user_id = ?").bind(&row.id).execute(&mut *w.tx).await?;
-    sqlx::query("DELETE FROM project_members WHERE user_id = ?").bind(&row.id).execute(&mut *w.tx).await?;
-    sqlx::query("DELETE FROM users WHERE id = ?").bind(&row.id).execute(&mut *w.tx).await?;
+    sqlx::query("DELETE FROM api_keys WHERE user_id = $1").bind(&row.id).execute(&mut *w.tx).await?;
+    sqlx::query("DELETE FROM project_members WHERE user_id = $1").bind(&row.id).execute(&mut *w.tx).await?;
+    sqlx::query("DELETE FROM users WHERE id = $1").bind(&row.id).execute(&mut *w.tx).await?;
     w.commit("delete", "user", &row.id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
