@@ -14,9 +14,26 @@ pub struct Config {
     /// Directory holding the snapshot (and the audit log unless one is given).
     #[arg(long, env = names::ENV_DATA_DIR, default_value = names::DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
-    /// Snapshot to load and watch [default: <data dir>/snapshot.json].
+    /// Snapshot to load and watch [default: <data dir>/snapshot.json]; with a control URL, where
+    /// the last good snapshot from the network is kept.
     #[arg(long, env = names::ENV_SNAPSHOT_PATH)]
     pub snapshot_path: Option<PathBuf>,
+    /// Control plane to pull the snapshot from over HTTP(S) (e.g. `https://control.internal:8001`)
+    /// instead of watching the file; it also receives this replica's tool definitions for review.
+    #[arg(long, env = names::ENV_CONTROL_URL)]
+    pub control_url: Option<String>,
+    /// Token presented to the control plane (one of those in its MCPGW_DATA_PLANE_TOKEN).
+    #[arg(long, env = names::ENV_DATA_PLANE_TOKEN, hide_env_values = true)]
+    pub data_plane_token: Option<String>,
+    /// PEM certificates trusted for the control plane besides the system's roots.
+    #[arg(long, env = names::ENV_CONTROL_CA)]
+    pub control_ca: Option<PathBuf>,
+    /// PEM certificate chain: serve MCP over HTTPS (with MCPGW_TLS_KEY).
+    #[arg(long, env = shared::tls::ENV_TLS_CERT)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of MCPGW_TLS_CERT.
+    #[arg(long, env = shared::tls::ENV_TLS_KEY)]
+    pub tls_key: Option<PathBuf>,
     /// `Host` values accepted on /mcp (DNS-rebinding protection), comma separated; `*` accepts any.
     #[arg(long, env = "MCPGW_ALLOWED_HOSTS", value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
     pub allowed_hosts: Vec<String>,
@@ -93,6 +110,25 @@ impl Config {
             "MCPGW_ALLOWED_HOSTS is empty: no request could reach the gateway (use `*` for any host)"
         );
         shared::stdio_commands::StdioCommands::parse(self.stdio_commands.as_deref())?;
+        shared::tls::server_config(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
+        if let Some(url) = self.control_url.as_deref() {
+            let parsed =
+                reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("{}: `{url}` {e}", names::ENV_CONTROL_URL))?;
+            anyhow::ensure!(
+                matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some(),
+                "{} must be an http:// or https:// URL of the control plane (got `{url}`)",
+                names::ENV_CONTROL_URL
+            );
+            anyhow::ensure!(
+                self.data_plane_token.as_deref().is_some_and(|t| !t.trim().is_empty()),
+                "{} is set but {} is not: the control plane serves its snapshot only to that token",
+                names::ENV_CONTROL_URL,
+                names::ENV_DATA_PLANE_TOKEN
+            );
+        }
+        if let Some(ca) = &self.control_ca {
+            shared::tls::certificates(ca)?;
+        }
         Ok(())
     }
 

@@ -197,9 +197,13 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
         "ready": ready,
         "revision": catalog.revision,
         "generated_at": catalog.generated_at,
+        // How old the configuration being served is (it may be kept while no control plane answers).
+        "snapshot_age_secs": catalog.generated_at.map(|t| (chrono::Utc::now() - t).num_seconds()),
         "loaded_at": status.loaded_at,
         "last_error": status.last_error,
         "last_error_at": status.last_error_at,
+        "source": if status.control_plane.is_some() { "control_plane" } else { "file" },
+        "control_plane": status.control_plane,
     });
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(body)).into_response()

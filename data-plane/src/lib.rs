@@ -16,9 +16,11 @@ pub mod guard;
 pub mod http;
 pub mod meta_tools;
 pub mod metrics;
+pub mod pull;
 pub mod reload;
 pub mod session;
 pub mod state;
+mod tls;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -33,8 +35,14 @@ use state::Gateway;
 use upstream::UpstreamSettings;
 use upstream::pool::UpstreamPool;
 
-/// The gateway state and its upstream pool; `observed` is where definitions awaiting review go.
-fn assemble(config: Config, replica: String, observed: Option<std::path::PathBuf>) -> anyhow::Result<Arc<Gateway>> {
+/// The gateway state and its upstream pool; `observed` is where definitions awaiting review go
+/// (and `control`, when the snapshot comes from a control plane over the network).
+fn assemble(
+    config: Config,
+    replica: String,
+    observed: Option<std::path::PathBuf>,
+    control: Option<Arc<pull::ControlPlane>>,
+) -> anyhow::Result<Arc<Gateway>> {
     // HTTPS to upstreams uses rustls with the ring provider (no C toolchain beyond ring's own).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let metrics = Arc::new(metrics::Metrics::default());
@@ -58,7 +66,7 @@ fn assemble(config: Config, replica: String, observed: Option<std::path::PathBuf
         }))
         .build()
         .context("building the HTTP client")?;
-    let observer = upstream::observed::Observer::new(replica, observed);
+    let observer = upstream::observed::Observer::new(replica, observed, control);
     tokio::spawn(observer.clone().run());
     let settings = Arc::new(UpstreamSettings {
         tokens: Arc::new(upstream::oauth::TokenSource::new(http.clone())),
@@ -78,14 +86,32 @@ fn assemble(config: Config, replica: String, observed: Option<std::path::PathBuf
     Ok(Arc::new(Gateway::new(config, pool, metrics, audit, events)))
 }
 
-/// Builds the gateway state, loads the snapshot and starts the watcher and the idle reaper.
+/// Builds the gateway state, loads the snapshot and starts following it (the file's watcher, or
+/// the control plane's long poll, serving the last good snapshot kept on disk meanwhile) and the
+/// idle reaper.
 async fn start(config: Config, local_port: Option<u16>) -> anyhow::Result<Arc<Gateway>> {
     let snapshot_path = config.snapshot_path();
     let replica = config.replica_id(local_port);
     let idle = config.upstream_idle();
-    let gateway = assemble(config, replica, Some(shared::pins::observations_dir(&snapshot_path)))?;
+    let control = pull::ControlPlane::from_config(&config)?;
+    let observed = Some(shared::pins::observations_dir(&snapshot_path));
+    let gateway = assemble(config, replica, observed, control.clone())?;
     reload::load(&gateway, &snapshot_path).await;
-    tokio::spawn(reload::watch(gateway.clone(), snapshot_path));
+    match control {
+        Some(control) => {
+            gateway.follow_control_plane(control.url());
+            if gateway.is_ready() {
+                tracing::info!(
+                    revision = gateway.catalog().revision,
+                    "serving the last good snapshot kept on disk until the control plane answers"
+                );
+            }
+            tokio::spawn(pull::follow(gateway.clone(), control, snapshot_path));
+        }
+        None => {
+            tokio::spawn(reload::watch(gateway.clone(), snapshot_path));
+        }
+    }
     tokio::spawn(gateway.pool.clone().reap_idle(idle));
     Ok(gateway)
 }
@@ -95,7 +121,7 @@ async fn start(config: Config, local_port: Option<u16>) -> anyhow::Result<Arc<Ga
 pub fn in_process(mut config: Config, snapshot: shared::Snapshot) -> anyhow::Result<(axum::Router, Arc<Gateway>)> {
     snapshot.validate()?;
     config.audit_log = Some("off".into());
-    let gateway = assemble(config, "in-process".into(), None)?;
+    let gateway = assemble(config, "in-process".into(), None, None)?;
     gateway.install(catalog::Catalog::build(snapshot))?;
     let router = http::router(gateway.clone(), CancellationToken::new());
     Ok((router, gateway))
@@ -108,21 +134,29 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let tls = shared::tls::server_config(config.tls_cert.as_deref(), config.tls_key.as_deref())?;
     let gateway = start(config, Some(addr.port())).await?;
-    tracing::info!("data plane listening on http://{addr}");
     let cancel = CancellationToken::new();
     let app = http::router(gateway.clone(), cancel.clone());
     let stop = cancel.clone();
-    // Small JSON-RPC answers must not wait for Nagle's algorithm (40 ms with delayed ACKs).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stop.cancel();
-        })
-        .await?;
+    let shutdown = async move {
+        shutdown.await;
+        stop.cancel();
+    };
+    match tls {
+        Some(tls) => {
+            tracing::info!("data plane listening on https://{addr}");
+            axum::serve(tls::TlsListener::new(listener, tls)?, app).with_graceful_shutdown(shutdown).await?;
+        }
+        None => {
+            tracing::info!("data plane listening on http://{addr}");
+            // Small JSON-RPC answers must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+        }
+    }
     gateway.pool.shutdown().await;
     Ok(())
 }

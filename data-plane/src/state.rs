@@ -23,6 +23,18 @@ pub struct ReloadStatus {
     pub loaded_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
+    /// With `MCPGW_CONTROL_URL`: whether the control plane answers.
+    pub control_plane: Option<ControlPlaneStatus>,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ControlPlaneStatus {
+    pub url: String,
+    pub reachable: bool,
+    pub last_answer_at: Option<DateTime<Utc>>,
+    /// Why the last request failed, while it fails.
+    pub error: Option<String>,
+    pub failing_since: Option<DateTime<Utc>>,
 }
 
 pub struct Gateway {
@@ -118,6 +130,32 @@ impl Gateway {
                 None
             }
         }
+    }
+
+    /// Starts reporting the control plane at `url` in `/readyz` (unreachable until it answers).
+    pub fn follow_control_plane(&self, url: String) {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.control_plane = Some(ControlPlaneStatus { url, ..Default::default() });
+    }
+
+    /// Records an answer; true when the control plane was failing before (worth a log line).
+    pub fn control_plane_answered(&self) -> bool {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(cp) = status.control_plane.as_mut() else { return false };
+        let recovered = cp.error.is_some();
+        (cp.reachable, cp.error, cp.failing_since, cp.last_answer_at) = (true, None, None, Some(Utc::now()));
+        recovered
+    }
+
+    /// Records a failure; true when its reason is new (worth a log line).
+    pub fn control_plane_failed(&self, reason: &str) -> bool {
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(cp) = status.control_plane.as_mut() else { return true };
+        let new = cp.error.as_deref() != Some(reason);
+        cp.reachable = false;
+        cp.failing_since.get_or_insert_with(Utc::now);
+        cp.error = Some(reason.to_string());
+        new
     }
 
     pub fn record_reload_failure(&self, reason: String) {

@@ -149,6 +149,13 @@ impl ControlPlane {
         ControlPlane { child, base, dir, admin_key, log, client }
     }
 
+    /// Talks HTTPS to this control plane, trusting the certificates in `ca_pem`.
+    pub fn trust(&mut self, ca_pem: &[u8]) {
+        let ca = reqwest::Certificate::from_pem_bundle(ca_pem).unwrap();
+        self.client =
+            reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).tls_certs_merge(ca).build().unwrap();
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

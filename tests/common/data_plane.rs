@@ -57,13 +57,18 @@ pub fn fixture_server(name: &str) -> Value {
 impl DataPlane {
     /// Starts a data plane that follows `cp`'s snapshot.
     pub fn start(cp: &ControlPlane, env: &[(&str, &str)]) -> Self {
+        Self::start_in(cp.data_dir(), env)
+    }
+
+    /// Starts a data plane with data dir `dir` (its own, for one that pulls from a control plane).
+    pub fn start_in(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
         super::tls();
-        let audit_log = cp.data_dir().join(format!("audit-{}.jsonl", uuid::Uuid::new_v4()));
+        let audit_log = dir.join(format!("audit-{}.jsonl", uuid::Uuid::new_v4()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_data-plane"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", std::env::var("HOME").unwrap_or_default())
-            .env("MCPGW_DATA_DIR", cp.data_dir())
+            .env("MCPGW_DATA_DIR", dir)
             .env("MCPGW_GATEWAY_LISTEN", "127.0.0.1:0")
             .env("MCPGW_AUDIT_LOG", &audit_log)
             .env("RUST_LOG", "info")

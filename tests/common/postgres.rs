@@ -100,7 +100,7 @@ impl Cluster {
     /// Starts the server and waits until it takes connections.
     pub fn start(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=300",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
             self.port,
             self.dir.display()
         );

@@ -1,7 +1,9 @@
 //! Reports tool definitions an admin should review: those trusted on first use and those held back
 //! because they differ from their approval. The report is a file next to the snapshot
-//! (`observed/<replica>.json`, see `shared::pins`) that the control plane reads; it is rewritten in
-//! the background, a moment after the set changes, never on a request's path.
+//! (`observed/<replica>.json`, see `shared::pins`) that a control plane on the same disk reads, and,
+//! when the snapshot comes from a control plane over the network, is also sent there (retried until
+//! it lands). It is rewritten in the background, a moment after the set changes, never on a
+//! request's path.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,6 +14,8 @@ use chrono::Utc;
 use serde_json::Value;
 use shared::pins::{Observations, ObservedStatus, ObservedTool};
 use tokio::sync::Notify;
+
+use crate::pull::ControlPlane;
 use uuid::Uuid;
 
 type Key = (Uuid, String, String);
@@ -19,6 +23,7 @@ type Key = (Uuid, String, String);
 pub struct Observer {
     replica: String,
     dir: Option<PathBuf>,
+    control: Option<Arc<ControlPlane>>,
     tools: Mutex<BTreeMap<Key, ObservedTool>>,
     changed: Notify,
 }
@@ -35,7 +40,7 @@ pub struct Seen<'a> {
 impl Observer {
     /// An observer writing into `dir`; `None` keeps reports in memory only. What this replica
     /// reported before (under the same name) is read back, so trust on first use survives a restart.
-    pub fn new(replica: String, dir: Option<PathBuf>) -> Arc<Self> {
+    pub fn new(replica: String, dir: Option<PathBuf>, control: Option<Arc<ControlPlane>>) -> Arc<Self> {
         let previous: BTreeMap<Key, ObservedTool> = dir
             .as_deref()
             .and_then(|d| std::fs::read(shared::pins::observations_file(d, &replica)).ok())
@@ -44,7 +49,7 @@ impl Observer {
                 report.tools.into_iter().map(|t| ((t.config_id, t.server.clone(), t.tool.clone()), t)).collect()
             })
             .unwrap_or_default();
-        Arc::new(Observer { replica, dir, tools: Mutex::new(previous), changed: Notify::new() })
+        Arc::new(Observer { replica, dir, control, tools: Mutex::new(previous), changed: Notify::new() })
     }
 
     /// The fingerprint this replica trusted for a tool before: its first-seen definition, or the
@@ -107,18 +112,39 @@ impl Observer {
         Observations { replica: self.replica.clone(), updated_at: Utc::now(), tools }
     }
 
-    /// Rewrites the report after each change (changes within a short window are written once).
+    /// Rewrites the report after each change (changes within a short window are written once). A
+    /// control plane gets the report at start too (what was reported before this restart) and again
+    /// until it has taken the latest.
     pub async fn run(self: Arc<Self>) {
-        let Some(dir) = self.dir.clone() else { return };
+        if self.dir.is_none() && self.control.is_none() {
+            return;
+        }
+        let mut unsent = self.control.is_some();
         loop {
-            self.changed.notified().await;
+            if unsent {
+                // Retry a report the control plane has not taken, sooner if the set changes.
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.changed.notified()).await;
+            } else {
+                self.changed.notified().await;
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
             let report = self.current();
-            let dir = dir.clone();
-            match tokio::task::spawn_blocking(move || shared::pins::write_observations(&dir, &report)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the observed tool definitions for review"),
-                Err(e) => tracing::warn!(error = %e, "observed tool definitions writer failed"),
+            if let Some(dir) = self.dir.clone() {
+                let report = report.clone();
+                match tokio::task::spawn_blocking(move || shared::pins::write_observations(&dir, &report)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the observed tool definitions for review"),
+                    Err(e) => tracing::warn!(error = %e, "observed tool definitions writer failed"),
+                }
+            }
+            if let Some(control) = &self.control {
+                let failed = control.report(&report).await.err();
+                if let Some(e) = &failed
+                    && !unsent
+                {
+                    tracing::warn!(error = %e, "cannot send the observed tool definitions to the control plane; retrying");
+                }
+                unsent = failed.is_some();
             }
         }
     }
