@@ -135,6 +135,7 @@ impl Cluster {
     }
 
     /// Stops the shared cluster once this test process is gone.
+    #[expect(clippy::zombie_processes, reason = "the watchdog outlives this process on purpose")]
     fn watch_for_exit(&self) {
         let pg_ctl = self.bin.join("pg_ctl");
         let stop = if self.as_postgres {
