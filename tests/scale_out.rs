@@ -143,8 +143,10 @@ fn control_planes_on_postgres_feed_data_planes_on_other_hosts_over_tls() {
     let cluster = Cluster::shared();
     let database = format!("scale_{}", uuid::Uuid::new_v4().simple());
     let url = cluster.database(&database);
-    let a = control_plane(TempDir::new("mcpgw-cp-a"), &url, &certs);
-    let b = control_plane(TempDir::new("mcpgw-cp-b"), &url, &certs);
+    // Each instance names its connections, so the test can tell whose lock is whose.
+    let (url_a, url_b) = (format!("{url}?application_name=cp-a"), format!("{url}?application_name=cp-b"));
+    let a = control_plane(TempDir::new("mcpgw-cp-a"), &url_a, &certs);
+    let b = control_plane(TempDir::new("mcpgw-cp-b"), &url_b, &certs);
 
     let dirs: Vec<TempDir> = (0..3).map(|i| TempDir::new(&format!("mcpgw-dp-{i}"))).collect();
     let sources = [(&a, TOKEN_OLD), (&b, TOKEN_NEW), (&a, TOKEN_NEW)];
@@ -240,15 +242,41 @@ fn control_planes_on_postgres_feed_data_planes_on_other_hosts_over_tls() {
         assert_eq!(seen.last(), Some(&after));
     }
 
+    // How long a committed change takes to be served by every data plane, over 30 changes made
+    // through either instance.
+    let mut lags = Vec::new();
+    for i in 0..30 {
+        let cp = if i % 2 == 0 { &a } else { &b };
+        let committed = Instant::now();
+        cp.ok("POST", "/api/v1/users", Some(json!({"email": format!("lag-{i}@example.com")})), 201);
+        let revision = cp.db_revision();
+        for dp in &dps {
+            wait_ready(dp, Duration::from_secs(5), |r| r["revision"].as_u64() >= Some(revision));
+        }
+        lags.push(committed.elapsed());
+    }
+    lags.sort();
+    eprintln!("change served by all three data planes: p50 {:?}, max {:?}", lags[lags.len() / 2], lags.last().unwrap());
+    assert!(*lags.last().unwrap() < Duration::from_secs(1), "{lags:?}");
+
+    // Token renewal runs on exactly one instance, and moves when that one dies.
+    let leaders = renewal_leaders(cluster, &database);
+    assert_eq!(leaders.len(), 1, "{leaders:?}");
+
     // A fresh key for the rest; then every control plane goes away: the data planes keep serving.
     let key = common::data_plane::new_key(&b, "scale");
     let revision = b.db_revision();
     for dp in &dps {
         wait_ready(dp, Duration::from_secs(5), |r| r["revision"].as_u64() == Some(revision));
     }
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while renewal_leaders(cluster, &database) != ["cp-a"] {
+        assert!(Instant::now() < deadline, "instance A did not take over the renewal");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let a_base = a.base.clone();
     let a_dir = a.stop();
-    drop(b);
     for dp in &dps {
         let answer = python_echo(dp, &key, "no control plane");
         assert!(answer["call"].to_string().contains("no control plane"), "{answer}");
@@ -270,7 +298,7 @@ fn control_planes_on_postgres_feed_data_planes_on_other_hosts_over_tls() {
     dps.insert(0, restarted);
 
     // Instance A is back at the address its data planes were given: changes flow again.
-    let a = restart_at(a_dir, &url, &certs, &a_base);
+    let a = restart_at(a_dir, &url_a, &certs, &a_base);
     a.ok("POST", "/api/v1/users", Some(json!({"email": "back@example.com"})), 201);
     let revision = a.db_revision();
     for (i, dp) in dps.iter().enumerate() {
@@ -279,6 +307,17 @@ fn control_planes_on_postgres_feed_data_planes_on_other_hosts_over_tls() {
         }
         wait_ready(dp, Duration::from_secs(10), |r| r["revision"].as_u64() == Some(revision));
     }
+}
+
+/// The instances (application names) holding the control plane's renewal lock (`RENEWAL_LEADER` in
+/// upstream_oauth.rs), as PostgreSQL sees them.
+fn renewal_leaders(cluster: &Cluster, database: &str) -> Vec<String> {
+    let sql = format!(
+        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.classid = {} AND l.objid = {} AND a.datname = '{database}'",
+        0x6d63_u32, 0x7067_7702_u32
+    );
+    cluster.psql("postgres", &sql).lines().map(str::to_string).collect()
 }
 
 /// Starts a control-plane instance again at its old address `base`, where its data planes look.
