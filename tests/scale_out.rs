@@ -51,8 +51,12 @@ fn certs(dir: &Path) -> Certs {
     paths
 }
 
-/// A control-plane instance on `database_url` serving HTTPS with `certs`.
+/// A control-plane instance on `database_url` serving HTTPS with `certs` (on `listen`, or a free port).
 fn control_plane(dir: TempDir, database_url: &str, certs: &Certs) -> ControlPlane {
+    control_plane_at(dir, database_url, certs, "127.0.0.1:0")
+}
+
+fn control_plane_at(dir: TempDir, database_url: &str, certs: &Certs, listen: &str) -> ControlPlane {
     let tokens = format!("{TOKEN_OLD},{TOKEN_NEW}");
     let mut cp = ControlPlane::start_full_env(
         dir,
@@ -62,6 +66,7 @@ fn control_plane(dir: TempDir, database_url: &str, certs: &Certs) -> ControlPlan
             ("MCPGW_DATA_PLANE_TOKEN", &tokens),
             ("MCPGW_TLS_CERT", certs.cert.to_str().unwrap()),
             ("MCPGW_TLS_KEY", certs.key.to_str().unwrap()),
+            ("MCPGW_CONTROL_LISTEN", listen),
         ],
     );
     assert!(cp.base.starts_with("https://"), "{}", cp.base);
@@ -322,22 +327,8 @@ fn renewal_leaders(cluster: &Cluster, database: &str) -> Vec<String> {
 
 /// Starts a control-plane instance again at its old address `base`, where its data planes look.
 fn restart_at(dir: TempDir, database_url: &str, certs: &Certs, base: &str) -> ControlPlane {
-    let port = base.rsplit(':').next().unwrap().to_string();
-    let tokens = format!("{TOKEN_OLD},{TOKEN_NEW}");
-    let listen = format!("127.0.0.1:{port}");
-    let mut cp = ControlPlane::start_full_env(
-        dir,
-        &[
-            ("MCPGW_DATABASE_URL", database_url),
-            ("MCPGW_SECRETS_KEY", SECRETS_KEY),
-            ("MCPGW_DATA_PLANE_TOKEN", &tokens),
-            ("MCPGW_TLS_CERT", certs.cert.to_str().unwrap()),
-            ("MCPGW_TLS_KEY", certs.key.to_str().unwrap()),
-            ("MCPGW_CONTROL_LISTEN", &listen),
-        ],
-    );
-    cp.trust(&certs.ca_pem);
-    cp
+    let port = base.rsplit(':').next().unwrap();
+    control_plane_at(dir, database_url, certs, &format!("127.0.0.1:{port}"))
 }
 
 /// A stand-in for a broken control plane: answers every request with `body` (status 200).
