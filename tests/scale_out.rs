@@ -374,6 +374,12 @@ fn a_data_plane_keeps_its_last_good_snapshot_when_the_control_plane_is_wrong_or_
     let dp = data_plane(dir.path(), &cp.base, TOKEN_NEW, Some(&certs.ca), "keeper");
     wait_ready(&dp, Duration::from_secs(5), |r| r["revision"].as_u64() == Some(revision));
     drop(dp);
+    // Restarted with nothing new to fetch, it says at once that the control plane answers.
+    let dp = data_plane(dir.path(), &cp.base, TOKEN_NEW, Some(&certs.ca), "keeper");
+    wait_ready(&dp, Duration::from_secs(2), |r| {
+        r["source"] == "control_plane" && r["control_plane"]["reachable"] == true
+    });
+    drop(dp);
 
     // The snapshot route takes the data-plane token and nothing else (not the admin key).
     let client = reqwest::blocking::Client::builder()

@@ -71,9 +71,9 @@ impl ControlPlane {
         format!("{}/api/v1/data-plane/{path}", self.base.as_str().trim_end_matches('/'))
     }
 
-    /// The next snapshot newer than `after` (None: nothing newer within the wait).
-    async fn next(&self, after: Option<u64>) -> Result<Option<Vec<u8>>, PullError> {
-        let mut url = format!("{}?wait={}", self.endpoint("snapshot"), WAIT.as_secs());
+    /// The next snapshot newer than `after` (None: nothing newer within `wait`).
+    async fn next(&self, after: Option<u64>, wait: Duration) -> Result<Option<Vec<u8>>, PullError> {
+        let mut url = format!("{}?wait={}", self.endpoint("snapshot"), wait.as_secs());
         if let Some(after) = after {
             url.push_str(&format!("&after={after}"));
         }
@@ -138,7 +138,10 @@ pub async fn follow(gateway: Arc<Gateway>, control: Arc<ControlPlane>, cache: Pa
     let mut backoff = MIN_BACKOFF;
     loop {
         let after = gateway.is_ready().then(|| gateway.catalog().revision);
-        let result = match control.next(after).await {
+        // Until the control plane has answered (at start, after a failure), ask without waiting, so
+        // that `/readyz` tells at once whether it answers.
+        let wait = if gateway.control_plane_reachable() { WAIT } else { Duration::ZERO };
+        let result = match control.next(after, wait).await {
             Ok(None) => Ok(()),
             Ok(Some(bytes)) => install(&gateway, bytes, &cache).await,
             Err(e) => Err(e),

@@ -138,6 +138,11 @@ impl Gateway {
         status.control_plane = Some(ControlPlaneStatus { url, ..Default::default() });
     }
 
+    pub fn control_plane_reachable(&self) -> bool {
+        let status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.control_plane.as_ref().is_some_and(|cp| cp.reachable)
+    }
+
     /// Records an answer; true when the control plane was failing before (worth a log line).
     pub fn control_plane_answered(&self) -> bool {
         let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
