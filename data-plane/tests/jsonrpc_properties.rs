@@ -227,3 +227,20 @@ fn the_gateway_still_serves_after_the_properties() {
     let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string().into_bytes();
     assert_eq!(h.post(ping, true, Some(&h.session)).0, StatusCode::OK);
 }
+
+/// An upstream that keeps failing to connect backs off, but no request waits out the backoff: each
+/// answers within about its connect timeout (500 ms here), however many failures came before.
+#[test]
+fn a_down_upstream_never_holds_a_request_beyond_its_connect_timeout() {
+    let h = &*HARNESS;
+    for (i, method) in
+        ["prompts/list", "resources/templates/list", "resources/list", "tools/list"].iter().cycle().take(16).enumerate()
+    {
+        let req = json!({"jsonrpc": "2.0", "id": 1000 + i, "method": method, "params": {}});
+        let started = std::time::Instant::now();
+        let (status, _) = h.post(req.to_string().into_bytes(), true, Some(&h.session));
+        let took = started.elapsed();
+        assert!(status.as_u16() < 500, "{method}: {status}");
+        assert!(took < std::time::Duration::from_millis(1500), "{method} #{i} took {took:?}");
+    }
+}

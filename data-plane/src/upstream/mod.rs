@@ -70,6 +70,8 @@ struct Connection {
     session: Option<Session>,
     /// Consecutive failed or short-lived connections; drives the reconnect backoff.
     failures: u32,
+    /// No new attempt before this (the backoff after `failures`).
+    retry_at: Option<Instant>,
     opened_at: Option<Instant>,
     ever_opened: bool,
     /// The OAuth token a stdio server was started with; it is restarted, once idle, when it is due.
@@ -164,6 +166,7 @@ impl Upstream {
             connection: tokio::sync::Mutex::new(Connection {
                 session: None,
                 failures: 0,
+                retry_at: None,
                 opened_at: None,
                 ever_opened: false,
                 started_with: None,
@@ -229,17 +232,28 @@ impl Upstream {
             // healthy, then reopen below.
             let short_lived = conn.opened_at.is_some_and(|t| t.elapsed() < Duration::from_secs(10));
             conn.failures = if short_lived { conn.failures + 1 } else { 0 };
+            conn.retry_at = (conn.failures > 0).then(|| Instant::now() + backoff(conn.failures));
             conn.session = None;
             conn._process = None;
             tracing::warn!(server = %self.name(), "upstream connection lost; reconnecting");
         }
-        if conn.failures > 0 {
-            // 0.25 s, 0.5 s, 1 s ... capped at 30 s.
-            let backoff = Duration::from_millis(250u64.saturating_mul(1 << (conn.failures - 1).min(7)))
-                .min(Duration::from_secs(30));
-            tokio::time::sleep(backoff).await;
-        }
         let connect_ms = self.spec.timeouts.connect_ms;
+        if let Some(at) = conn.retry_at {
+            let wait = at.saturating_duration_since(Instant::now());
+            // A short wait is worth it; a long one would hold every caller (they queue on this
+            // lock) for longer than any of them may take: they fail at once instead.
+            if wait > Duration::from_millis(connect_ms) {
+                return Err(UpstreamError::Connect {
+                    server: self.name().to_string(),
+                    reason: format!(
+                        "it failed {} time(s) in a row; the next attempt is in {} ms",
+                        conn.failures,
+                        wait.as_millis()
+                    ),
+                });
+            }
+            tokio::time::sleep(wait).await;
+        }
         let auth = self.authorize().await?;
         let token = auth.as_ref().map(|a| a.token.clone());
         let opened = tokio::time::timeout(
@@ -260,10 +274,12 @@ impl Upstream {
             Ok(Ok(opened)) => opened,
             Ok(Err(reason)) => {
                 conn.failures += 1;
+                conn.retry_at = Some(Instant::now() + backoff(conn.failures));
                 return Err(UpstreamError::Connect { server: self.name().to_string(), reason });
             }
             Err(_) => {
                 conn.failures += 1;
+                conn.retry_at = Some(Instant::now() + backoff(conn.failures));
                 return Err(UpstreamError::Timeout { server: self.name().to_string(), ms: connect_ms });
             }
         };
@@ -277,6 +293,7 @@ impl Upstream {
         }
         conn.ever_opened = true;
         conn.opened_at = Some(Instant::now());
+        conn.retry_at = None;
         let peer = session.peer().clone();
         conn.session = Some(session);
         // A new session may serve a different tool list.
@@ -497,6 +514,7 @@ impl Upstream {
             tracing::info!(server = %self.name(), "closing idle upstream connection");
             conn._process = None;
             conn.failures = 0;
+            conn.retry_at = None;
             drop(conn);
             shut_down(session).await;
         }
@@ -529,4 +547,9 @@ fn kinds(findings: &[guardrails::Finding]) -> String {
 /// Cancels the client session; dropping the transport kills a child process group.
 async fn shut_down(session: Session) {
     let _ = tokio::time::timeout(Duration::from_secs(5), session.cancel()).await;
+}
+
+/// The wait after `failures` consecutive failures: 0.25 s, 0.5 s, 1 s ... capped at 30 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(250u64.saturating_mul(1 << failures.saturating_sub(1).min(7))).min(Duration::from_secs(30))
 }
