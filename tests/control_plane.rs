@@ -1,6 +1,7 @@
 //! End-to-end tests of the control plane: the real binary on an ephemeral port, driven over HTTP.
 //! Every test runs twice, on SQLite and on PostgreSQL (see `on_every_database!` at the end).
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -950,20 +951,6 @@ fn env_and_header_values_are_never_shown_and_survive_a_round_trip() {
         json!({"server_name": "local", "config": {"url": "https://h.example/mcp", "headers": {"API_TOKEN": "****"}}});
     assert_eq!(cp.call("PUT", "/api/v1/configs/masked/servers/local", Some(switched)).0, 422);
     assert_eq!(cp.db_revision(), before);
-}
-
-/// Runs each test once per database: `sqlite::<name>` and `postgres::<name>`.
-macro_rules! on_every_database {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            use super::common::control_plane::{on, Backend};
-            $( #[test] fn $name() { on(Backend::Sqlite, super::$name) } )*
-        }
-        mod postgres {
-            use super::common::control_plane::{on, Backend};
-            $( #[test] fn $name() { on(Backend::Postgres, super::$name) } )*
-        }
-    };
 }
 
 on_every_database!(

@@ -21,7 +21,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::admin_key::{self, AdminKeyFile};
 use crate::api::configs::ServerRules;
 use crate::api::data_plane::{self, DataPlaneTokens};
-use crate::api::{api_keys, configs, import, oauth, pins, projects, system, users};
+use crate::api::{api_keys, configs, import, oauth, pins, projects, state, system, users};
 use crate::auth::require_admin;
 use crate::browser::AllowedOrigins;
 use crate::error::ApiError;
@@ -221,6 +221,7 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
                             .configure(system::routes)
                             .configure(import::routes)
                             .configure(oauth::routes)
+                            .configure(state::routes)
                             .default_service(web::to(not_found)),
                     )
                     .route(
@@ -326,12 +327,21 @@ pub fn cli_main() -> anyhow::Result<()> {
         Serve,
         /// Print the OpenAPI document and exit.
         Openapi,
+        /// Print the JSON Schema of state documents (`mcpgw plan/apply`) and exit.
+        StateSchema,
     }
 
     let cli = Cli::parse();
-    if let Some(Command::Openapi) = cli.command {
-        print!("{}", crate::openapi::document_json());
-        return Ok(());
+    match cli.command {
+        Some(Command::Openapi) => {
+            print!("{}", crate::openapi::document_json());
+            return Ok(());
+        }
+        Some(Command::StateSchema) => {
+            print!("{}", crate::api::state::schema_json());
+            return Ok(());
+        }
+        _ => {}
     }
     init_tracing(&cli.log_format);
     let rt = tokio::runtime::Runtime::new()?;

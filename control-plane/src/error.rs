@@ -38,6 +38,9 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("{0}")]
     Invalid(String),
+    /// A document with problems, each at its JSON pointer (all of them, not only the first).
+    #[error("the document has {} problem(s); see `problems`", .0.len())]
+    InvalidDocument(Vec<Problem>),
     /// A server the control plane called on the admin's behalf (an OAuth token endpoint) failed.
     #[error("{0}")]
     BadGateway(String),
@@ -58,7 +61,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::Invalid(_) => "invalid_field",
+            ApiError::Invalid(_) | ApiError::InvalidDocument(_) => "invalid_field",
             ApiError::BadGateway(_) => "bad_gateway",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -87,6 +90,17 @@ pub struct ErrorDetail {
     pub code: String,
     /// What went wrong and what to do about it.
     pub message: String,
+    /// For a document: every problem, at its JSON pointer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
+}
+
+/// One problem of a document.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// RFC 6901 JSON pointer into the document (`/projects/0/mcp_config`).
+    pub pointer: String,
+    pub message: String,
 }
 
 impl From<crate::secrets::SecretError> for ApiError {
@@ -107,7 +121,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Invalid(_) | ApiError::InvalidDocument(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -118,7 +132,8 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(detail) = self {
             tracing::error!(%detail, "internal error");
         }
-        let body = ErrorBody { error: ErrorDetail { code: self.code().into(), message: self.to_string() } };
+        let problems = if let ApiError::InvalidDocument(p) = self { p.clone() } else { Vec::new() };
+        let body = ErrorBody { error: ErrorDetail { code: self.code().into(), message: self.to_string(), problems } };
         let mut resp = HttpResponse::build(self.status_code());
         match self {
             // Lets a browser prompt for the key (Basic auth, key as password) on /docs.

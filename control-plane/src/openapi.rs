@@ -4,7 +4,7 @@
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::api::{api_keys, configs, data_plane, import, oauth, pins, projects, system, users};
+use crate::api::{api_keys, configs, data_plane, import, oauth, pins, projects, state, system, users};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::publish::PublishStatus;
 
@@ -33,6 +33,7 @@ use crate::publish::PublishStatus;
         api_keys::create_key, api_keys::list_keys, api_keys::get_key, api_keys::delete_key, api_keys::rotate_key,
         api_keys::disable_key, api_keys::enable_key, import::import, import::export_config,
         oauth::authorize, oauth::oauth_status, oauth::forget_tokens, oauth::callback,
+        state::plan, state::apply, state::export, state::document_schema,
         data_plane::snapshot, data_plane::observations,
     ),
     components(schemas(ErrorBody, ErrorDetail, PublishStatus)),
@@ -46,6 +47,7 @@ use crate::publish::PublishStatus;
         (name = "pins", description = "Approved tool definitions (rug-pull protection) and changes awaiting review"),
         (name = "api-keys", description = "Client keys for the MCP gateway (secrets shown once)"),
         (name = "system", description = "Health, snapshot publishing, admin key, import of a Python gateway config"),
+        (name = "state", description = "Declarative state: plan and apply one document of users, configs, projects, members and keys"),
         (name = "data-plane", description = "What data planes on other hosts use, with a data-plane token: the snapshot, their reports"),
     )
 )]

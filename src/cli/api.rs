@@ -111,11 +111,17 @@ impl Api {
         if status.is_success() {
             return Ok(body);
         }
-        let message = body
+        let mut message = body
             .pointer("/error/message")
             .and_then(Value::as_str)
             .map(str::to_string)
             .unwrap_or_else(|| format!("HTTP {status}"));
+        // A document's problems, one line each, at their JSON pointers.
+        for problem in body.pointer("/error/problems").and_then(Value::as_array).into_iter().flatten() {
+            let pointer = problem["pointer"].as_str().unwrap_or_default();
+            let text = problem["message"].as_str().unwrap_or_default();
+            message.push_str(&format!("\n  {}: {text}", if pointer.is_empty() { "/" } else { pointer }));
+        }
         let code = match status.as_u16() {
             401 => exit::UNAUTHORIZED,
             404 => exit::NOT_FOUND,

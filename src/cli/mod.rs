@@ -5,6 +5,7 @@
 mod api;
 mod client_config;
 mod show;
+mod state;
 
 use std::path::PathBuf;
 
@@ -69,6 +70,12 @@ pub enum Command {
     },
     /// The published config snapshot: revision, checksum, last error.
     Snapshot,
+    /// What applying a state document (YAML or JSON) would change; nothing is written.
+    Plan(state::StateArgs),
+    /// Apply a state document: every change in one transaction and one revision, or none.
+    Apply(state::ApplyArgs),
+    /// Write the current state as a document (secrets masked as `****`, which apply keeps).
+    Export(state::ExportArgs),
     /// Print ready-to-paste MCP client configuration for a key.
     ClientConfig(client_config::ClientConfigArgs),
 }
@@ -301,6 +308,9 @@ async fn execute(command: Command, global: &Global) -> Result<(), Failure> {
     let (request, view) = match command {
         Command::Serve => unreachable!("serve is handled by main"),
         Command::ClientConfig(args) => return client_config::print(&api, args, global.json).await,
+        Command::Plan(args) => return state::plan(&api, args, global.json).await,
+        Command::Apply(args) => return state::apply(&api, args, global.json).await,
+        Command::Export(args) => return state::export(&api, args).await,
         Command::Users(c) => users(c),
         Command::Projects(c) => projects(c),
         Command::Members(c) => members(c),

@@ -211,6 +211,24 @@ impl ControlPlane {
         }
     }
 
+    /// Rows of a query run on this control plane's database behind its back, one line each.
+    pub fn sql(&self, query: &str) -> Vec<String> {
+        let text = if backend() == Backend::Postgres {
+            super::postgres::Cluster::shared().psql(&database_name(self.dir.path()), query)
+        } else {
+            let script = "import sqlite3, sys\n\
+                db = sqlite3.connect(sys.argv[1])\n\
+                for row in db.execute(sys.argv[2]): print('|'.join(str(c) for c in row))\n";
+            let out = Command::new("python3")
+                .args(["-c", script, self.dir.path().join("mcpgw.db").to_str().unwrap(), query])
+                .output()
+                .expect("python3 runs");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        text.lines().map(str::to_string).collect()
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().clone()
     }

@@ -1,6 +1,22 @@
 //! Helpers shared by the end-to-end tests: start the real binaries and talk to them.
 #![allow(dead_code)]
 
+/// Runs each named test once per database: `sqlite::<name>` and `postgres::<name>` (the tests are
+/// plain functions; their control planes use the database of [`control_plane::backend`]).
+#[allow(unused_macros)]
+macro_rules! on_every_database {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::common::control_plane::{on, Backend};
+            $( #[test] fn $name() { on(Backend::Sqlite, super::$name) } )*
+        }
+        mod postgres {
+            use super::common::control_plane::{on, Backend};
+            $( #[test] fn $name() { on(Backend::Postgres, super::$name) } )*
+        }
+    };
+}
+
 pub mod control_plane;
 pub mod data_plane;
 pub mod postgres;

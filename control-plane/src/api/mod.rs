@@ -7,5 +7,6 @@ pub mod import;
 pub mod oauth;
 pub mod pins;
 pub mod projects;
+pub mod state;
 pub mod system;
 pub mod users;
