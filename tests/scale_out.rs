@@ -435,6 +435,28 @@ fn a_data_plane_keeps_its_last_good_snapshot_when_the_control_plane_is_wrong_or_
         assert!(!secrets_in_log && !dp.log_text().contains(TOKEN_NEW), "{case}: a token was logged");
     }
 
+    // The data plane's own listener serves HTTPS with the same two settings.
+    let tls_dir = TempDir::new("mcpgw-dp-tls");
+    let tls_dp = DataPlane::start_in(
+        tls_dir.path(),
+        &[
+            ("MCPGW_CONTROL_URL", &cp.base),
+            ("MCPGW_DATA_PLANE_TOKEN", TOKEN_NEW),
+            ("MCPGW_CONTROL_CA", certs.ca.to_str().unwrap()),
+            ("MCPGW_TLS_CERT", certs.cert.to_str().unwrap()),
+            ("MCPGW_TLS_KEY", certs.key.to_str().unwrap()),
+        ],
+    );
+    assert!(tls_dp.base.starts_with("https://"), "{}", tls_dp.base);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.get(format!("{}/readyz", tls_dp.base)).send().unwrap().status().as_u16() != 200 {
+        assert!(Instant::now() < deadline, "the HTTPS data plane never got ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let plain = reqwest::blocking::get(format!("{}/readyz", tls_dp.base.replacen("https", "http", 1)));
+    assert!(plain.map(|r| r.status().as_u16() >= 400).unwrap_or(true), "plain HTTP is not served");
+    drop(tls_dp);
+
     // A data plane that names a control plane but no token does not start, and says why.
     let out = Command::new(env!("CARGO_BIN_EXE_data-plane"))
         .env_clear()

@@ -85,7 +85,7 @@ impl DataPlane {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(i) = line.find("data plane listening on http://") {
+                    if let Some(i) = line.find("data plane listening on http") {
                         let _ = tx.send(line[i + "data plane listening on ".len()..].trim().to_string());
                     }
                     let mut l = log.lock().unwrap();
