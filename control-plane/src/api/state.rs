@@ -928,7 +928,7 @@ pub async fn export(store: web::Data<Store>) -> Result<HttpResponse, ApiError> {
 }
 
 #[utoipa::path(get, path = "/api/v1/schema/state", tag = "state",
-    responses((status = 200, description = "JSON Schema (2020-12) of the state document", body = Object), ReadErrors))]
+    responses((status = 200, description = "JSON Schema (2020-12) of the state document", content_type = "application/schema+json", body = Object), ReadErrors))]
 #[get("/schema/state")]
 pub async fn document_schema() -> HttpResponse {
     HttpResponse::Ok().content_type("application/schema+json").body(schema_json())
