@@ -197,6 +197,7 @@ pub async fn build(
             name,
             mcp_config_id: config.as_deref().map(uuid).transpose()?,
             members: project_members,
+            rate_limit: None,
         });
     }
 
@@ -225,6 +226,7 @@ pub async fn build(
                 name: k.name,
                 hash: k.hash,
                 disabled: k.disabled != 0,
+                rate_limit: None,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

@@ -156,7 +156,7 @@ mod tests {
         s.revision = 1;
         let (user, project) = (Uuid::new_v4(), Uuid::new_v4());
         s.users.push(SnapshotUser { id: user, email: "a@example.com".into() });
-        s.projects.push(SnapshotProject { id: project, name: "p".into(), mcp_config_id: None, members: vec![user] });
+        s.projects.push(SnapshotProject { id: project, name: "p".into(), mcp_config_id: None, members: vec![user], rate_limit: None });
         s.api_keys.push(SnapshotApiKey {
             id: key.id.clone(),
             project_id: project,
@@ -165,6 +165,7 @@ mod tests {
             hash: api_key::hash(&key.secret).unwrap(),
             expires_at: None,
             disabled,
+            rate_limit: None,
         });
         s.validate().unwrap();
         Catalog::build(s)

@@ -11,6 +11,7 @@
 pub mod api_key;
 pub mod oauth;
 pub mod pins;
+pub mod rate_limit;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod server;
@@ -23,5 +24,6 @@ pub mod tls;
 #[cfg(feature = "token-endpoint")]
 pub mod token_endpoint;
 
+pub use rate_limit::RateLimit;
 pub use server::{ServerSpec, Transport};
 pub use snapshot::{Snapshot, SnapshotError};

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::rate_limit::RateLimit;
+
 /// Detectors that run locally with no network.
 pub const BUILTIN_DETECTORS: &[&str] = &["injection_attack", "pii", "keyword_detector", "sponge_attack"];
 /// Detectors that need a remote model provider.
@@ -285,6 +287,12 @@ pub struct ServerSpec {
     /// Let this server ask the calling client's user for input (MCP elicitation). Off by default.
     #[serde(default)]
     pub allow_elicitation: bool,
+    /// Tool calls to this server, from every project that uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Per-tool limits (upstream tool names), applied besides `rate_limit`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tool_rate_limits: BTreeMap<String, RateLimit>,
 }
 
 /// What replaces a secret wherever settings are shown.
@@ -457,6 +465,15 @@ impl ServerSpec {
                     format!("must be between 1 and {MAX_TIMEOUT_MS} ms"),
                 ));
             }
+        }
+        if let Some(limit) = &self.rate_limit {
+            errs.extend(limit.problems("rate_limit"));
+        }
+        for (tool, limit) in &self.tool_rate_limits {
+            if tool.is_empty() || tool.len() > 128 {
+                errs.push(FieldError::new("tool_rate_limits", "tool names must be 1-128 characters"));
+            }
+            errs.extend(limit.problems(&format!("tool_rate_limits.{tool}")));
         }
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::rate_limit::RateLimit;
 use crate::server::{FieldError, ServerSpec, is_valid_name};
 
 /// Version of the document layout; a data plane refuses formats it does not know.
@@ -47,6 +48,9 @@ pub struct SnapshotProject {
     pub mcp_config_id: Option<Uuid>,
     /// Ids of the users who are members of the project.
     pub members: Vec<Uuid>,
+    /// Tool calls of all the project's keys together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +117,9 @@ pub struct SnapshotApiKey {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub disabled: bool,
+    /// Tool calls made with this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl SnapshotApiKey {
@@ -241,6 +248,9 @@ impl Snapshot {
             if let Some(u) = p.members.iter().find(|u| !user_ids.contains(u)) {
                 return invalid(format!("project `{}` has unknown member {u}", p.name));
             }
+            if let Some(e) = p.rate_limit.iter().flat_map(|l| l.problems("rate_limit")).next() {
+                return invalid(format!("project `{}`: {e}", p.name));
+            }
             members.insert(p.id, p.members.iter().copied().collect());
         }
         let mut key_ids = HashSet::new();
@@ -250,6 +260,9 @@ impl Snapshot {
             }
             if !crate::api_key::is_valid_hash(&k.hash) {
                 return invalid(format!("api key {} has no valid argon2 hash", k.id));
+            }
+            if let Some(e) = k.rate_limit.iter().flat_map(|l| l.problems("rate_limit")).next() {
+                return invalid(format!("api key {}: {e}", k.id));
             }
             match members.get(&k.project_id) {
                 None => return invalid(format!("api key {} belongs to unknown project {}", k.id, k.project_id)),
@@ -345,6 +358,7 @@ pub(crate) mod tests {
                 name: "p".into(),
                 mcp_config_id: Some(config),
                 members: vec![user],
+                rate_limit: None,
             }],
             api_keys: vec![SnapshotApiKey {
                 id: key.id.clone(),
@@ -354,6 +368,7 @@ pub(crate) mod tests {
                 hash: crate::api_key::hash(&key.secret).unwrap(),
                 expires_at: None,
                 disabled: false,
+                rate_limit: None,
             }],
             ..Snapshot::empty()
         }
