@@ -36,12 +36,29 @@ pub struct SessionRefusal {
     pub reason: &'static str,
 }
 
+/// A tool call refused by a rate limit before it reached the upstream.
+#[derive(Debug, Serialize)]
+pub struct RateLimitedCall {
+    pub time: chrono::DateTime<chrono::Utc>,
+    /// Always `rate_limited`.
+    pub event: &'static str,
+    pub key_id: String,
+    pub project: String,
+    pub user_id: String,
+    /// `project`, `key`, `server` or `tool`.
+    pub limit: &'static str,
+    /// What the limit is on (e.g. `tool github__search`).
+    pub subject: String,
+    pub retry_after_secs: u64,
+}
+
 /// One line of the audit log.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 enum Entry {
     Call(AuditRecord),
     Session(SessionRefusal),
+    RateLimited(RateLimitedCall),
 }
 
 /// Lines buffered before new ones are dropped (and counted in the log) rather than blocking calls.
@@ -96,6 +113,22 @@ impl AuditLog {
 
     pub fn record_session_refusal(&self, refusal: SessionRefusal) {
         self.send(Entry::Session(refusal));
+    }
+
+    pub fn record_rate_limited(&self, principal: &crate::auth::Principal, limited: &crate::rate_limit::Limited) {
+        if !self.is_enabled() {
+            return;
+        }
+        self.send(Entry::RateLimited(RateLimitedCall {
+            time: chrono::Utc::now(),
+            event: "rate_limited",
+            key_id: principal.key_id.to_string(),
+            project: principal.project_name.to_string(),
+            user_id: principal.user_id.to_string(),
+            limit: limited.kind,
+            subject: limited.subject.clone(),
+            retry_after_secs: limited.retry_after_secs,
+        }));
     }
 
     fn send(&self, entry: Entry) {

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use shared::api_key;
+use shared::{RateLimit, api_key};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
@@ -27,6 +27,9 @@ pub struct Principal {
     /// The project's MCP config; `None` when the project has none assigned (no tools at all).
     pub config: Option<Arc<ConfigView>>,
     pub revision: u64,
+    /// Limits on the calls of this key, and of its whole project.
+    pub key_rate_limit: Option<RateLimit>,
+    pub project_rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -109,6 +112,8 @@ impl Authenticator {
             project_name: project.name.clone(),
             config: project.config.clone(),
             revision: catalog.revision,
+            key_rate_limit: record.rate_limit,
+            project_rate_limit: project.rate_limit,
         })
     }
 
@@ -156,7 +161,13 @@ mod tests {
         s.revision = 1;
         let (user, project) = (Uuid::new_v4(), Uuid::new_v4());
         s.users.push(SnapshotUser { id: user, email: "a@example.com".into() });
-        s.projects.push(SnapshotProject { id: project, name: "p".into(), mcp_config_id: None, members: vec![user], rate_limit: None });
+        s.projects.push(SnapshotProject {
+            id: project,
+            name: "p".into(),
+            mcp_config_id: None,
+            members: vec![user],
+            rate_limit: None,
+        });
         s.api_keys.push(SnapshotApiKey {
             id: key.id.clone(),
             project_id: project,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use guardrails::Policy;
+use shared::RateLimit;
 use shared::server::{GuardrailPolicy, REMOTE_DETECTORS, ServerSpec};
 use shared::snapshot::GuardrailProvider as ProviderSettings;
 use shared::snapshot::{IssuedToken, Snapshot, ToolNaming};
@@ -27,6 +28,7 @@ pub struct KeyRecord {
     pub hash: Arc<str>,
     pub expires_at: Option<DateTime<Utc>>,
     pub disabled: bool,
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug)]
@@ -34,6 +36,7 @@ pub struct ProjectRecord {
     pub id: Uuid,
     pub name: Arc<str>,
     pub config: Option<Arc<ConfigView>>,
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// One MCP config as the gateway serves it.
@@ -196,7 +199,8 @@ impl Catalog {
             .into_iter()
             .map(|p| {
                 let config = p.mcp_config_id.and_then(|id| configs.get(&id).cloned());
-                (p.id, Arc::new(ProjectRecord { id: p.id, name: p.name.into(), config }))
+                let record = ProjectRecord { id: p.id, name: p.name.into(), config, rate_limit: p.rate_limit };
+                (p.id, Arc::new(record))
             })
             .collect();
         let keys = snapshot
@@ -211,6 +215,7 @@ impl Catalog {
                     hash: k.hash.into(),
                     expires_at: k.expires_at,
                     disabled: k.disabled,
+                    rate_limit: k.rate_limit,
                 };
                 (id, record)
             })
@@ -285,6 +290,17 @@ impl ConfigView {
 
     /// Splits a client-facing prefixed name into (server, upstream name). Exact, case-sensitive
     /// matching: `Everything__echo` is not `everything__echo`.
+    /// Which server answers a client-facing tool name, and the upstream name.
+    pub fn route_tool<'a>(&'a self, name: &'a str) -> Option<(&'a Arc<ServerSpec>, &'a str)> {
+        match self.naming {
+            ToolNaming::Prefixed => self.split_prefixed(name),
+            ToolNaming::Bare => match self.servers.as_slice() {
+                [only] => Some((only, name)),
+                many => many.iter().find(|s| s.tools.0.iter().any(|t| t == name)).map(|s| (s, name)),
+            },
+        }
+    }
+
     pub fn split_prefixed<'a>(&self, exposed: &'a str) -> Option<(&Arc<ServerSpec>, &'a str)> {
         let (server, rest) = exposed.split_once(NAME_SEPARATOR)?;
         Some((self.server(server)?, rest))

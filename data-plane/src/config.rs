@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use shared::settings as names;
 
+const MAX_SESSION_LIFETIME_SECS: u64 = 30 * 86_400;
+
 /// Settings of the MCP gateway.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -59,6 +61,18 @@ pub struct Config {
     /// Open MCP sessions the gateway holds at once; more are refused with HTTP 503.
     #[arg(long, env = "MCPGW_MAX_SESSIONS", default_value_t = 10_000)]
     pub max_sessions: usize,
+    /// Secret the replicas of one deployment share (at least 32 characters): session ids sealed with
+    /// it can be continued on any of them. Unset, each process seals with a random key of its own.
+    #[arg(long, env = "MCPGW_SESSION_SECRET", hide_env_values = true)]
+    pub session_secret: Option<String>,
+    /// Seconds a session id stays valid after `initialize` (at most 30 days); then the client opens
+    /// a new session.
+    #[arg(long, env = "MCPGW_SESSION_LIFETIME_SECS", default_value_t = 86_400)]
+    pub session_lifetime_secs: u64,
+    /// Redis holding what the replicas share: rate-limit counters (e.g. `redis://redis:6379/0`).
+    /// Unset, each replica counts alone.
+    #[arg(long, env = "MCPGW_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
     /// Seconds an upstream connection (a stdio process) may sit unused before it is stopped.
     #[arg(long, env = "MCPGW_UPSTREAM_IDLE_SECS", default_value_t = 300)]
     pub upstream_idle_secs: u64,
@@ -101,6 +115,7 @@ impl Config {
             ("MCPGW_MAX_RESPONSE_BYTES", self.max_response_bytes),
             ("MCPGW_MAX_SESSIONS_PER_KEY", self.max_sessions_per_key),
             ("MCPGW_MAX_SESSIONS", self.max_sessions),
+            ("MCPGW_SESSION_LIFETIME_SECS", self.session_lifetime_secs as usize),
         ];
         for (name, value) in positive {
             anyhow::ensure!(value > 0, "{name} must be a positive number");
@@ -109,6 +124,20 @@ impl Config {
             self.allowed_hosts.iter().any(|h| !h.trim().is_empty()),
             "MCPGW_ALLOWED_HOSTS is empty: no request could reach the gateway (use `*` for any host)"
         );
+        anyhow::ensure!(
+            self.session_lifetime_secs <= MAX_SESSION_LIFETIME_SECS,
+            "MCPGW_SESSION_LIFETIME_SECS must be at most {MAX_SESSION_LIFETIME_SECS} (30 days)"
+        );
+        if let Some(secret) = &self.session_secret {
+            anyhow::ensure!(
+                secret.chars().count() >= crate::sealed_session::MIN_SECRET_LEN,
+                "MCPGW_SESSION_SECRET must be at least {} characters (e.g. `openssl rand -base64 32`)",
+                crate::sealed_session::MIN_SECRET_LEN
+            );
+        }
+        if let Some(url) = &self.redis_url {
+            crate::rate_limit::check_redis_url(url)?;
+        }
         shared::stdio_commands::StdioCommands::parse(self.stdio_commands.as_deref())?;
         shared::tls::server_config(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
         if let Some(url) = self.control_url.as_deref() {
@@ -151,6 +180,10 @@ impl Config {
             Some(port) => format!("{host}-{port}"),
             None => format!("{host}-stdio"),
         }
+    }
+
+    pub fn session_lifetime(&self) -> Duration {
+        Duration::from_secs(self.session_lifetime_secs.min(MAX_SESSION_LIFETIME_SECS))
     }
 
     pub fn upstream_idle(&self) -> Duration {

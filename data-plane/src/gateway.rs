@@ -243,17 +243,6 @@ impl GatewayService {
         }
     }
 
-    /// Which server answers a client-facing tool name, and the upstream name.
-    fn route_tool<'a>(&self, config: &'a ConfigView, name: &'a str) -> Option<(&'a Arc<ServerSpec>, &'a str)> {
-        match config.naming {
-            ToolNaming::Prefixed => config.split_prefixed(name),
-            ToolNaming::Bare => match config.servers.as_slice() {
-                [only] => Some((only, name)),
-                many => many.iter().find(|s| s.tools.0.iter().any(|t| t == name)).map(|s| (s, name)),
-            },
-        }
-    }
-
     /// Forwards one tool call to its upstream, with timeout, cancellation and progress relay.
     pub(crate) async fn forward_call(
         &self,
@@ -594,7 +583,7 @@ impl ServerHandler for GatewayService {
             self.audit(&p, summary);
             return Ok(CallToolResponse::Complete(result));
         }
-        let Some((spec, tool)) = self.route_tool(&config, &name) else { return Err(unknown_tool(&name)) };
+        let Some((spec, tool)) = config.route_tool(&name) else { return Err(unknown_tool(&name)) };
         if !tool_allowed(spec, tool) {
             return Err(unknown_tool(&name));
         }

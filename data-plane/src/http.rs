@@ -14,8 +14,15 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use std::borrow::Cow;
+
+use rmcp::model::InitializeRequestParams;
+
 use crate::auth::{AuthError, Principal, key_from_headers};
+use crate::catalog::tool_allowed;
 use crate::gateway::{GatewayService, Identity};
+use crate::rate_limit::{self, Limited};
+use crate::sealed_session::SealedStore;
 use crate::session::{LimitReached, Owner, Refused, short_id};
 use crate::state::Gateway;
 
@@ -24,6 +31,8 @@ const SESSION_HEADER: &str = "mcp-session-id";
 const UNAUTHORIZED: i32 = -32001;
 const PARSE_ERROR: i32 = -32700;
 const INVALID_REQUEST: i32 = -32600;
+/// A call refused by a rate limit (in the implementation-defined server error range).
+const RATE_LIMITED: i32 = -32029;
 
 pub fn router(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Router {
     let config = &gateway.config;
@@ -38,6 +47,8 @@ pub fn router(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Router {
     let origins: Vec<String> = config.allowed_origins.iter().filter(|o| !o.trim().is_empty()).cloned().collect();
     // An empty list trusts no browser origin: any request that carries one is refused.
     mcp_config = mcp_config.with_allowed_origins(origins).enforce_origin_validation();
+    // Restores sessions opened on other replicas (or before a restart) from their sealed ids.
+    mcp_config.session_store = Some(Arc::new(SealedStore(gateway.sessions.sealer().clone())));
     let factory_gateway = gateway.clone();
     let mcp = StreamableHttpService::new(
         move || Ok(GatewayService::new(factory_gateway.clone(), Identity::Http)),
@@ -68,8 +79,13 @@ async fn authenticate(State(gateway): State<Arc<Gateway>>, request: Request, nex
     if let Some(id) = &session
         && let Err(refused) = gateway.sessions.admit(id, &owner)
     {
-        if refused == Refused::Foreign {
-            refuse_foreign(&gateway, &principal, id);
+        match refused {
+            Refused::Foreign => refuse_foreign(&gateway, &principal, id),
+            Refused::Limit(limit) => {
+                gateway.metrics.record_session_refusal(limit.reason());
+                return too_many_sessions(limit);
+            }
+            Refused::Unknown => {}
         }
         return session_not_found();
     }
@@ -88,8 +104,23 @@ async fn authenticate(State(gateway): State<Arc<Gateway>>, request: Request, nex
     } else {
         (request, None)
     };
+    let message = body.as_deref().and_then(|b| serde_json::from_slice::<Peek>(b).ok());
+    if let Some(Peek { method: Some(method), id, params }) = &message
+        && method == "tools/call"
+        && let Err(limited) = admit_call(&gateway, &principal, params.as_ref()).await
+    {
+        return rate_limited(&gateway, &principal, id.clone(), limited);
+    }
     request.extensions_mut().insert(principal.clone());
-    let mut response = next.run(request).await;
+    let opening = match (&session, &message, &body) {
+        (None, Some(Peek { method: Some(m), .. }), Some(body)) if m == "initialize" => initialize_params(body),
+        _ => None,
+    };
+    let mut response = match opening {
+        // The new session's id seals who opened it and how, so any replica can continue it.
+        Some(params) => crate::session::opening(owner.clone(), params, next.run(request)).await,
+        None => next.run(request).await,
+    };
     if session.is_none()
         && let Some(id) = response.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned)
     {
@@ -104,10 +135,69 @@ async fn authenticate(State(gateway): State<Arc<Gateway>>, request: Request, nex
     // expect 200 or 204 and warn on rmcp's 202.
     if method == Method::DELETE && response.status() == StatusCode::ACCEPTED {
         *response.status_mut() = StatusCode::OK;
+        // Ended for good: its id must not open it again here.
+        if let Some(id) = &session {
+            gateway.sessions.end(id);
+        }
     }
     if response.status().is_client_error() && !response.headers().contains_key(header::CONTENT_TYPE) {
         return as_jsonrpc_error(response, sent_json.then_some(body).flatten()).await;
     }
+    response
+}
+
+/// What the gateway reads of a request body before rmcp does: enough to route and limit it.
+#[derive(serde::Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(borrow, default)]
+    params: Option<PeekParams<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekParams<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+}
+
+fn initialize_params(body: &[u8]) -> Option<InitializeRequestParams> {
+    #[derive(serde::Deserialize)]
+    struct Initialize {
+        params: InitializeRequestParams,
+    }
+    serde_json::from_slice::<Initialize>(body).ok().map(|i| i.params)
+}
+
+/// Counts a `tools/call` under the limits that apply to it. Calls the policy will refuse anyway
+/// (unknown or denied tools) are left to it and not counted.
+async fn admit_call(gateway: &Gateway, principal: &Principal, params: Option<&PeekParams<'_>>) -> Result<(), Limited> {
+    let (Some(config), Some(name)) = (&principal.config, params.and_then(|p| p.name.as_deref())) else {
+        return Ok(());
+    };
+    let Some((spec, tool)) = config.route_tool(name) else { return Ok(()) };
+    if !tool_allowed(spec, tool) {
+        return Ok(());
+    }
+    let limits = rate_limit::applicable(principal, config, spec, tool);
+    gateway.rate_limiter.admit(&limits, &gateway.metrics).await
+}
+
+/// `429` for a call over a rate limit, with the JSON-RPC error for its request.
+fn rate_limited(gateway: &Gateway, principal: &Principal, id: Option<serde_json::Value>, limited: Limited) -> Response {
+    gateway.metrics.record_rate_limited(&principal.project_name, limited.kind);
+    tracing::info!(project = %principal.project_name, key_id = %principal.key_id, limit = limited.kind, "tool call rate limited");
+    gateway.audit.record_rate_limited(principal, &limited);
+    let message = limited.to_string();
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {"code": RATE_LIMITED, "message": message, "data": {"limit": limited.kind, "retry_after_secs": limited.retry_after_secs}},
+    });
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(limited.retry_after_secs));
     response
 }
 

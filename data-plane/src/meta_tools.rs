@@ -244,7 +244,7 @@ pub async fn call(
 /// Runs a batch of calls on one server, in order, each through the same policy as `tools/call`.
 async fn call_batch(
     svc: &GatewayService,
-    _p: &Principal,
+    p: &Principal,
     config: &Arc<ConfigView>,
     args: &JsonObject,
 ) -> CallToolResult {
@@ -262,6 +262,14 @@ async fn call_batch(
             results.push(
                 json!({"index": index, "name": tool, "status": "denied", "message": format!("unknown tool: {tool}")}),
             );
+            continue;
+        }
+        let limits = crate::rate_limit::applicable(p, config, &spec, tool);
+        if let Err(limited) = svc.gateway.rate_limiter.admit(&limits, &svc.gateway.metrics).await {
+            svc.gateway.metrics.record_rate_limited(&p.project_name, limited.kind);
+            svc.gateway.audit.record_rate_limited(p, &limited);
+            let message = limited.to_string();
+            results.push(json!({"index": index, "name": tool, "status": "rate_limited", "message": message}));
             continue;
         }
         let mut request = CallToolRequestParams::new(tool.to_string());
@@ -283,10 +291,11 @@ async fn call_batch(
     }
     let count = |s: &str| results.iter().filter(|r| r["status"] == s).count();
     let (ok_n, err_n, blocked_n, denied_n) = (count("success"), count("error"), count("blocked"), count("denied"));
+    let limited_n = count("rate_limited");
     ok(json!({
         "server_name": spec.server_name,
         "status": if ok_n == results.len() { "success" } else if ok_n == 0 { "error" } else { "partial" },
-        "summary": {"total_calls": results.len(), "successful_calls": ok_n, "failed_calls": err_n, "blocked_calls": blocked_n, "denied_calls": denied_n},
+        "summary": {"total_calls": results.len(), "successful_calls": ok_n, "failed_calls": err_n, "blocked_calls": blocked_n, "denied_calls": denied_n, "rate_limited_calls": limited_n},
         "results": results,
     }))
 }

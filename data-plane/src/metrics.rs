@@ -25,6 +25,10 @@ pub struct Metrics {
     auth_failures: Mutex<BTreeMap<&'static str, u64>>,
     session_refusals: Mutex<BTreeMap<&'static str, u64>>,
     guardrails: Mutex<BTreeMap<GuardrailLabels, u64>>,
+    /// (project, limit kind)
+    rate_limited: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Calls counted by this replica alone because Redis did not answer.
+    pub rate_limit_fallbacks: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
     pub snapshot_revision: AtomicU64,
@@ -65,8 +69,20 @@ impl Metrics {
         *self.session_refusals.lock().unwrap_or_else(|e| e.into_inner()).entry(reason).or_default() += 1;
     }
 
+    /// A tool call refused by a rate limit of kind `limit` (`project`, `key`, `server`, `tool`).
+    pub fn record_rate_limited(&self, project: &str, limit: &'static str) {
+        let mut map = self.rate_limited.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry((project.to_string(), limit)).or_default() += 1;
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let _ =
+            writeln!(out, "# HELP mcpgw_rate_limited_total Tool calls refused by a rate limit, by project and limit.");
+        let _ = writeln!(out, "# TYPE mcpgw_rate_limited_total counter");
+        for ((project, limit), n) in self.rate_limited.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "mcpgw_rate_limited_total{{project=\"{}\",limit=\"{limit}\"}} {n}", escape(project));
+        }
         let _ = writeln!(out, "# HELP mcpgw_tool_calls_total Tool calls by project, server, tool and outcome.");
         let _ = writeln!(out, "# TYPE mcpgw_tool_calls_total counter");
         for ((project, server, tool, outcome), n) in self.calls.lock().unwrap_or_else(|e| e.into_inner()).iter() {
@@ -112,7 +128,13 @@ impl Metrics {
                 escape(detector)
             );
         }
-        let scalars: [(&str, &str, &str, i64); 6] = [
+        let scalars: [(&str, &str, &str, i64); 7] = [
+            (
+                "mcpgw_rate_limit_fallbacks_total",
+                "counter",
+                "Rate-limit checks this replica counted alone because Redis did not answer.",
+                self.rate_limit_fallbacks.load(Relaxed) as i64,
+            ),
             ("mcpgw_reloads_total", "counter", "Snapshots loaded.", self.reloads.load(Relaxed) as i64),
             (
                 "mcpgw_reload_failures_total",

@@ -7,21 +7,24 @@
 //! unknown session, so ids cannot be probed. Sessions end when their key is disabled, rotated or
 //! deleted, and each key may hold only so many at once.
 //!
-//! Session ids are rmcp's UUIDv4 (122 random bits from the OS CSPRNG); they are bearer secrets and
-//! never logged: `short_id` is what logs and the audit trail carry.
+//! Session ids are sealed (see `sealed_session`): any replica sharing the session secret can take a
+//! session over, for the credential that opened it only. They are bearer secrets and never logged:
+//! `short_id` is what logs and the audit trail carry.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use futures::Stream;
-use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
+use rmcp::model::{ClientJsonRpcMessage, InitializeRequestParams, ServerJsonRpcMessage};
 use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, LocalSessionManagerError};
-use rmcp::transport::streamable_http_server::session::{ServerSseMessage, SessionId, SessionManager};
+use rmcp::transport::streamable_http_server::session::{RestoreOutcome, ServerSseMessage, SessionId, SessionManager};
 use sha2::{Digest, Sha256};
 
 use crate::auth::Principal;
 use crate::catalog::Catalog;
+use crate::sealed_session::{Sealer, Unopenable};
 
 /// How long a finished response can still be resumed by a client that lost it.
 const RESUMABLE_FOR: Duration = Duration::from_secs(10);
@@ -29,6 +32,8 @@ const RESUMABLE_FOR: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_secs(300);
 /// Expired sessions are looked for at most this often, when a new one is opened.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Bound on remembered ended sessions; past it the oldest are forgotten first.
+const MAX_ENDED: usize = 100_000;
 
 /// The credential a session belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +45,15 @@ pub struct Owner {
 
 impl Owner {
     pub fn of(principal: &Principal) -> Self {
-        Owner { key_id: principal.key_id.clone(), credential: principal.credential.clone() }
+        Owner::new(principal.key_id.clone(), principal.credential.clone())
+    }
+
+    pub fn new(key_id: Arc<str>, credential: Arc<str>) -> Self {
+        Owner { key_id, credential }
+    }
+
+    pub fn credential(&self) -> &str {
+        &self.credential
     }
 
     /// Whether the catalog still admits this credential as it was when the session opened.
@@ -58,12 +71,26 @@ pub struct Limits {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
-    /// No such session (never opened, ended, or expired).
+    /// No such session (never opened, ended, expired, or not an id this deployment issued).
     #[error("session not found")]
     Unknown,
     /// The session exists but belongs to another credential; answered as `Unknown`.
     #[error("session belongs to another credential")]
     Foreign,
+    /// A session opened elsewhere would be one too many here.
+    #[error(transparent)]
+    Limit(#[from] LimitReached),
+}
+
+tokio::task_local! {
+    /// The session the current request opens: who opens it, with which `initialize`. rmcp asks for
+    /// a new id within the request, and the id seals both.
+    static OPENING: (Owner, InitializeRequestParams);
+}
+
+/// Runs `request` (an `initialize`) so that the session it opens is sealed for `owner` and `params`.
+pub async fn opening<F: std::future::Future>(owner: Owner, params: InitializeRequestParams, request: F) -> F::Output {
+    OPENING.scope((owner, params), request).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -96,6 +123,9 @@ struct Owners {
     by_id: HashMap<Arc<str>, Entry>,
     per_key: HashMap<Arc<str>, usize>,
     last_sweep: Option<Instant>,
+    /// Sessions ended here (closed by their client, or their key revoked), until their ids would
+    /// have expired: their sealed ids must not bring them back. Keyed by a digest of the id.
+    ended: HashMap<[u8; 16], Instant>,
 }
 
 impl Owners {
@@ -108,6 +138,23 @@ impl Owners {
             }
         }
         Some(entry)
+    }
+
+    fn remember_ended(&mut self, id: &str, until: Instant) {
+        if self.ended.len() >= MAX_ENDED {
+            let now = Instant::now();
+            self.ended.retain(|_, t| *t > now);
+            if self.ended.len() >= MAX_ENDED
+                && let Some(oldest) = self.ended.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k)
+            {
+                self.ended.remove(&oldest);
+            }
+        }
+        self.ended.insert(digest(id), until);
+    }
+
+    fn has_ended(&self, id: &str) -> bool {
+        self.ended.get(&digest(id)).is_some_and(|t| *t > Instant::now())
     }
 
     /// Removes the sessions `ended` picks and returns their ids.
@@ -124,32 +171,53 @@ pub struct Sessions {
     inner: Arc<LocalSessionManager>,
     owners: Mutex<Owners>,
     limits: Limits,
+    sealer: Arc<Sealer>,
 }
 
 impl Sessions {
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, sealer: Arc<Sealer>) -> Self {
         let mut inner = LocalSessionManager::default();
         // rmcp keeps every finished response of a session for late resumption and scans them all on
         // each session event; its 60 s default made a busy session's calls slower the longer it ran
         // and held a minute of responses in memory. Clients retry after 3 s.
         inner.session_config.completed_cache_ttl = RESUMABLE_FOR;
         inner.session_config.keep_alive = Some(IDLE);
-        Sessions { inner: Arc::new(inner), owners: Mutex::default(), limits }
+        Sessions { inner: Arc::new(inner), owners: Mutex::default(), limits, sealer }
     }
 
     fn owners(&self) -> std::sync::MutexGuard<'_, Owners> {
         self.owners.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits a request on session `id` by `owner`.
+    /// Admits a request on session `id` by `owner`: a session of this replica, or one opened on
+    /// another replica (or before a restart), which this replica then takes over.
     pub fn admit(&self, id: &str, owner: &Owner) -> Result<(), Refused> {
-        let mut owners = self.owners();
-        let entry = owners.by_id.get_mut(id).ok_or(Refused::Unknown)?;
-        if entry.owner != *owner {
+        {
+            let mut owners = self.owners();
+            if let Some(entry) = owners.by_id.get_mut(id) {
+                if entry.owner != *owner {
+                    return Err(Refused::Foreign);
+                }
+                entry.last_seen = Instant::now();
+                return Ok(());
+            }
+        }
+        if self.owners().has_ended(id) {
+            return Err(Refused::Unknown);
+        }
+        let opened = self.sealer.open(id, Utc::now()).map_err(|e| match e {
+            Unopenable::Forged | Unopenable::Expired => Refused::Unknown,
+        })?;
+        if !opened.belongs_to(owner) {
             return Err(Refused::Foreign);
         }
-        entry.last_seen = Instant::now();
+        self.register(id, owner.clone())?;
+        tracing::debug!(session = %short_id(id), key_id = %owner.key_id, "session taken over");
         Ok(())
+    }
+
+    pub fn sealer(&self) -> &Arc<Sealer> {
+        &self.sealer
     }
 
     /// Records that `owner` opened session `id`; over a limit the caller must end the session.
@@ -159,6 +227,8 @@ impl Sessions {
             let now = Instant::now();
             let expired = if owners.last_sweep.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY) {
                 owners.last_sweep = Some(now);
+                owners.ended.retain(|_, t| *t > now);
+                // Idle sessions stop their workers; their clients may come back and take them over.
                 owners.take_where(|e| now.duration_since(e.last_seen) > IDLE)
             } else {
                 Vec::new()
@@ -181,17 +251,36 @@ impl Sessions {
 
     /// Ends the sessions whose credential `catalog` no longer admits (disabled, rotated, deleted).
     pub fn end_revoked(&self, catalog: &Catalog) {
-        let ended = self.owners().take_where(|e| !e.owner.still_valid(catalog));
+        let ended = {
+            let mut owners = self.owners();
+            let ended = owners.take_where(|e| !e.owner.still_valid(catalog));
+            let until = self.ended_until();
+            for id in &ended {
+                owners.remember_ended(id, until);
+            }
+            ended
+        };
         if !ended.is_empty() {
             tracing::info!(sessions = ended.len(), "ended sessions of revoked keys");
         }
         self.close_later(ended);
     }
 
-    /// Ends session `id` (its streams close, its per-session upstreams stop).
+    /// Ends session `id` for good (its streams close, its per-session upstreams stop, and its id
+    /// opens nothing here any more).
     pub fn end(&self, id: &str) {
-        self.owners().remove(id);
+        {
+            let mut owners = self.owners();
+            owners.remove(id);
+            owners.remember_ended(id, self.ended_until());
+        }
         self.close_later(vec![id.into()]);
+    }
+
+    /// Until when an id sealed now could be presented.
+    fn ended_until(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.sealer.lifetime()).unwrap_or(now + IDLE)
     }
 
     fn close_later(&self, ids: Vec<Arc<str>>) {
@@ -213,6 +302,12 @@ impl Sessions {
     }
 }
 
+fn digest(id: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&Sha256::digest(id.as_bytes())[..16]);
+    out
+}
+
 /// A short, stable, non-reversible name for a session id, for logs and the audit trail.
 pub fn short_id(id: &str) -> String {
     hex::encode(&Sha256::digest(id.as_bytes())[..6])
@@ -224,7 +319,21 @@ impl SessionManager for Sessions {
     type Transport = <LocalSessionManager as SessionManager>::Transport;
 
     async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
-        self.inner.create_session().await
+        let sealed = OPENING.try_with(|(owner, params)| self.sealer.seal(owner, params.clone(), Utc::now()));
+        let Ok(id) = sealed else {
+            // Not reached through the gateway's listener (which always says who opens a session).
+            return self.inner.create_session().await;
+        };
+        let id = SessionId::from(id);
+        match self.inner.restore_session(id.clone()).await? {
+            RestoreOutcome::Restored(transport) => Ok((id, transport)),
+            // A fresh sealing (random nonce) cannot already be in use.
+            _ => self.inner.create_session().await,
+        }
+    }
+
+    async fn restore_session(&self, id: SessionId) -> Result<RestoreOutcome<Self::Transport>, Self::Error> {
+        self.inner.restore_session(id).await
     }
 
     async fn initialize_session(
@@ -280,9 +389,13 @@ mod tests {
         Owner { key_id: key.into(), credential: hash.into() }
     }
 
+    fn sealer() -> Arc<Sealer> {
+        Arc::new(Sealer::new(None, Duration::from_secs(60)))
+    }
+
     #[test]
     fn sessions_admit_only_their_owner_and_count_per_key() {
-        let sessions = Sessions::new(Limits { per_key: 2, total: 3 });
+        let sessions = Sessions::new(Limits { per_key: 2, total: 3 }, sealer());
         let (a, b) = (owner("a", "h1"), owner("b", "h2"));
         sessions.register("s1", a.clone()).unwrap();
         assert_eq!(sessions.admit("s1", &a), Ok(()));

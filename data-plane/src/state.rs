@@ -12,6 +12,8 @@ use crate::auth::{AuthError, Authenticator, Principal};
 use crate::catalog::{Catalog, Remote};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::rate_limit::RateLimiter;
+use crate::sealed_session::Sealer;
 use crate::session::{Limits, Sessions};
 use crate::upstream::pool::UpstreamPool;
 use crate::upstream::relay::ChangeEvent;
@@ -47,6 +49,7 @@ pub struct Gateway {
     pub events: broadcast::Sender<ChangeEvent>,
     /// Streamable-HTTP sessions and who opened them.
     pub sessions: Arc<Sessions>,
+    pub rate_limiter: RateLimiter,
     pub status: Mutex<ReloadStatus>,
 }
 
@@ -65,8 +68,18 @@ impl Gateway {
         events: broadcast::Sender<ChangeEvent>,
     ) -> Self {
         let limits = Limits { per_key: config.max_sessions_per_key, total: config.max_sessions };
+        let sealer = Arc::new(Sealer::new(config.session_secret.as_deref(), config.session_lifetime()));
         Gateway {
-            sessions: Arc::new(Sessions::new(limits)),
+            sessions: Arc::new(Sessions::new(limits, sealer)),
+            rate_limiter: match config.redis_url.as_deref().map(RateLimiter::with_redis) {
+                None => RateLimiter::local(),
+                Some(Ok(shared)) => shared,
+                // Settings were checked at start; a URL refused only now still leaves limits in place.
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "rate limits are counted by this replica alone");
+                    RateLimiter::local()
+                }
+            },
             config,
             catalog: RwLock::new(Arc::new(Catalog::empty())),
             auth: Authenticator::default(),
