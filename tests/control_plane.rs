@@ -953,6 +953,176 @@ fn env_and_header_values_are_never_shown_and_survive_a_round_trip() {
     assert_eq!(cp.db_revision(), before);
 }
 
+/// The snapshot entry named `name` among `items` (projects by name, keys by id).
+fn entry<'a>(items: &'a Value, field: &str, name: &str) -> &'a Value {
+    items.as_array().unwrap().iter().find(|e| e[field] == name).unwrap_or_else(|| panic!("no {name} in {items}"))
+}
+
+/// A refused limit is a 422 that names the field, and changes nothing.
+fn refused(cp: &ControlPlane, method: &str, path: &str, body: Value, field: &str) {
+    let before = cp.db_revision();
+    let (status, answer) = cp.call(method, path, Some(body.clone()));
+    assert_eq!((status, answer["error"]["code"].as_str()), (422, Some("invalid_field")), "{body}: {answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains(field), "{body}: `{field}` not named in {message}");
+    assert_eq!(cp.db_revision(), before, "{body} changed something");
+}
+
+fn rate_limits_of_projects_and_keys_are_kept_changed_cleared_and_published() {
+    let cp = ControlPlane::start();
+    let (email, project, _) = seed(&cp, "rl");
+
+    // Projects: set at creation, shown by get and list, published.
+    let created = cp.ok(
+        "POST",
+        "/api/v1/projects",
+        Some(json!({"name": "limited", "rate_limit": {"calls_per_minute": 120, "burst": 10}})),
+        201,
+    );
+    let limit = json!({"calls_per_minute": 120, "burst": 10});
+    assert_eq!(created["rate_limit"], limit);
+    assert_eq!(cp.ok("GET", "/api/v1/projects/limited", None, 200)["rate_limit"], limit);
+    let listed = cp.ok("GET", "/api/v1/projects", None, 200);
+    assert_eq!(entry(&listed["items"], "name", "limited")["rate_limit"], limit);
+    assert_eq!(entry(&listed["items"], "name", &project)["rate_limit"], Value::Null, "none unless set");
+    let snapshot = cp.wait_for_snapshot();
+    assert_eq!(entry(&snapshot["projects"], "name", "limited")["rate_limit"], limit);
+    assert_eq!(entry(&snapshot["projects"], "name", &project)["rate_limit"], Value::Null);
+
+    // An update that does not name the limit keeps it; one that does replaces it.
+    let updated = cp.ok("PATCH", "/api/v1/projects/limited", Some(json!({"description": "d"})), 200);
+    assert_eq!(updated["rate_limit"], limit);
+    let updated =
+        cp.ok("PATCH", "/api/v1/projects/limited", Some(json!({"rate_limit": {"calls_per_minute": 30}})), 200);
+    assert_eq!(updated["rate_limit"], json!({"calls_per_minute": 30}));
+    let snapshot = cp.wait_for_snapshot();
+    assert_eq!(entry(&snapshot["projects"], "name", "limited")["rate_limit"], json!({"calls_per_minute": 30}));
+
+    // Out of range, of the wrong shape or with unknown fields: 422, and the stored limit stays.
+    let bad = [
+        (json!({"rate_limit": {"calls_per_minute": 0}}), "rate_limit.calls_per_minute"),
+        (json!({"rate_limit": {"calls_per_minute": 1_000_001}}), "rate_limit.calls_per_minute"),
+        (json!({"rate_limit": {"calls_per_minute": 5, "burst": 1_000_001}}), "rate_limit.burst"),
+        (json!({"rate_limit": {"calls_per_minute": -1}}), "expected u32"),
+        (json!({"rate_limit": {"calls_per_minute": 5, "per_hour": 100}}), "per_hour"),
+        (json!({"rate_limit": {"burst": 5}}), "calls_per_minute"),
+        (json!({"rate_limit": "60/min"}), "RateLimit"),
+        (json!({"rate_limits": {"calls_per_minute": 5}}), "rate_limits"),
+    ];
+    for (body, field) in &bad {
+        refused(&cp, "PATCH", "/api/v1/projects/limited", body.clone(), field);
+        let mut create = body.clone();
+        create["name"] = json!("never");
+        refused(&cp, "POST", "/api/v1/projects", create, field);
+    }
+    assert_eq!(cp.call("GET", "/api/v1/projects/never", None).0, 404);
+    assert_eq!(cp.ok("GET", "/api/v1/projects/limited", None, 200)["rate_limit"], json!({"calls_per_minute": 30}));
+
+    // `null` removes the limit, from the answer and from the snapshot.
+    let cleared = cp.ok("PATCH", "/api/v1/projects/limited", Some(json!({"rate_limit": null})), 200);
+    assert_eq!(cleared["rate_limit"], Value::Null);
+    assert_eq!(cp.ok("GET", "/api/v1/projects/limited", None, 200)["rate_limit"], Value::Null);
+    let snapshot = cp.wait_for_snapshot();
+    assert_eq!(entry(&snapshot["projects"], "name", "limited")["rate_limit"], Value::Null);
+
+    // Keys: the same, through create and the key's own update.
+    let key_limit = json!({"calls_per_minute": 60, "burst": 5});
+    let created = cp.ok(
+        "POST",
+        "/api/v1/api-keys",
+        Some(json!({"project": project, "user": email, "name": "limited", "rate_limit": key_limit})),
+        201,
+    );
+    assert_eq!(created["rate_limit"], key_limit);
+    let id = created["id"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/api-keys/{id}");
+    let plain = cp.ok("POST", "/api/v1/api-keys", Some(json!({"project": project, "user": email})), 201);
+    assert_eq!(plain["rate_limit"], Value::Null);
+    assert_eq!(cp.ok("GET", &path, None, 200)["rate_limit"], key_limit);
+    let listed = cp.ok("GET", &format!("/api/v1/api-keys?project={project}"), None, 200);
+    assert_eq!(entry(&listed["items"], "id", &id)["rate_limit"], key_limit);
+    let snapshot = cp.wait_for_snapshot();
+    assert_eq!(entry(&snapshot["api_keys"], "id", &id)["rate_limit"], key_limit);
+    assert_eq!(entry(&snapshot["api_keys"], "id", plain["id"].as_str().unwrap())["rate_limit"], Value::Null);
+
+    let before = cp.db_revision();
+    assert_eq!(cp.ok("PATCH", &path, Some(json!({})), 200)["rate_limit"], key_limit, "nothing named, nothing changed");
+    assert_eq!(cp.db_revision(), before);
+    let updated = cp.ok("PATCH", &path, Some(json!({"rate_limit": {"calls_per_minute": 10, "burst": 2}})), 200);
+    assert_eq!(updated["rate_limit"], json!({"calls_per_minute": 10, "burst": 2}));
+    assert!(updated.get("key").is_none(), "an update never shows the secret: {updated}");
+    let snapshot = cp.wait_for_snapshot();
+    assert_eq!(entry(&snapshot["api_keys"], "id", &id)["rate_limit"], json!({"calls_per_minute": 10, "burst": 2}));
+
+    let keys_before = cp.ok("GET", "/api/v1/api-keys", None, 200)["items"].as_array().unwrap().len();
+    for (body, field) in &bad {
+        refused(&cp, "PATCH", &path, body.clone(), field);
+        let mut create = body.clone();
+        create["project"] = json!(project);
+        create["user"] = json!(email);
+        refused(&cp, "POST", "/api/v1/api-keys", create, field);
+    }
+    assert_eq!(cp.ok("GET", "/api/v1/api-keys", None, 200)["items"].as_array().unwrap().len(), keys_before);
+    assert_eq!(cp.ok("GET", &path, None, 200)["rate_limit"], json!({"calls_per_minute": 10, "burst": 2}));
+    refused(&cp, "PATCH", &path, json!({"name": "renamed"}), "name");
+    assert_eq!(cp.call("PATCH", "/api/v1/api-keys/nope", Some(json!({"rate_limit": null}))).0, 404);
+
+    let cleared = cp.ok("PATCH", &path, Some(json!({"rate_limit": null})), 200);
+    assert_eq!(cleared["rate_limit"], Value::Null);
+    let snapshot = cp.wait_for_snapshot();
+    assert_eq!(entry(&snapshot["api_keys"], "id", &id)["rate_limit"], Value::Null);
+    // A limit survives the key's other changes.
+    cp.ok("PATCH", &path, Some(json!({"rate_limit": {"calls_per_minute": 7}})), 200);
+    cp.ok("POST", &format!("{path}/rotate"), None, 200);
+    cp.ok("POST", &format!("{path}/disable"), None, 200);
+    assert_eq!(cp.ok("GET", &path, None, 200)["rate_limit"], json!({"calls_per_minute": 7}));
+}
+
+fn server_rate_limits_travel_with_the_server_into_the_snapshot() {
+    let cp = ControlPlane::start();
+    let server = json!({
+        "server_name": "echo",
+        "config": {"command": "echo-server"},
+        "rate_limit": {"calls_per_minute": 100, "burst": 20},
+        "tool_rate_limits": {"echo": {"calls_per_minute": 5}, "slow_tool": {"calls_per_minute": 1, "burst": 1}}
+    });
+    cp.ok("POST", "/api/v1/configs", Some(json!({"name": "limited", "servers": [server]})), 201);
+    let shown = cp.ok("GET", "/api/v1/configs/limited/servers/echo", None, 200);
+    assert_eq!(shown["rate_limit"], server["rate_limit"]);
+    assert_eq!(shown["tool_rate_limits"], server["tool_rate_limits"]);
+    let published = published_server(&cp, "limited", "echo");
+    assert_eq!(published["rate_limit"], server["rate_limit"]);
+    assert_eq!(published["tool_rate_limits"], server["tool_rate_limits"]);
+
+    let mut changed = shown.clone();
+    changed["tool_rate_limits"] = json!({"echo": {"calls_per_minute": 50}});
+    changed.as_object_mut().unwrap().remove("rate_limit");
+    cp.ok("PUT", "/api/v1/configs/limited/servers/echo", Some(changed), 200);
+    let published = published_server(&cp, "limited", "echo");
+    assert_eq!(published["rate_limit"], Value::Null);
+    assert_eq!(published["tool_rate_limits"], json!({"echo": {"calls_per_minute": 50}}));
+
+    let with = |field: &str, value: Value| {
+        let mut s = json!({"server_name": "other", "config": {"command": "echo-server"}});
+        s[field] = value;
+        s
+    };
+    for (s, field) in [
+        (with("rate_limit", json!({"calls_per_minute": 0})), "rate_limit.calls_per_minute"),
+        (with("tool_rate_limits", json!({"echo": {"calls_per_minute": 0}})), "tool_rate_limits.echo.calls_per_minute"),
+        (with("rate_limit", json!({"calls_per_minute": 5, "burst": 2_000_000})), "rate_limit.burst"),
+        (with("rate_limit", json!({"calls_per_minute": 5, "window": 60})), "window"),
+    ] {
+        refused(&cp, "POST", "/api/v1/configs", json!({"name": "never", "servers": [s.clone()]}), field);
+        refused(&cp, "POST", "/api/v1/configs/limited/servers", s.clone(), field);
+        let mut replacement = s;
+        replacement["server_name"] = json!("echo");
+        refused(&cp, "PUT", "/api/v1/configs/limited/servers/echo", replacement, field);
+    }
+    assert_eq!(cp.call("GET", "/api/v1/configs/never", None).0, 404);
+    assert_eq!(published_server(&cp, "limited", "echo")["tool_rate_limits"], json!({"echo": {"calls_per_minute": 50}}));
+}
+
 on_every_database!(
     health_is_open_and_everything_else_needs_the_key,
     requests_a_page_of_another_site_could_send_are_refused_and_change_nothing,
@@ -970,4 +1140,6 @@ on_every_database!(
     oauth_client_secrets_are_never_shown_and_survive_a_round_trip,
     stored_secrets_are_encrypted_at_rest_and_need_their_key,
     env_and_header_values_are_never_shown_and_survive_a_round_trip,
+    rate_limits_of_projects_and_keys_are_kept_changed_cleared_and_published,
+    server_rate_limits_travel_with_the_server_into_the_snapshot,
 );

@@ -14,6 +14,7 @@ pub mod error;
 pub mod json;
 pub mod openapi;
 pub mod publish;
+pub(crate) mod rate_limits;
 pub mod secrets;
 pub mod store;
 pub mod upstream_oauth;

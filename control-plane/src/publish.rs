@@ -179,8 +179,10 @@ pub async fn build(
         mcp_configs.push(SnapshotConfig { id: uuid(&id)?, name, tool_naming, servers: specs, pins, oauth_tokens });
     }
 
-    let projects: Vec<(String, String, Option<String>)> =
-        sqlx::query_as("SELECT id, name, mcp_config_id FROM projects ORDER BY name").fetch_all(&mut *conn).await?;
+    let projects: Vec<(String, String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT id, name, mcp_config_id, rate_limit FROM projects ORDER BY name")
+            .fetch_all(&mut *conn)
+            .await?;
     let members: Vec<(String, String)> =
         sqlx::query_as("SELECT project_id, user_id FROM project_members ORDER BY project_id, user_id")
             .fetch_all(&mut *conn)
@@ -190,14 +192,14 @@ pub async fn build(
         members_by_project.entry(project_id).or_default().push(uuid(&user_id)?);
     }
     let mut snapshot_projects = Vec::with_capacity(projects.len());
-    for (id, name, config) in projects {
+    for (id, name, config, rate_limit) in projects {
         let project_members = members_by_project.remove(&id).unwrap_or_default();
         snapshot_projects.push(SnapshotProject {
             id: uuid(&id)?,
             name,
             mcp_config_id: config.as_deref().map(uuid).transpose()?,
             members: project_members,
-            rate_limit: None,
+            rate_limit: stored_limit(rate_limit.as_deref(), "project", &id)?,
         });
     }
 
@@ -210,15 +212,18 @@ pub async fn build(
         hash: String,
         expires_at: Option<String>,
         disabled: i64,
+        rate_limit: Option<String>,
     }
-    let keys: Vec<KeyRow> =
-        sqlx::query_as("SELECT id, project_id, user_id, name, hash, expires_at, disabled FROM api_keys ORDER BY id")
-            .fetch_all(&mut *conn)
-            .await?;
+    let keys: Vec<KeyRow> = sqlx::query_as(
+        "SELECT id, project_id, user_id, name, hash, expires_at, disabled, rate_limit FROM api_keys ORDER BY id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     let api_keys = keys
         .into_iter()
         .map(|k| {
             Ok(SnapshotApiKey {
+                rate_limit: stored_limit(k.rate_limit.as_deref(), "API key", &k.id)?,
                 expires_at: opt_time(&k.expires_at),
                 id: k.id,
                 project_id: uuid(&k.project_id)?,
@@ -226,7 +231,6 @@ pub async fn build(
                 name: k.name,
                 hash: k.hash,
                 disabled: k.disabled != 0,
-                rate_limit: None,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -241,4 +245,10 @@ pub async fn build(
         api_keys,
         settings: settings.clone(),
     })
+}
+
+/// A stored limit; an unreadable one fails the publish rather than lift the limit.
+fn stored_limit(text: Option<&str>, kind: &str, id: &str) -> anyhow::Result<Option<shared::RateLimit>> {
+    crate::rate_limits::from_column(text)
+        .map_err(|e| anyhow::anyhow!("stored rate limit of {kind} `{id}` is unreadable: {e}"))
 }

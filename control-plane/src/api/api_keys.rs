@@ -2,10 +2,10 @@
 //! project. Its secret is returned exactly once (at creation or rotation); only an argon2 hash is
 //! stored, and keys are addressed by their public id, never by the secret.
 
-use actix_web::{HttpResponse, delete, get, post, web};
+use actix_web::{HttpResponse, delete, get, patch, post, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shared::api_key;
+use shared::{RateLimit, api_key};
 use sqlx::AnyConnection;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::api::{projects, users};
 use crate::error::{ActionErrors, ApiError, ListErrors, ReadErrors, WriteErrors};
 use crate::json::JsonBody;
+use crate::rate_limits;
 use crate::store::{PageQuery, Store, now, opt_time, time};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -32,6 +33,8 @@ pub struct ApiKey {
     pub disabled_at: Option<DateTime<Utc>>,
     /// When the secret was last rotated.
     pub rotated_at: Option<DateTime<Utc>>,
+    /// Tool calls with this key (null: only the project's and servers' limits apply).
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// A key together with its secret: returned only by create and rotate.
@@ -64,6 +67,18 @@ pub struct CreateApiKey {
     pub name: Option<String>,
     /// When the key stops working (RFC 3339, in the future).
     pub expires_at: Option<DateTime<Utc>>,
+    /// Tool calls with this key; none when absent or null.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateApiKey {
+    /// A new limit; `null` removes it, absent keeps it.
+    #[serde(default, deserialize_with = "rate_limits::present")]
+    #[schema(value_type = Option<RateLimit>)]
+    pub rate_limit: Option<Option<RateLimit>>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -89,6 +104,7 @@ struct KeyRow {
     disabled: i64,
     disabled_at: Option<String>,
     rotated_at: Option<String>,
+    rate_limit: Option<String>,
 }
 
 impl From<KeyRow> for ApiKey {
@@ -107,6 +123,8 @@ impl From<KeyRow> for ApiKey {
             disabled: r.disabled != 0,
             disabled_at: opt_time(&r.disabled_at),
             rotated_at: opt_time(&r.rotated_at),
+            // Only this control plane writes the column; the snapshot refuses a value it cannot read.
+            rate_limit: rate_limits::from_column(r.rate_limit.as_deref()).ok().flatten(),
         }
     }
 }
@@ -114,7 +132,7 @@ impl From<KeyRow> for ApiKey {
 macro_rules! key_select {
     () => {
         "SELECT k.id, k.name, k.project_id, p.name AS project_name, k.user_id, u.email AS user_email, k.created_at, \
-         k.expires_at, k.disabled, k.disabled_at, k.rotated_at \
+         k.expires_at, k.disabled, k.disabled_at, k.rotated_at, k.rate_limit \
          FROM api_keys k JOIN projects p ON p.id = k.project_id JOIN users u ON u.id = k.user_id "
     };
 }
@@ -164,6 +182,7 @@ pub async fn create_key(
     if body.expires_at.is_some_and(|e| e <= Utc::now()) {
         return Err(ApiError::invalid("expires_at", "must be in the future"));
     }
+    rate_limits::check(body.rate_limit.as_ref(), "rate_limit")?;
     let (key, hash) = new_secret(None).await?;
     let mut w = store.begin_write().await?;
     let project = projects::resolve(&mut w.tx, &body.project).await.map_err(|e| body_ref(e, "project"))?;
@@ -183,16 +202,20 @@ pub async fn create_key(
             ),
         ));
     }
-    sqlx::query("INSERT INTO api_keys (id, project_id, user_id, name, hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-        .bind(&key.id)
-        .bind(&project.id)
-        .bind(&user.id)
-        .bind(&body.name)
-        .bind(&hash)
-        .bind(now())
-        .bind(body.expires_at.map(|e| e.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)))
-        .execute(&mut *w.tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO api_keys (id, project_id, user_id, name, hash, created_at, expires_at, rate_limit) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&key.id)
+    .bind(&project.id)
+    .bind(&user.id)
+    .bind(&body.name)
+    .bind(&hash)
+    .bind(now())
+    .bind(body.expires_at.map(|e| e.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)))
+    .bind(rate_limits::to_column(body.rate_limit.as_ref())?)
+    .execute(&mut *w.tx)
+    .await?;
     let api_key = fetch(&mut w.tx, &key.id).await?;
     w.commit("create", "api_key", &key.id).await?;
     Ok(HttpResponse::Created().json(ApiKeyWithSecret { api_key, key: key.secret }))
@@ -237,6 +260,32 @@ pub async fn list_keys(
 #[get("/api-keys/{key_id}")]
 pub async fn get_key(store: web::Data<Store>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(fetch(&mut *store.conn().await?, &path).await?))
+}
+
+#[utoipa::path(patch, path = "/api/v1/api-keys/{key_id}", tag = "api-keys", request_body = UpdateApiKey,
+    params(("key_id" = String, Path, description = "Public key id")),
+    responses((status = 200, description = "Updated (no secret)", body = ApiKey), WriteErrors))]
+#[patch("/api-keys/{key_id}")]
+pub async fn update_key(
+    store: web::Data<Store>,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<UpdateApiKey>,
+) -> Result<HttpResponse, ApiError> {
+    let Some(rate_limit) = body.rate_limit else {
+        // Nothing asked to change: no new revision.
+        return Ok(HttpResponse::Ok().json(fetch(&mut *store.conn().await?, &path).await?));
+    };
+    rate_limits::check(rate_limit.as_ref(), "rate_limit")?;
+    let mut w = store.begin_write().await?;
+    let key = fetch(&mut w.tx, &path).await?;
+    sqlx::query("UPDATE api_keys SET rate_limit = $1 WHERE id = $2")
+        .bind(rate_limits::to_column(rate_limit.as_ref())?)
+        .bind(&key.id)
+        .execute(&mut *w.tx)
+        .await?;
+    let key = fetch(&mut w.tx, &key.id).await?;
+    w.commit("update", "api_key", &key.id).await?;
+    Ok(HttpResponse::Ok().json(key))
 }
 
 #[utoipa::path(delete, path = "/api/v1/api-keys/{key_id}", tag = "api-keys",
@@ -310,6 +359,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(create_key)
         .service(list_keys)
         .service(get_key)
+        .service(update_key)
         .service(delete_key)
         .service(rotate_key)
         .service(disable_key)

@@ -4,6 +4,7 @@
 use actix_web::{HttpResponse, delete, get, patch, post, put, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use shared::RateLimit;
 use sqlx::AnyConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -12,6 +13,7 @@ use crate::api::configs::{self, McpConfig};
 use crate::api::users::{self, ForceQuery, User, UserList, UserRow};
 use crate::error::{ActionErrors, ApiError, ListErrors, ReadErrors, WriteErrors};
 use crate::json::JsonBody;
+use crate::rate_limits;
 use crate::store::{Page, PageQuery, Store, as_uuid, now, time};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -23,6 +25,8 @@ pub struct Project {
     pub mcp_config: Option<ConfigRef>,
     pub member_count: i64,
     pub api_key_count: i64,
+    /// Tool calls through all of the project's keys together (null: no project-wide limit).
+    pub rate_limit: Option<RateLimit>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -53,6 +57,9 @@ pub struct CreateProject {
     /// MCP config (id or name) to assign right away.
     #[serde(default, alias = "mcp_config_name")]
     pub mcp_config: Option<String>,
+    /// Tool calls through all of the project's keys together; none when absent or null.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -63,6 +70,10 @@ pub struct UpdateProject {
     pub name: Option<String>,
     #[schema(max_length = 4096)]
     pub description: Option<String>,
+    /// A new limit; `null` removes it, absent keeps it.
+    #[serde(default, deserialize_with = "rate_limits::present")]
+    #[schema(value_type = Option<RateLimit>)]
+    pub rate_limit: Option<Option<RateLimit>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -90,6 +101,7 @@ pub(crate) struct ProjectRow {
     pub config_name: Option<String>,
     pub member_count: i64,
     pub api_key_count: i64,
+    pub rate_limit: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -107,6 +119,8 @@ impl From<ProjectRow> for Project {
             mcp_config,
             member_count: r.member_count,
             api_key_count: r.api_key_count,
+            // Only this control plane writes the column; the snapshot refuses a value it cannot read.
+            rate_limit: rate_limits::from_column(r.rate_limit.as_deref()).ok().flatten(),
             created_at: time(&r.created_at),
             updated_at: time(&r.updated_at),
         }
@@ -115,7 +129,8 @@ impl From<ProjectRow> for Project {
 
 macro_rules! project_select {
     () => {
-        "SELECT p.id, p.name, p.description, p.mcp_config_id, c.name AS config_name, p.created_at, p.updated_at, \
+        "SELECT p.id, p.name, p.description, p.mcp_config_id, c.name AS config_name, p.rate_limit, p.created_at, \
+         p.updated_at, \
          (SELECT COUNT(*) FROM project_members m WHERE m.project_id = p.id) AS member_count, \
          (SELECT COUNT(*) FROM api_keys k WHERE k.project_id = p.id) AS api_key_count \
          FROM projects p LEFT JOIN mcp_configs c ON c.id = p.mcp_config_id "
@@ -183,6 +198,7 @@ pub async fn create_project(
 ) -> Result<HttpResponse, ApiError> {
     valid_name(&body.name)?;
     valid_description(&body.description)?;
+    rate_limits::check(body.rate_limit.as_ref(), "rate_limit")?;
     let mut w = store.begin_write().await?;
     if name_taken(&mut w.tx, &body.name, None).await? {
         return Err(ApiError::Conflict(format!("a project named `{}` already exists", body.name)));
@@ -194,12 +210,14 @@ pub async fn create_project(
     let id = Uuid::new_v4().to_string();
     let ts = now();
     sqlx::query(
-        "INSERT INTO projects (id, name, description, mcp_config_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO projects (id, name, description, mcp_config_id, rate_limit, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&id)
     .bind(&body.name)
     .bind(&body.description)
     .bind(config_id)
+    .bind(rate_limits::to_column(body.rate_limit.as_ref())?)
     .bind(&ts)
     .bind(&ts)
     .execute(&mut *w.tx)
@@ -245,14 +263,20 @@ pub async fn update_project(
     let row = resolve(&mut w.tx, &path).await?;
     let name = body.name.unwrap_or(row.name);
     let description = body.description.unwrap_or(row.description);
+    let rate_limit = match body.rate_limit {
+        Some(limit) => limit,
+        None => rate_limits::from_column(row.rate_limit.as_deref())?,
+    };
     valid_name(&name)?;
     valid_description(&description)?;
+    rate_limits::check(rate_limit.as_ref(), "rate_limit")?;
     if name_taken(&mut w.tx, &name, Some(&row.id)).await? {
         return Err(ApiError::Conflict(format!("a project named `{name}` already exists")));
     }
-    sqlx::query("UPDATE projects SET name = $1, description = $2, updated_at = $3 WHERE id = $4")
+    sqlx::query("UPDATE projects SET name = $1, description = $2, rate_limit = $3, updated_at = $4 WHERE id = $5")
         .bind(&name)
         .bind(&description)
+        .bind(rate_limits::to_column(rate_limit.as_ref())?)
         .bind(now())
         .bind(&row.id)
         .execute(&mut *w.tx)

@@ -13,9 +13,9 @@ use actix_web::{HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use shared::ServerSpec;
 use shared::api_key;
 use shared::snapshot::{SnapshotConfig, ToolNaming, validate_config_servers};
+use shared::{RateLimit, ServerSpec};
 use sqlx::AnyConnection;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -24,6 +24,7 @@ use crate::api::configs::{self, ServerRules};
 use crate::api::users::valid_email;
 use crate::error::{ApiError, Problem, ReadErrors, WriteErrors};
 use crate::json::JsonBody;
+use crate::rate_limits;
 use crate::secrets::SecretBox;
 use crate::store::{Store, current_revision, format_time, now};
 
@@ -71,6 +72,9 @@ pub struct StateProject {
     /// Name of the MCP config the project uses (none: its keys reach no tools).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp_config: Option<String>,
+    /// Tool calls through all of the project's keys together (absent: no project-wide limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
     /// E-mails of the members.
     #[serde(default)]
     pub members: Vec<String>,
@@ -78,8 +82,8 @@ pub struct StateProject {
     pub keys: Vec<StateKey>,
 }
 
-/// A key, by name within its project. Apply creates it when missing and never shows, rotates or
-/// changes an existing one.
+/// A key, by name within its project. Apply creates it when missing; of an existing one it changes
+/// only the rate limit, and never shows or rotates it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateKey {
@@ -88,6 +92,9 @@ pub struct StateKey {
     pub user: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// Tool calls with this key (absent: no limit of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -151,6 +158,7 @@ struct CurrentKey {
     name: Option<String>,
     user_email: String,
     expires_at: Option<String>,
+    rate_limit: Option<RateLimit>,
 }
 
 struct CurrentProject {
@@ -160,6 +168,7 @@ struct CurrentProject {
     /// Lower-case e-mail -> (user id, e-mail).
     members: BTreeMap<String, (String, String)>,
     keys: Vec<CurrentKey>,
+    rate_limit: Option<RateLimit>,
 }
 
 struct CurrentConfig {
@@ -195,8 +204,17 @@ async fn current(conn: &mut AnyConnection, secrets: &SecretBox) -> Result<Curren
         configs.insert(name, CurrentConfig { id, description, tool_naming, servers });
     }
 
-    let rows: Vec<(String, String, String, Option<String>)> =
-        sqlx::query_as("SELECT id, name, description, mcp_config_id FROM projects").fetch_all(&mut *conn).await?;
+    #[derive(sqlx::FromRow)]
+    struct ProjectRow {
+        id: String,
+        name: String,
+        description: String,
+        mcp_config_id: Option<String>,
+        rate_limit: Option<String>,
+    }
+    let rows: Vec<ProjectRow> = sqlx::query_as("SELECT id, name, description, mcp_config_id, rate_limit FROM projects")
+        .fetch_all(&mut *conn)
+        .await?;
     let members: Vec<(String, String)> =
         sqlx::query_as("SELECT project_id, user_id FROM project_members").fetch_all(&mut *conn).await?;
     #[derive(sqlx::FromRow)]
@@ -206,17 +224,20 @@ async fn current(conn: &mut AnyConnection, secrets: &SecretBox) -> Result<Curren
         name: Option<String>,
         user_id: String,
         expires_at: Option<String>,
+        rate_limit: Option<String>,
     }
     let keys: Vec<KeyRow> =
-        sqlx::query_as("SELECT id, project_id, name, user_id, expires_at FROM api_keys ORDER BY id")
+        sqlx::query_as("SELECT id, project_id, name, user_id, expires_at, rate_limit FROM api_keys ORDER BY id")
             .fetch_all(&mut *conn)
             .await?;
     let mut projects = BTreeMap::new();
     let mut project_names = HashMap::new();
-    for (id, name, description, config_id) in rows {
-        let config = config_id.and_then(|c| config_names.get(&c).cloned());
+    for ProjectRow { id, name, description, mcp_config_id, rate_limit } in rows {
+        let config = mcp_config_id.and_then(|c| config_names.get(&c).cloned());
+        let rate_limit = rate_limits::from_column(rate_limit.as_deref())?;
         project_names.insert(id.clone(), name.clone());
-        projects.insert(name, CurrentProject { id, description, config, members: BTreeMap::new(), keys: Vec::new() });
+        let (members, keys) = (BTreeMap::new(), Vec::new());
+        projects.insert(name, CurrentProject { id, description, config, members, keys, rate_limit });
     }
     for (project_id, user_id) in members {
         if let (Some(p), Some(email)) = (project_names.get(&project_id), by_id.get(user_id.as_str()))
@@ -230,7 +251,8 @@ async fn current(conn: &mut AnyConnection, secrets: &SecretBox) -> Result<Curren
             && let Some(project) = projects.get_mut(p)
         {
             let user_email = email.to_string();
-            project.keys.push(CurrentKey { id: k.id, name: k.name, user_email, expires_at: k.expires_at });
+            let rate_limit = rate_limits::from_column(k.rate_limit.as_deref())?;
+            project.keys.push(CurrentKey { id: k.id, name: k.name, user_email, expires_at: k.expires_at, rate_limit });
         }
     }
     Ok(Current { revision, users, configs, projects })
@@ -384,6 +406,9 @@ fn parse(doc: Value, current: &Current, rules: &ServerRules, prune: bool) -> Res
         if project.description.len() > 4096 {
             add(format!("{at}/description"), "must be at most 4096 characters".into());
         }
+        for e in project.rate_limit.iter().flat_map(|l| l.problems("rate_limit")) {
+            add(format!("{at}/{}", e.field.replace('.', "/")), e.message);
+        }
         if let Some(config) = &project.mcp_config
             && !known_config(config)
         {
@@ -410,6 +435,9 @@ fn parse(doc: Value, current: &Current, rules: &ServerRules, prune: bool) -> Res
                 add(format!("{at}/name"), "must be 1-128 printable characters".into());
             } else if !key_names.insert(key.name.clone()) {
                 add(format!("{at}/name"), format!("`{}` is listed twice", key.name));
+            }
+            for e in key.rate_limit.iter().flat_map(|l| l.problems("rate_limit")) {
+                add(format!("{at}/{}", e.field.replace('.', "/")), e.message);
             }
             if !member_after(&key.user) {
                 add(format!("{at}/user"), format!("`{}` is not a member of `{}`", key.user, project.name));
@@ -497,6 +525,9 @@ fn diff(doc: &StateDocument, current: &Current, prune: bool) -> Vec<Change> {
                 if s.config != p.mcp_config {
                     fields.push("mcp_config".into());
                 }
+                if s.rate_limit != p.rate_limit {
+                    fields.push("rate_limit".into());
+                }
                 if !fields.is_empty() {
                     out.push(change(Update, "project", &p.name, fields));
                 }
@@ -508,8 +539,12 @@ fn diff(doc: &StateDocument, current: &Current, prune: bool) -> Vec<Change> {
             }
         }
         for k in &p.keys {
-            if !stored.is_some_and(|s| s.keys.iter().any(|e| e.name.as_deref() == Some(k.name.as_str()))) {
-                out.push(change(Create, "key", format!("{}/{}", p.name, k.name), vec![]));
+            match stored_key(stored, &k.name) {
+                None => out.push(change(Create, "key", format!("{}/{}", p.name, k.name), vec![])),
+                Some(e) if e.rate_limit != k.rate_limit => {
+                    out.push(change(Update, "key", format!("{}/{}", p.name, k.name), vec!["rate_limit".into()]))
+                }
+                Some(_) => {}
             }
         }
     }
@@ -546,6 +581,11 @@ fn diff(doc: &StateDocument, current: &Current, prune: bool) -> Vec<Change> {
         }
     }
     out
+}
+
+/// The stored key of that name in the stored project, if both exist.
+fn stored_key<'a>(project: Option<&'a CurrentProject>, name: &str) -> Option<&'a CurrentKey> {
+    project.and_then(|p| p.keys.iter().find(|k| k.name.as_deref() == Some(name)))
 }
 
 // ---- making the changes ----
@@ -625,25 +665,28 @@ async fn execute(
             None => {
                 let id = Uuid::new_v4().to_string();
                 sqlx::query(
-                    "INSERT INTO projects (id, name, description, mcp_config_id, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $5)",
+                    "INSERT INTO projects (id, name, description, mcp_config_id, created_at, updated_at, rate_limit) \
+                     VALUES ($1, $2, $3, $4, $5, $5, $6)",
                 )
                 .bind(&id)
                 .bind(&p.name)
                 .bind(&p.description)
                 .bind(&config_id)
                 .bind(&ts)
+                .bind(rate_limits::to_column(p.rate_limit.as_ref())?)
                 .execute(&mut *conn)
                 .await?;
                 id
             }
             Some(s) => {
-                if s.description != p.description || s.config != p.mcp_config {
+                if s.description != p.description || s.config != p.mcp_config || s.rate_limit != p.rate_limit {
                     sqlx::query(
-                        "UPDATE projects SET description = $1, mcp_config_id = $2, updated_at = $3 WHERE id = $4",
+                        "UPDATE projects SET description = $1, mcp_config_id = $2, rate_limit = $3, updated_at = $4 \
+                         WHERE id = $5",
                     )
                     .bind(&p.description)
                     .bind(&config_id)
+                    .bind(rate_limits::to_column(p.rate_limit.as_ref())?)
                     .bind(&ts)
                     .bind(&s.id)
                     .execute(&mut *conn)
@@ -666,7 +709,14 @@ async fn execute(
                 .await?;
         }
         for k in &p.keys {
-            if stored.is_some_and(|s| s.keys.iter().any(|e| e.name.as_deref() == Some(k.name.as_str()))) {
+            if let Some(e) = stored_key(stored, &k.name) {
+                if e.rate_limit != k.rate_limit {
+                    sqlx::query("UPDATE api_keys SET rate_limit = $1 WHERE id = $2")
+                        .bind(rate_limits::to_column(k.rate_limit.as_ref())?)
+                        .bind(&e.id)
+                        .execute(&mut *conn)
+                        .await?;
+                }
                 continue;
             }
             let (id, secret, hash) = hashes
@@ -675,8 +725,8 @@ async fn execute(
             let user_id =
                 user_ids.get(&k.user.to_lowercase()).ok_or_else(|| ApiError::Internal("key holder vanished".into()))?;
             sqlx::query(
-                "INSERT INTO api_keys (id, project_id, user_id, name, hash, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO api_keys (id, project_id, user_id, name, hash, created_at, expires_at, rate_limit) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(id)
             .bind(&project_id)
@@ -685,6 +735,7 @@ async fn execute(
             .bind(hash)
             .bind(&ts)
             .bind(k.expires_at.map(format_time))
+            .bind(rate_limits::to_column(k.rate_limit.as_ref())?)
             .execute(&mut *conn)
             .await?;
             created_keys.push(CreatedKey {
@@ -910,6 +961,7 @@ pub async fn export(store: web::Data<Store>) -> Result<HttpResponse, ApiError> {
                 description: p.description.clone(),
                 mcp_config: p.config.clone(),
                 members: p.members.values().map(|(_, email)| email.clone()).collect(),
+                rate_limit: p.rate_limit,
                 keys: p
                     .keys
                     .iter()
@@ -918,6 +970,7 @@ pub async fn export(store: web::Data<Store>) -> Result<HttpResponse, ApiError> {
                             name: k.name.clone()?,
                             user: k.user_email.clone(),
                             expires_at: k.expires_at.as_deref().map(crate::store::time),
+                            rate_limit: k.rate_limit,
                         })
                     })
                     .collect(),
