@@ -303,10 +303,109 @@ fn export_then_apply_changes_nothing() {
     assert_eq!(schema, committed);
 }
 
+fn rate_limits_are_declared_planned_applied_and_exported() {
+    let cp = ControlPlane::start();
+    let tmp = TempDir::new("mcpgw-state-limits");
+    let project_limit = json!({"calls_per_minute": 600, "burst": 60});
+    let key_limit = json!({"calls_per_minute": 60});
+    let server_limit = json!({"calls_per_minute": 100});
+    let tool_limits = json!({"echo": {"calls_per_minute": 10, "burst": 2}});
+    let mut doc = document();
+    doc["projects"][0]["rate_limit"] = project_limit.clone();
+    doc["projects"][0]["keys"][0]["rate_limit"] = key_limit.clone();
+    doc["configs"][0]["servers"][0]["rate_limit"] = server_limit.clone();
+    doc["configs"][0]["servers"][0]["tool_rate_limits"] = tool_limits.clone();
+    let file = write_yaml(tmp.path(), "state.yaml", &doc);
+    let (code, _, err) = mcpgw(&cp, &["apply", "-f", &file], &[TOKEN_ENV]);
+    assert_eq!(code, 0, "{err}");
+    let snapshot = cp.wait_for_snapshot();
+    assert_eq!(snapshot["projects"][0]["rate_limit"], project_limit);
+    let key_of = |snapshot: &Value, name: &str| {
+        snapshot["api_keys"].as_array().unwrap().iter().find(|k| k["name"] == name).unwrap()["rate_limit"].clone()
+    };
+    assert_eq!(key_of(&snapshot, "laptop"), key_limit);
+    assert_eq!(key_of(&snapshot, "ci"), Value::Null);
+    let server = &snapshot["mcp_configs"][0]["servers"][0];
+    assert_eq!((&server["rate_limit"], &server["tool_rate_limits"]), (&server_limit, &tool_limits));
+
+    // Changed limits are updates of exactly that field, of the project and of the existing key.
+    let mut changed = doc.clone();
+    changed["projects"][0]["rate_limit"] = json!({"calls_per_minute": 300});
+    changed["projects"][0]["keys"][0]["rate_limit"] = json!({"calls_per_minute": 30, "burst": 3});
+    let changed_file = write_yaml(tmp.path(), "changed.yaml", &changed);
+    let (code, out, err) = mcpgw(&cp, &["--json", "plan", "-f", &changed_file], &[TOKEN_ENV]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["changes"],
+        json!([
+            {"action": "update", "kind": "project", "name": "demo", "fields": ["rate_limit"]},
+            {"action": "update", "kind": "key", "name": "demo/laptop", "fields": ["rate_limit"]}
+        ])
+    );
+    let (code, out, _) = mcpgw(&cp, &["plan", "-f", &changed_file], &[TOKEN_ENV]);
+    assert_eq!(code, 0);
+    assert!(out.contains("update key demo/laptop (rate_limit)"), "{out}");
+    let before = cp.db_revision();
+    let (code, out, err) = mcpgw(&cp, &["apply", "-f", &changed_file], &[TOKEN_ENV]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("mcpgw_"), "an existing key is never shown: {out}");
+    assert_eq!(cp.db_revision(), before + 1);
+    let snapshot = cp.wait_for_snapshot();
+    assert_eq!(snapshot["projects"][0]["rate_limit"], json!({"calls_per_minute": 300}));
+    assert_eq!(key_of(&snapshot, "laptop"), json!({"calls_per_minute": 30, "burst": 3}));
+    let keys = cp.ok("GET", "/api/v1/api-keys", None, 200);
+    let laptop = keys["items"].as_array().unwrap().iter().find(|k| k["name"] == "laptop").unwrap();
+    assert_eq!(laptop["rate_limit"], json!({"calls_per_minute": 30, "burst": 3}));
+
+    // Exported with the limits, and applied back: nothing to do.
+    let exported = tmp.path().join("exported.json");
+    let exported_arg = exported.to_string_lossy().into_owned();
+    assert_eq!(mcpgw(&cp, &["export", "-o", &exported_arg], &[]).0, 0);
+    let text: Value = serde_json::from_str(&std::fs::read_to_string(&exported).unwrap()).unwrap();
+    assert_eq!(text["projects"][0]["rate_limit"], json!({"calls_per_minute": 300}));
+    let laptop = text["projects"][0]["keys"].as_array().unwrap().iter().find(|k| k["name"] == "laptop").unwrap();
+    assert_eq!(laptop["rate_limit"], json!({"calls_per_minute": 30, "burst": 3}));
+    assert_eq!(text["configs"][0]["servers"][0]["tool_rate_limits"], tool_limits);
+    let (code, out, err) = mcpgw(&cp, &["plan", "-f", &exported_arg], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("no changes"), "{out}");
+
+    // Out-of-range limits are problems at their pointers, and nothing is written.
+    let mut bad = changed.clone();
+    bad["projects"][0]["rate_limit"] = json!({"calls_per_minute": 0});
+    bad["projects"][0]["keys"][1]["rate_limit"] = json!({"calls_per_minute": 5, "burst": 1_000_001});
+    bad["configs"][0]["servers"][0]["tool_rate_limits"] = json!({"echo": {"calls_per_minute": 0}});
+    let before = cp.db_revision();
+    let (status, answer) = cp.call("POST", "/api/v1/state/apply", Some(bad));
+    assert_eq!(status, 422, "{answer}");
+    let pointers: Vec<&str> =
+        answer["error"]["problems"].as_array().unwrap().iter().map(|p| p["pointer"].as_str().unwrap()).collect();
+    for expected in [
+        "/projects/0/rate_limit/calls_per_minute",
+        "/projects/0/keys/1/rate_limit/burst",
+        "/configs/0/servers/0/tool_rate_limits/echo/calls_per_minute",
+    ] {
+        assert!(pointers.contains(&expected), "no problem at {expected}: {pointers:?}");
+    }
+    assert_eq!(cp.db_revision(), before);
+
+    // Back to the first limits: two changes; then left out of the document, every limit is removed.
+    let (code, out, err) = mcpgw(&cp, &["--json", "apply", "-f", &file], &[TOKEN_ENV]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["changes"].as_array().unwrap().len(), 2, "{out}");
+    let (code, _, err) = mcpgw(&cp, &["apply", "-f", &write_yaml(tmp.path(), "plain.yaml", &document())], &[TOKEN_ENV]);
+    assert_eq!(code, 0, "{err}");
+    let snapshot = cp.wait_for_snapshot();
+    assert_eq!(snapshot["projects"][0]["rate_limit"], Value::Null);
+    assert_eq!(key_of(&snapshot, "laptop"), Value::Null);
+    assert_eq!(snapshot["mcp_configs"][0]["servers"][0]["rate_limit"], Value::Null);
+}
+
 on_every_database!(
     apply_creates_everything_once_and_a_client_calls_through_its_key,
     prune_deletes_exactly_what_the_document_no_longer_names,
     a_document_with_ten_errors_reports_all_ten_and_changes_nothing,
     a_plan_made_before_a_concurrent_edit_is_refused,
     export_then_apply_changes_nothing,
+    rate_limits_are_declared_planned_applied_and_exported,
 );
