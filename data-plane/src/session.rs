@@ -212,7 +212,7 @@ impl Sessions {
             return Err(Refused::Foreign);
         }
         self.register(id, owner.clone())?;
-        tracing::debug!(session = %short_id(id), key_id = %owner.key_id, "session taken over");
+        tracing::info!(session = %short_id(id), key_id = %owner.key_id, "session taken over");
         Ok(())
     }
 

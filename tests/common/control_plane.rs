@@ -145,15 +145,25 @@ impl ControlPlane {
                 std::fs::read_to_string(dir.path().join("admin_apikey")).expect("admin key file").trim().to_string()
             }
         };
-        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        // Idle connections are dropped before the server's keep-alive ends them, so a request never
+        // races the server closing the connection it was sent on.
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
         ControlPlane { child, base, dir, admin_key, log, client }
     }
 
     /// Talks HTTPS to this control plane, trusting the certificates in `ca_pem`.
     pub fn trust(&mut self, ca_pem: &[u8]) {
         let ca = reqwest::Certificate::from_pem_bundle(ca_pem).unwrap();
-        self.client =
-            reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).tls_certs_merge(ca).build().unwrap();
+        self.client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(2))
+            .tls_certs_merge(ca)
+            .build()
+            .unwrap();
     }
 
     pub fn url(&self, path: &str) -> String {
