@@ -426,7 +426,10 @@ fn sessions_survive_a_killed_and_a_restarted_replica_behind_round_robin() {
     assert!(served.iter().all(|n| *n > 0), "python calls per replica: {served:?}");
     assert!(replicas[2].log_text().contains("session taken over"), "the restarted replica took the session over");
     println!(
-        "python calls per replica: {served:?} (replica 1 killed, replica 2 restarted); {admin_changes} admin changes"
+        "python calls per replica: {served:?} (replica 1 killed, replica 2 restarted); python failed {}, rmcp failed {}; \
+         {admin_changes} admin changes",
+        report["failed"],
+        rmcp_failures.len()
     );
 }
 
@@ -508,6 +511,7 @@ fn a_rate_limit_holds_across_replicas_and_per_replica_while_redis_is_down() {
     let reached: usize = replicas.iter().map(|dp| calls_in_audit(&dp.audit_log, &key)).sum();
     assert_eq!(reached, admitted, "refused calls never reached the upstream");
 
+    println!("limit 60/min over 3 replicas with Redis: {admitted} of 300 admitted, longest Retry-After {wait} s");
     // When Retry-After says, the key is admitted again.
     std::thread::sleep(Duration::from_secs(wait));
     let (status, _, messages, _) = post(&urls[1], &key, Some(&id), &echo(1000, "again"));
@@ -530,5 +534,6 @@ fn a_rate_limit_holds_across_replicas_and_per_replica_while_redis_is_down() {
     );
     let fallbacks: u64 = replicas.iter().map(|dp| metric(dp, "mcpgw_rate_limit_fallbacks_total ")).sum();
     assert!(fallbacks > 0, "the fallback is counted");
+    println!("limit 10/min over 3 replicas, Redis down: {admitted} of 45 admitted");
     assert!(replicas.iter().any(|dp| dp.log_text().contains("Redis does not answer")), "the fallback is logged");
 }
