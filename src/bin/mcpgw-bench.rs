@@ -67,7 +67,7 @@ impl Options {
                 "--no-large" => o.large = false,
                 "-h" | "--help" => {
                     println!(
-                        "mcpgw-bench [--seconds 3] [--levels 1,16,64] [--scenarios http,stdio,guardrails-1KiB] [--json] [--no-large]"
+                        "mcpgw-bench [--seconds 3] [--levels 1,16,64] [--scenarios http,stdio,guardrails-1KiB,replicas] [--json] [--no-large]"
                     );
                     std::process::exit(0);
                 }
@@ -210,9 +210,13 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Replicas share this, so a session opened on one is continued by any (the `replicas` rows).
+const SESSION_SECRET: &str = "mcpgw-bench-session-secret-0123456789abcdef";
+
 fn data_plane(data_dir: &Path, snapshot: &Path) -> anyhow::Result<Proc> {
     let mut cmd = Command::new(sibling("data-plane")?);
     cmd.env("MCPGW_DATA_DIR", data_dir)
+        .env("MCPGW_SESSION_SECRET", SESSION_SECRET)
         .env("MCPGW_SNAPSHOT_PATH", snapshot)
         .env("MCPGW_GATEWAY_LISTEN", "127.0.0.1:0")
         .env("MCPGW_MAX_SESSIONS_PER_KEY", "5000")
@@ -489,6 +493,11 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         }
     }
     let (peak_rss_kib, _) = gateway.memory_kib();
+    let replicas = if opts.scenarios.is_empty() || opts.scenarios.iter().any(|s| s == "replicas") {
+        replica_rows(&opts, &dir, &snapshot, &gateway, &key).await?
+    } else {
+        Vec::new()
+    };
 
     // Reload latency: admin change committed -> first call served under the new config.
     let poller = connect(&gateway_url, Some(&key)).await?;
@@ -575,6 +584,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         "machine": machine(),
         "seconds_per_run": opts.seconds,
         "comparisons": comparisons,
+        "replicas": replicas,
         "data_plane_peak_rss_kib": peak_rss_kib,
         "reload_latency_us": {"p50": reload.p50_us, "p99": reload.p99_us, "changes": reload.calls},
         "key_verification_us": {"first_p50": first_key.p50_us, "first_max": first_key.p99_us, "keys": first_key.calls, "later_p50": later_key.p50_us, "later_p99": later_key.p99_us},
@@ -588,6 +598,120 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         print_table(&report, &comparisons);
     }
     Ok(())
+}
+
+/// The http scenario through nginx (round robin, as a plain load balancer) over one replica and
+/// over three, with the same sessions: how throughput scales with replicas on this host. Skipped
+/// (with a note) where nginx is not installed.
+async fn replica_rows(
+    opts: &Options,
+    dir: &Path,
+    snapshot: &Path,
+    first: &Proc,
+    key: &str,
+) -> anyhow::Result<Vec<Value>> {
+    let Some(nginx) = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().map(PathBuf::from).find(|p| p.exists()) else {
+        eprintln!("replicas: nginx not found, rows skipped");
+        return Ok(Vec::new());
+    };
+    let mut others = Vec::new();
+    for i in 1..3 {
+        let replica_dir = dir.join(format!("replica-{i}"));
+        std::fs::create_dir_all(&replica_dir)?;
+        let replica = data_plane(&replica_dir, snapshot)?;
+        wait_ready(&replica.addr, None).await?;
+        others.push(replica);
+    }
+    let strip = |addr: &str| addr.trim_start_matches("http://").to_string();
+    let one = Balancer::start(&nginx, &dir.join("lb-1"), &[strip(&first.addr)])?;
+    let all: Vec<String> = std::iter::once(first).chain(&others).map(|p| strip(&p.addr)).collect();
+    let three = Balancer::start(&nginx, &dir.join("lb-3"), &all)?;
+    let mut rows = Vec::new();
+    for &n in &opts.levels {
+        let mut runs = Vec::new();
+        for lb in [&one, &three] {
+            let url = format!("http://127.0.0.1:{}/mcp", lb.port);
+            let clients: Vec<Arc<Client>> = futures::future::try_join_all((0..n).map(|_| connect(&url, Some(key))))
+                .await?
+                .into_iter()
+                .map(Arc::new)
+                .collect();
+            drive(&clients, "http__echo", 16, 0.3).await?;
+            runs.push((clients, Vec::new()));
+        }
+        // Alternate: one, three, three, one.
+        for i in [0, 1, 1, 0] {
+            let run = drive(&runs[i].0, "http__echo", 16, opts.seconds / 2.0).await?;
+            runs[i].1.push(run);
+        }
+        let [one_run, three_run] = [&runs[0].1, &runs[1].1].map(|r| Run::merge(&r[0], &r[1]));
+        rows.push(json!({
+            "sessions": n,
+            "one": {"calls_per_sec": one_run.calls_per_sec, "p50_us": one_run.p50_us, "p99_us": one_run.p99_us},
+            "three": {"calls_per_sec": three_run.calls_per_sec, "p50_us": three_run.p50_us, "p99_us": three_run.p99_us},
+            "scaling": three_run.calls_per_sec / one_run.calls_per_sec,
+        }));
+        for (clients, _) in runs {
+            for c in clients {
+                if let Ok(c) = Arc::try_unwrap(c) {
+                    let _ = c.cancel().await;
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// nginx on a free loopback port, round robin over `servers` (host:port), streams unbuffered.
+struct Balancer {
+    _proc: Child,
+    port: u16,
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self._proc.kill();
+        let _ = self._proc.wait();
+    }
+}
+
+impl Balancer {
+    fn start(nginx: &Path, dir: &Path, servers: &[String]) -> anyhow::Result<Balancer> {
+        std::fs::create_dir_all(dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let upstreams: String = servers.iter().map(|s| format!("server {s};")).collect();
+        let d = dir.display();
+        let conf = format!(
+            "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+             upstream replicas {{ {upstreams} keepalive 64; }}\n\
+             server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://replicas; proxy_http_version 1.1;\n\
+             proxy_set_header Host $http_host; proxy_set_header Connection \"\"; proxy_buffering off;\n\
+             proxy_request_buffering off; proxy_read_timeout 300s; }} }} }}\n"
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf)?;
+        let proc = Command::new(nginx)
+            .arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start nginx")?;
+        let balancer = Balancer { _proc: proc, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nginx did not start: {}", std::fs::read_to_string(dir.join("error.log")).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(balancer)
+    }
 }
 
 /// 10,000 projects and 100,000 keys: publish (serialise, write, fsync, rename) and data-plane load.
@@ -712,6 +836,27 @@ fn print_table(report: &Value, comparisons: &[Comparison]) {
     println!(
         "(CPU microseconds per call: gw = the data plane per gateway call; up = the HTTP upstream and cl = the clients per direct call)"
     );
+    if let Some(rows) = report["replicas"].as_array().filter(|r| !r.is_empty()) {
+        println!();
+        println!("http through nginx round robin: 1 replica vs 3 replicas (sessions continued by any replica)");
+        println!(
+            "{:>8} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} | {:>7}",
+            "sessions", "1 rep/s", "p50 us", "p99 us", "3 rep/s", "p50 us", "p99 us", "scaling"
+        );
+        for r in rows {
+            println!(
+                "{:>8} | {:>10.0} {:>8} {:>8} | {:>10.0} {:>8} {:>8} | {:>7.2}",
+                r["sessions"],
+                r["one"]["calls_per_sec"].as_f64().unwrap_or(0.0),
+                r["one"]["p50_us"],
+                r["one"]["p99_us"],
+                r["three"]["calls_per_sec"].as_f64().unwrap_or(0.0),
+                r["three"]["p50_us"],
+                r["three"]["p99_us"],
+                r["scaling"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
     println!();
     println!("data plane peak RSS under load:   {:.1} MiB", kib_to_mib(&report["data_plane_peak_rss_kib"]));
     let r = &report["reload_latency_us"];
