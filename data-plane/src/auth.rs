@@ -27,6 +27,9 @@ pub struct Principal {
     /// The project's MCP config; `None` when the project has none assigned (no tools at all).
     pub config: Option<Arc<ConfigView>>,
     pub revision: u64,
+    /// Signed in with an OAuth access token: `key_id` is `oauth` and `credential` names the
+    /// issuer and subject.
+    pub oauth: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -109,6 +112,7 @@ impl Authenticator {
             project_name: project.name.clone(),
             config: project.config.clone(),
             revision: catalog.revision,
+            oauth: false,
         })
     }
 

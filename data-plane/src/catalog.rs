@@ -139,6 +139,9 @@ pub struct Catalog {
     projects: HashMap<Uuid, Arc<ProjectRecord>>,
     configs: HashMap<Uuid, Arc<ConfigView>>,
     user_emails: HashMap<Uuid, Arc<str>>,
+    /// For OAuth sign-in: users by lower-case e-mail, and the projects each user is a member of.
+    users_by_email: HashMap<String, Uuid>,
+    memberships: HashMap<Uuid, Vec<Uuid>>,
     /// Upstream access tokens the control plane obtained (authorization code grant).
     pub oauth_tokens: HashMap<(Uuid, String), IssuedToken>,
 }
@@ -156,6 +159,8 @@ impl Catalog {
             projects: HashMap::new(),
             configs: HashMap::new(),
             user_emails: HashMap::new(),
+            users_by_email: HashMap::new(),
+            memberships: HashMap::new(),
             oauth_tokens: HashMap::new(),
         }
     }
@@ -191,6 +196,12 @@ impl Catalog {
                 (c.id, Arc::new(view))
             })
             .collect();
+        let mut memberships: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        for p in &snapshot.projects {
+            for user in &p.members {
+                memberships.entry(*user).or_default().push(p.id);
+            }
+        }
         let projects = snapshot
             .projects
             .into_iter()
@@ -215,6 +226,7 @@ impl Catalog {
                 (id, record)
             })
             .collect();
+        let users_by_email = snapshot.users.iter().map(|u| (u.email.to_lowercase(), u.id)).collect();
         let user_emails = snapshot.users.into_iter().map(|u| (u.id, u.email.into())).collect();
         Catalog {
             revision: snapshot.revision,
@@ -226,6 +238,8 @@ impl Catalog {
             projects,
             configs,
             user_emails,
+            users_by_email,
+            memberships,
             oauth_tokens,
         }
     }
@@ -248,6 +262,20 @@ impl Catalog {
 
     pub fn user_email(&self, id: Uuid) -> Option<&Arc<str>> {
         self.user_emails.get(&id)
+    }
+
+    /// The user with this e-mail, compared case-insensitively (as the control plane stores them).
+    pub fn user_by_email(&self, email: &str) -> Option<Uuid> {
+        self.users_by_email.get(&email.to_lowercase()).copied()
+    }
+
+    /// The projects `user` is a member of.
+    pub fn projects_of(&self, user: Uuid) -> impl Iterator<Item = &Arc<ProjectRecord>> {
+        self.memberships.get(&user).into_iter().flatten().filter_map(|id| self.projects.get(id))
+    }
+
+    pub fn is_member(&self, user: Uuid, project: Uuid) -> bool {
+        self.memberships.get(&user).is_some_and(|p| p.contains(&project))
     }
 
     pub fn key_count(&self) -> usize {

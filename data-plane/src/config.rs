@@ -80,6 +80,24 @@ pub struct Config {
     /// paths, or names looked up in PATH); unset, any. Other servers are not started.
     #[arg(long, env = names::ENV_STDIO_COMMANDS)]
     pub stdio_commands: Option<String>,
+    /// OAuth 2.1 / OpenID Connect issuers whose access tokens sign users in, comma separated
+    /// (e.g. `https://login.example.com`); unset, API keys only. Needs MCPGW_PUBLIC_URL.
+    #[arg(long = "oauth-issuer", env = names::ENV_OAUTH_ISSUER, value_delimiter = ',')]
+    pub oauth_issuers: Vec<String>,
+    /// The gateway's canonical external URL (e.g. `https://mcp.example.com`): resource identifiers
+    /// and metadata URLs are made of it.
+    #[arg(long, env = names::ENV_PUBLIC_URL)]
+    pub public_url: Option<String>,
+    /// Audiences an access token must name one of, comma separated [default: the resource URL of
+    /// the endpoint, `<public url>/mcp` or the public URL].
+    #[arg(long = "oauth-audience", env = "MCPGW_OAUTH_AUDIENCE", value_delimiter = ',')]
+    pub oauth_audiences: Vec<String>,
+    /// Access-token claim holding the user's e-mail, matched case-insensitively to mcpgw users.
+    #[arg(long, env = "MCPGW_OAUTH_USER_CLAIM", default_value = "email")]
+    pub oauth_user_claim: String,
+    /// Scopes advertised to clients and required in every access token, space or comma separated.
+    #[arg(long, env = "MCPGW_OAUTH_SCOPES", value_delimiter = ',')]
+    pub oauth_scopes: Vec<String>,
 }
 
 impl Config {
@@ -129,7 +147,18 @@ impl Config {
         if let Some(ca) = &self.control_ca {
             shared::tls::certificates(ca)?;
         }
-        Ok(())
+        crate::oauth::validate(self)
+    }
+
+    /// The required OAuth scopes, each once (the setting may separate them by spaces or commas).
+    pub fn oauth_scopes(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for scope in self.oauth_scopes.iter().flat_map(|s| s.split_ascii_whitespace()) {
+            if !out.iter().any(|s| s == scope) {
+                out.push(scope.to_string());
+            }
+        }
+        out
     }
 
     pub fn snapshot_path(&self) -> PathBuf {

@@ -33,19 +33,33 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// The credential a session belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
+    /// The key id; for OAuth, `oauth:<user id>` (what the per-key limit counts).
     pub key_id: Arc<str>,
     /// The key's stored hash when the session opened: a rotation makes it another credential.
+    /// For OAuth, the token's issuer and subject.
     credential: Arc<str>,
+    /// For OAuth: the user and project, whose membership keeps the session open.
+    member: Option<(uuid::Uuid, uuid::Uuid)>,
 }
 
 impl Owner {
     pub fn of(principal: &Principal) -> Self {
-        Owner { key_id: principal.key_id.clone(), credential: principal.credential.clone() }
+        if principal.oauth {
+            return Owner {
+                key_id: format!("oauth:{}", principal.user_id).into(),
+                credential: principal.credential.clone(),
+                member: Some((principal.user_id, principal.project_id)),
+            };
+        }
+        Owner { key_id: principal.key_id.clone(), credential: principal.credential.clone(), member: None }
     }
 
     /// Whether the catalog still admits this credential as it was when the session opened.
     fn still_valid(&self, catalog: &Catalog) -> bool {
-        catalog.key(&self.key_id).is_some_and(|k| !k.disabled && k.hash == self.credential)
+        match self.member {
+            Some((user, project)) => catalog.is_member(user, project),
+            None => catalog.key(&self.key_id).is_some_and(|k| !k.disabled && k.hash == self.credential),
+        }
     }
 }
 
@@ -277,7 +291,7 @@ mod tests {
     use super::*;
 
     fn owner(key: &str, hash: &str) -> Owner {
-        Owner { key_id: key.into(), credential: hash.into() }
+        Owner { key_id: key.into(), credential: hash.into(), member: None }
     }
 
     #[test]
