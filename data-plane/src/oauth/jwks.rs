@@ -74,10 +74,11 @@ impl Issuer {
         let last = *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
         // Someone else fetched while this request waited: use that result.
         let fresh = last != before;
-        if !fresh && last.is_none_or(|t| t.elapsed() >= MIN_REFETCH) {
-            if let Err(e) = self.fetch_locked().await {
-                tracing::warn!(issuer = %self.url, error = %e, "cannot fetch the issuer's keys");
-            }
+        if !fresh
+            && last.is_none_or(|t| t.elapsed() >= MIN_REFETCH)
+            && let Err(e) = self.fetch_locked().await
+        {
+            tracing::warn!(issuer = %self.url, error = %e, "cannot fetch the issuer's keys");
         }
         self.matching(kid)
     }

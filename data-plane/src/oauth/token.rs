@@ -150,7 +150,7 @@ pub fn verify(
             ErrorKind::MissingRequiredClaim(c) if c == "sub" => TokenError::MissingClaim("sub"),
             _ => TokenError::Malformed,
         })?;
-    if !data.claims.get("sub").is_some_and(|s| s.as_str().is_some_and(|s| !s.is_empty())) {
+    if data.claims.get("sub").and_then(Value::as_str).is_none_or(str::is_empty) {
         return Err(TokenError::MissingClaim("sub"));
     }
     Ok(data.claims)
