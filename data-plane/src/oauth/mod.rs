@@ -150,9 +150,7 @@ pub fn validate(config: &Config) -> anyhow::Result<()> {
         return Ok(());
     }
     let public = config.public_url.as_deref().filter(|u| !u.trim().is_empty()).ok_or_else(|| {
-        anyhow::anyhow!(
-            "MCPGW_OAUTH_ISSUER is set but MCPGW_PUBLIC_URL is not: clients need the gateway's external URL"
-        )
+        anyhow::anyhow!("MCPGW_PUBLIC_URL must be set with MCPGW_OAUTH_ISSUER: clients need the gateway's external URL")
     })?;
     check_url("MCPGW_PUBLIC_URL", public)?;
     for issuer in issuers {
