@@ -288,8 +288,7 @@ impl OAuth {
             outcome = Err(TokenError::BadAlgorithm);
         }
         let claims = outcome?;
-        let granted = token::scopes(&claims);
-        let missing: Vec<&str> = self.scopes.iter().map(String::as_str).filter(|s| !granted.contains(s)).collect();
+        let missing = missing_scopes(&self.scopes, &token::scopes(&claims));
         if !missing.is_empty() {
             return Err(Refusal::InsufficientScope(missing.join(" ")));
         }
@@ -335,6 +334,17 @@ impl OAuth {
             oauth: true,
         })
     }
+}
+
+/// The required scopes a token does not grant. A scope required in URI form
+/// (`api://<app>/mcp.tools`, as Entra ID clients request it) is also granted by its last segment,
+/// which is how Entra ID writes it in `scp`.
+fn missing_scopes<'a>(required: &'a [String], granted: &std::collections::HashSet<&str>) -> Vec<&'a str> {
+    required
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !granted.contains(s) && !s.rsplit_once('/').is_some_and(|(_, short)| granted.contains(short)))
+        .collect()
 }
 
 /// Who is calling an MCP endpoint: an API key, or (when an issuer is configured) an OAuth access
@@ -398,6 +408,15 @@ pub(crate) async fn caller(gateway: &Gateway, uri: &Uri, headers: &HeaderMap) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scopes_required() {
+        let required = ["mcp:tools".to_string(), "api://app/mcp.read".to_string()];
+        let granted = std::collections::HashSet::from(["mcp:tools", "mcp.read"]);
+        assert!(missing_scopes(&required, &granted).is_empty());
+        let granted = std::collections::HashSet::from(["mcp", "app/mcp.read"]);
+        assert_eq!(missing_scopes(&required, &granted), ["mcp:tools", "api://app/mcp.read"]);
+    }
 
     #[test]
     fn endpoints() {
