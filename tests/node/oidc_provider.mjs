@@ -2,9 +2,11 @@
 // implementation) on loopback, with dynamic client registration, PKCE and resource indicators, so it
 // issues JWT access tokens whose audience is the resource the client asked for (the gateway's).
 //
-// Usage: node oidc_provider.mjs --port N --keys FILE [--rotate]
+// Usage: node oidc_provider.mjs --port N --keys FILE [--rotate] [--opaque]
 //   FILE keeps the private signing keys across restarts; --rotate puts a new key first (the one
-//   that signs from then on) and keeps the old one published.
+//   that signs from then on) and keeps the old one published. --opaque issues opaque access tokens
+//   instead, to be introspected (RFC 7662) by the client `mcpgw-gateway` (secret
+//   `gateway-introspection-secret`).
 // Prints `listening <issuer>` once it serves.
 //
 // For the negative tests only, POST /test/sign signs arbitrary claims: with the current key
@@ -26,6 +28,7 @@ const option = (name) => {
 const port = Number(option('--port'));
 const keysFile = option('--keys');
 const issuer = `http://127.0.0.1:${port}`;
+const opaque = args.includes('--opaque');
 
 function newKey() {
   const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
@@ -48,9 +51,18 @@ const provider = new Provider(issuer, {
   // The user claim the gateway maps to its users.
   extraTokenClaims: async (ctx, token) => (token.kind === 'AccessToken' ? { email: token.accountId } : undefined),
   pkce: { required: () => true },
+  // The gateway's own client, which may only introspect.
+  clients: [{
+    client_id: 'mcpgw-gateway',
+    client_secret: 'gateway-introspection-secret',
+    grant_types: [],
+    response_types: [],
+    redirect_uris: [],
+  }],
   features: {
     devInteractions: { enabled: true },
     registration: { enabled: true },
+    introspection: { enabled: true },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => undefined,
@@ -59,7 +71,7 @@ const provider = new Provider(issuer, {
         scope: 'mcp:tools',
         audience: resourceIndicator,
         accessTokenTTL: 600,
-        accessTokenFormat: 'jwt',
+        accessTokenFormat: opaque ? 'opaque' : 'jwt',
         jwt: { sign: { alg: 'RS256' } },
       }),
     },

@@ -20,6 +20,8 @@ const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 #[derive(Default)]
 struct Keys {
     jwks_uri: Option<String>,
+    /// The issuer's RFC 7662 endpoint, when its metadata names one.
+    introspection: Option<String>,
     keys: Vec<Arc<VerifyingKey>>,
 }
 
@@ -51,6 +53,10 @@ impl Issuer {
             last_fetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
         }
+    }
+
+    pub(super) fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     fn current(&self) -> Arc<Keys> {
@@ -91,8 +97,9 @@ impl Issuer {
 
     async fn fetch_locked(&self) -> Result<usize, FetchError> {
         *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        let jwks_uri = match self.current().jwks_uri.clone() {
-            Some(uri) => uri,
+        let current = self.current();
+        let (jwks_uri, introspection) = match &current.jwks_uri {
+            Some(uri) => (uri.clone(), current.introspection.clone()),
             None => self.discover().await?,
         };
         let document = self.get_json(&jwks_uri).await?;
@@ -108,13 +115,24 @@ impl Issuer {
             return Err(FetchError::NoKeys(jwks_uri));
         }
         let count = keys.len();
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Keys { jwks_uri: Some(jwks_uri), keys });
+        let keys = Keys { jwks_uri: Some(jwks_uri), introspection, keys };
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
         tracing::info!(issuer = %self.url, keys = count, "fetched the issuer's signing keys");
         Ok(count)
     }
 
-    /// The `jwks_uri` from the issuer's metadata, whose `issuer` must be exactly the configured one.
-    async fn discover(&self) -> Result<String, FetchError> {
+    /// The issuer's introspection endpoint, once its metadata is known (looked for as for an
+    /// unknown key).
+    pub async fn introspection_endpoint(&self) -> Option<String> {
+        if self.current().jwks_uri.is_none() {
+            self.keys_for(None).await;
+        }
+        self.current().introspection.clone()
+    }
+
+    /// The `jwks_uri` and `introspection_endpoint` from the issuer's metadata, whose `issuer` must be
+    /// exactly the configured one.
+    async fn discover(&self) -> Result<(String, Option<String>), FetchError> {
         let mut last = FetchError::NoMetadata(self.url.clone());
         for url in metadata_urls(&self.url) {
             match self.get_json(&url).await {
@@ -124,7 +142,10 @@ impl Issuer {
                         continue;
                     }
                     match doc.get("jwks_uri").and_then(Value::as_str) {
-                        Some(uri) => return Ok(uri.to_owned()),
+                        Some(uri) => {
+                            let introspection = doc.get("introspection_endpoint").and_then(Value::as_str);
+                            return Ok((uri.to_owned(), introspection.map(str::to_owned)));
+                        }
                         None => last = FetchError::Http { url, reason: "no `jwks_uri`".into() },
                     }
                 }

@@ -6,6 +6,7 @@
 //! key of a configured issuer, for this resource), maps the user claim to an mcpgw user by e-mail
 //! and admits the user to a project they are a member of. API keys keep working beside it.
 
+mod introspect;
 mod jwks;
 mod metadata;
 pub mod token;
@@ -35,6 +36,8 @@ pub struct OAuth {
     audiences: Vec<String>,
     user_claim: String,
     scopes: Vec<String>,
+    /// Opaque tokens are introspected with these client credentials, when configured.
+    introspector: Option<introspect::Introspector>,
 }
 
 /// Why a bearer token does not admit its holder.
@@ -144,8 +147,10 @@ pub fn validate(config: &Config) -> anyhow::Result<()> {
     let issuers: Vec<&String> = config.oauth_issuers.iter().filter(|i| !i.trim().is_empty()).collect();
     if issuers.is_empty() {
         anyhow::ensure!(
-            config.oauth_audiences.iter().all(|a| a.trim().is_empty()) && config.oauth_scopes().is_empty(),
-            "MCPGW_OAUTH_AUDIENCE or MCPGW_OAUTH_SCOPES is set but MCPGW_OAUTH_ISSUER is not"
+            config.oauth_audiences.iter().all(|a| a.trim().is_empty())
+                && config.oauth_scopes().is_empty()
+                && config.oauth_client_id.is_none(),
+            "MCPGW_OAUTH_AUDIENCE, MCPGW_OAUTH_SCOPES or MCPGW_OAUTH_CLIENT_ID is set but MCPGW_OAUTH_ISSUER is not"
         );
         return Ok(());
     }
@@ -157,6 +162,10 @@ pub fn validate(config: &Config) -> anyhow::Result<()> {
         check_url("MCPGW_OAUTH_ISSUER", issuer)?;
     }
     anyhow::ensure!(!config.oauth_user_claim.trim().is_empty(), "MCPGW_OAUTH_USER_CLAIM must not be empty");
+    anyhow::ensure!(
+        config.oauth_client_id.is_some() == config.oauth_client_secret.is_some(),
+        "MCPGW_OAUTH_CLIENT_ID and MCPGW_OAUTH_CLIENT_SECRET must be set together (token introspection)"
+    );
     for scope in &config.oauth_scopes() {
         anyhow::ensure!(
             !scope.is_empty() && scope.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'),
@@ -191,6 +200,10 @@ impl OAuth {
             audiences: config.oauth_audiences.iter().map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect(),
             user_claim: config.oauth_user_claim.trim().to_owned(),
             scopes: config.oauth_scopes(),
+            introspector: match (&config.oauth_client_id, &config.oauth_client_secret) {
+                (Some(id), Some(secret)) => Some(introspect::Introspector::new(id.clone(), secret.clone())),
+                _ => None,
+            },
         }))
     }
 
@@ -288,7 +301,46 @@ impl OAuth {
             outcome = Err(TokenError::BadAlgorithm);
         }
         let claims = outcome?;
-        let missing = missing_scopes(&self.scopes, &token::scopes(&claims));
+        self.admit(catalog, &issuer.url, &claims, endpoint)
+    }
+
+    /// Whether opaque tokens are introspected (client credentials configured).
+    pub fn introspects(&self) -> bool {
+        self.introspector.is_some()
+    }
+
+    /// Checks an opaque `token` at the issuers' introspection endpoints, in order, and resolves its
+    /// holder as for a JWT.
+    pub async fn authenticate_opaque(
+        &self,
+        catalog: &Catalog,
+        token: &str,
+        endpoint: &Endpoint,
+    ) -> Result<Principal, Refusal> {
+        let introspector = self.introspector.as_ref().ok_or(TokenError::Malformed)?;
+        if token.len() > 4096 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(TokenError::Malformed.into());
+        }
+        let audiences = self.audiences(endpoint);
+        let mut refusal = TokenError::Inactive;
+        for issuer in &self.issuers {
+            match introspector.check(issuer, token, &audiences).await {
+                Ok(claims) => return self.admit(catalog, &issuer.url, &claims, endpoint),
+                Err(e) => refusal = e,
+            }
+        }
+        Err(refusal.into())
+    }
+
+    /// The principal for verified `claims`: required scopes, the user by e-mail, the project.
+    fn admit(
+        &self,
+        catalog: &Catalog,
+        issuer: &str,
+        claims: &serde_json::Map<String, Value>,
+        endpoint: &Endpoint,
+    ) -> Result<Principal, Refusal> {
+        let missing = missing_scopes(&self.scopes, &token::scopes(claims));
         if !missing.is_empty() {
             return Err(Refusal::InsufficientScope(missing.join(" ")));
         }
@@ -325,7 +377,7 @@ impl OAuth {
         };
         Ok(Principal {
             key_id: "oauth".into(),
-            credential: format!("{}#{subject}", issuer.url).into(),
+            credential: format!("{issuer}#{subject}").into(),
             user_id: user,
             project_id: project.id,
             project_name: project.name.clone(),
@@ -334,6 +386,26 @@ impl OAuth {
             oauth: true,
         })
     }
+}
+
+/// Whether `credential` is one of the gateway's keys (API keys win over opaque tokens): anything in
+/// the `mcpgw_` format, so a wrong key is never sent to the issuer, or an imported key it holds.
+fn is_known_key(catalog: &Catalog, credential: &str) -> bool {
+    credential.starts_with(shared::api_key::KEY_PREFIX)
+        || shared::api_key::lookup_id(credential).is_some_and(|id| catalog.key(&id).is_some())
+}
+
+/// The answer to a refused access token: `401` or `403`, with the challenge that says why.
+fn refused_token(oauth: &OAuth, endpoint: &Endpoint, refusal: &Refusal) -> Response {
+    let status = match refusal {
+        Refusal::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+        Refusal::InsufficientScope(_) | Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+    };
+    let mut response = crate::http::jsonrpc_error(status, crate::http::UNAUTHORIZED, &refusal.to_string());
+    if !matches!(refusal, Refusal::Forbidden(_)) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, oauth.challenge(endpoint, Some(refusal)));
+    }
+    response
 }
 
 /// The required scopes a token does not grant. A scope required in URI form
@@ -366,22 +438,22 @@ pub(crate) async fn caller(gateway: &Gateway, uri: &Uri, headers: &HeaderMap) ->
     if let (Some(oauth), Some(token)) = (oauth, credential)
         && token::looks_like_jwt(token)
     {
-        return match oauth.authenticate(&gateway.catalog(), token, &endpoint).await {
-            Ok(principal) => Ok(principal),
-            Err(refusal) => {
-                gateway.metrics.record_auth_failure(refusal.reason());
-                tracing::info!(reason = %refusal, "access token refused");
-                let status = match refusal {
-                    Refusal::InvalidToken(_) => StatusCode::UNAUTHORIZED,
-                    Refusal::InsufficientScope(_) | Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
-                };
-                let mut response = crate::http::jsonrpc_error(status, crate::http::UNAUTHORIZED, &refusal.to_string());
-                if !matches!(refusal, Refusal::Forbidden(_)) {
-                    response.headers_mut().insert(header::WWW_AUTHENTICATE, oauth.challenge(&endpoint, Some(&refusal)));
-                }
-                Err(response)
-            }
-        };
+        return oauth.authenticate(&gateway.catalog(), token, &endpoint).await.map_err(|refusal| {
+            gateway.metrics.record_auth_failure(refusal.reason());
+            tracing::info!(reason = %refusal, "access token refused");
+            refused_token(oauth, &endpoint, &refusal)
+        });
+    }
+    // Not a JWT and not one of the gateway's keys: with introspection configured, an opaque token.
+    if let (Some(oauth), Some(token)) = (oauth, credential)
+        && oauth.introspects()
+        && !is_known_key(&gateway.catalog(), token)
+    {
+        return oauth.authenticate_opaque(&gateway.catalog(), token, &endpoint).await.map_err(|refusal| {
+            gateway.metrics.record_auth_failure(refusal.reason());
+            tracing::info!(reason = %refusal, "access token refused");
+            refused_token(oauth, &endpoint, &refusal)
+        });
     }
     let refused = |e: AuthError| {
         let mut response = crate::http::unauthorized(e);

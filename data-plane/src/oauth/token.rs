@@ -37,8 +37,10 @@ pub enum TokenError {
     WrongAudience,
     #[error("the access token lacks the `{0}` claim")]
     MissingClaim(&'static str),
-    #[error("the issuer's keys cannot be fetched right now")]
+    #[error("the token's issuer cannot be reached right now")]
     KeysUnavailable,
+    #[error("the access token is not active")]
+    Inactive,
 }
 
 /// One verification key from an issuer's JWKS, with the algorithms it may verify.
