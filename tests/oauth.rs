@@ -311,7 +311,8 @@ fn oauth_clients_sign_in_through_a_real_authorization_server() {
     assert_eq!(post(&alpha, Some(&alpha_key), None, &initialize_body()).status, 200);
     let answer = post(&alpha, Some(&beta_key), None, &initialize_body());
     assert_eq!(answer.status, 401);
-    assert!(answer.challenge.contains("resource_metadata="));
+    assert!(answer.challenge.starts_with("Bearer error=\"invalid_token\", error_description=\"invalid API key\""));
+    assert!(answer.challenge.contains("resource_metadata="), "{}", answer.challenge);
     assert_eq!(post(&mcp, Some(&beta_key), None, &initialize_body()).status, 200);
 
     // Audit and metrics name the user and say `oauth`.

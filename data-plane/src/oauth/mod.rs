@@ -52,6 +52,9 @@ pub enum Refusal {
     /// `403`: a valid token for someone mcpgw does not admit (here).
     #[error("{0}")]
     Forbidden(String),
+    /// `401` with `error="invalid_token"`: an API key that does not admit its holder.
+    #[error(transparent)]
+    InvalidKey(AuthError),
 }
 
 impl Refusal {
@@ -61,6 +64,7 @@ impl Refusal {
             Refusal::InvalidToken(_) => "oauth_invalid_token",
             Refusal::InsufficientScope(_) => "oauth_insufficient_scope",
             Refusal::Forbidden(_) => "oauth_not_member",
+            Refusal::InvalidKey(e) => e.reason(),
         }
     }
 }
@@ -245,9 +249,9 @@ impl OAuth {
     pub fn challenge(&self, endpoint: &Endpoint, refusal: Option<&Refusal>) -> HeaderValue {
         let mut parts = Vec::new();
         match refusal {
-            Some(Refusal::InvalidToken(e)) => {
+            Some(Refusal::InvalidToken(_)) | Some(Refusal::InvalidKey(_)) => {
                 parts.push("error=\"invalid_token\"".to_owned());
-                parts.push(format!("error_description=\"{e}\""));
+                parts.push(format!("error_description=\"{}\"", refusal.map(|r| r.to_string()).unwrap_or_default()));
             }
             Some(Refusal::InsufficientScope(_)) => parts.push("error=\"insufficient_scope\"".to_owned()),
             Some(Refusal::Forbidden(_)) | None => {}
@@ -398,7 +402,7 @@ fn is_known_key(catalog: &Catalog, credential: &str) -> bool {
 /// The answer to a refused access token: `401` or `403`, with the challenge that says why.
 fn refused_token(oauth: &OAuth, endpoint: &Endpoint, refusal: &Refusal) -> Response {
     let status = match refusal {
-        Refusal::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+        Refusal::InvalidToken(_) | Refusal::InvalidKey(_) => StatusCode::UNAUTHORIZED,
         Refusal::InsufficientScope(_) | Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
     };
     let mut response = crate::http::jsonrpc_error(status, crate::http::UNAUTHORIZED, &refusal.to_string());
@@ -460,7 +464,7 @@ pub(crate) async fn caller(gateway: &Gateway, uri: &Uri, headers: &HeaderMap) ->
         if let Some(oauth) = oauth {
             let challenge = match e {
                 AuthError::Missing => oauth.challenge(&endpoint, None),
-                _ => oauth.challenge(&endpoint, Some(&Refusal::InvalidToken(TokenError::Malformed))),
+                _ => oauth.challenge(&endpoint, Some(&Refusal::InvalidKey(e))),
             };
             response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
         }
