@@ -94,6 +94,48 @@ fn oauth_client(url: &str, login: &str, call: Option<(&str, Value)>) -> Result<V
     Ok(serde_json::from_slice(&out.stdout).expect("oauth client output"))
 }
 
+/// A child process stopped when the test ends, whether it passes or not.
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP relay in front of an HTTP upstream that keeps every byte the gateway sends it.
+fn recording_relay(target: String) -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            let Ok(upstream) = std::net::TcpStream::connect(&target) else { continue };
+            let (mut client_in, mut upstream_out) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                while let Ok(n) = client_in.read(&mut buf) {
+                    if n == 0 || upstream_out.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    record.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+                let _ = upstream_out.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut upstream_in, mut client_out) = (upstream, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut upstream_in, &mut client_out);
+                let _ = client_out.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
 struct Answer {
     status: u16,
     challenge: String,
@@ -147,8 +189,21 @@ fn oauth_clients_sign_in_through_a_real_authorization_server() {
     let dir = common::control_plane::tempdir::TempDir::new("mcpgw-oauth");
     let calls = dir.path().join("calls.jsonl");
     let server = json!({"server_name": "fx", "config": {"command": fixture(), "env": {"FIXTURE_CALL_LOG": calls}}});
+    // An HTTP upstream behind a relay that records what the gateway sends it.
+    let mut http_upstream =
+        Stopped(Command::new(fixture()).args(["--http", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap());
+    let mut lines = BufReader::new(http_upstream.0.stderr.take().unwrap()).lines();
+    let upstream_addr = loop {
+        let line = lines.next().expect("fixture log").unwrap();
+        if let Some(a) = line.strip_prefix("listening on http://") {
+            break a.trim().to_string();
+        }
+    };
+    let (relay, upstream_saw) = recording_relay(upstream_addr);
+    let web = json!({"server_name": "web", "config": {"type": "http", "url": format!("{relay}/mcp")}});
     for (project, config) in [("alpha", "cfg-alpha"), ("beta", "cfg-beta")] {
-        cp.ok("POST", "/api/v1/configs", Some(json!({"name": config, "servers": [server.clone()]})), 201);
+        let servers = json!([server.clone(), web.clone()]);
+        cp.ok("POST", "/api/v1/configs", Some(json!({"name": config, "servers": servers})), 201);
         cp.ok("POST", "/api/v1/projects", Some(json!({"name": project, "mcp_config": config})), 201);
     }
     // alice: alpha only; bob: beta only; dave: both; carol: no project.
@@ -301,6 +356,14 @@ fn oauth_clients_sign_in_through_a_real_authorization_server() {
     assert!(!touched.exists(), "a refused call reached the upstream");
     let log = std::fs::read_to_string(&calls).unwrap_or_default();
     assert!(!log.contains("touch_file"), "the upstream saw a refused call: {log}");
+    // The client's token never goes upstream.
+    let web_echo = json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+                          "params": {"name": "web__echo", "arguments": {"message": "over http"}}});
+    let answer = post(&mcp, Some(&alice_token), Some(&session), &web_echo);
+    assert!(answer.status == 200 && answer.body.contains("over http"), "{}", answer.body);
+    let saw = String::from_utf8_lossy(&upstream_saw.lock().unwrap()).to_string();
+    assert!(saw.contains("over http"), "the HTTP upstream was not reached through the relay");
+    assert!(!saw.contains(&alice_token) && !saw.to_ascii_lowercase().contains("authorization:"), "{saw}");
     // Alice's own token still works on her session.
     let answer = post(&mcp, Some(&alice_token), Some(&session), &touch_call(&touched));
     assert_eq!(answer.status, 200, "{}", answer.body);
@@ -362,6 +425,7 @@ fn oauth_clients_sign_in_through_a_real_authorization_server() {
     let answer = post(&mcp, Some(&alice_token), None, &initialize_body());
     assert_eq!(answer.status, 403);
     drop(provider);
+    drop(http_upstream);
 }
 
 /// Opaque access tokens, introspected at the provider (RFC 7662) with the gateway's own client.
