@@ -416,6 +416,27 @@ fn oauth_clients_sign_in_through_a_real_authorization_server() {
     // Tokens of the old key stay valid while the provider still publishes it.
     assert_eq!(post(&format!("{mcp}/beta"), Some(&dave_token), None, &initialize_body()).status, 200);
 
+    // A project can admit a group: someone with no mcpgw user, whose token says `engineering`.
+    let groups = |body: Value| cp.call("PUT", "/api/v1/projects/beta/oauth-groups", Some(body));
+    assert_eq!(groups(json!({"groups": ["engineering", "engineering"]})), (200, json!({"groups": ["engineering"]})));
+    for bad in [json!({"groups": [""]}), json!({"groups": ["a\nb"]}), json!({"groups": "engineering"}), json!({})] {
+        let (status, body) = groups(bad.clone());
+        assert!(status == 400 || status == 422, "{bad}: {status} {body}");
+    }
+    assert_eq!(cp.ok("GET", "/api/v1/projects/beta/oauth-groups", None, 200), json!({"groups": ["engineering"]}));
+    dp.sync(&cp);
+    let frank = oauth_client(&mcp, "eng-frank@example.com", Some(("fx__echo", json!({"message": "by group"}))))
+        .expect("admitted by the group");
+    assert_eq!(frank["call"]["content"][0]["text"].as_str().unwrap(), "by group");
+    let frank_token = frank["access_token"].as_str().unwrap().to_string();
+    let frank_session = open_session(&mcp, &frank_token);
+    let (status, _) = groups(json!({"groups": []}));
+    assert_eq!(status, 200);
+    dp.sync(&cp);
+    let answer = post(&mcp, Some(&frank_token), Some(&frank_session), &initialize_body());
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert!(answer.body.contains("eng-frank@example.com is not a user of this gateway"), "{}", answer.body);
+
     // A removed membership takes effect within a second: on new requests and on the open session.
     cp.ok("DELETE", "/api/v1/projects/alpha/users/alice@example.com?force=true", None, 204);
     dp.sync(&cp);

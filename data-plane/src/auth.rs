@@ -30,6 +30,8 @@ pub struct Principal {
     /// Signed in with an OAuth access token: `key_id` is `oauth` and `credential` names the
     /// issuer and subject.
     pub oauth: bool,
+    /// Admitted to the project by this OAuth group, not by a membership.
+    pub oauth_group: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -113,6 +115,7 @@ impl Authenticator {
             config: project.config.clone(),
             revision: catalog.revision,
             oauth: false,
+            oauth_group: None,
         })
     }
 
@@ -160,7 +163,13 @@ mod tests {
         s.revision = 1;
         let (user, project) = (Uuid::new_v4(), Uuid::new_v4());
         s.users.push(SnapshotUser { id: user, email: "a@example.com".into() });
-        s.projects.push(SnapshotProject { id: project, name: "p".into(), mcp_config_id: None, members: vec![user] });
+        s.projects.push(SnapshotProject {
+            id: project,
+            name: "p".into(),
+            mcp_config_id: None,
+            members: vec![user],
+            oauth_groups: vec![],
+        });
         s.api_keys.push(SnapshotApiKey {
             id: key.id.clone(),
             project_id: project,

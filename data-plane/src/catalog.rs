@@ -142,6 +142,8 @@ pub struct Catalog {
     /// For OAuth sign-in: users by lower-case e-mail, and the projects each user is a member of.
     users_by_email: HashMap<String, Uuid>,
     memberships: HashMap<Uuid, Vec<Uuid>>,
+    /// Projects by the OAuth group they admit.
+    group_projects: HashMap<String, Vec<Uuid>>,
     /// Upstream access tokens the control plane obtained (authorization code grant).
     pub oauth_tokens: HashMap<(Uuid, String), IssuedToken>,
 }
@@ -161,6 +163,7 @@ impl Catalog {
             user_emails: HashMap::new(),
             users_by_email: HashMap::new(),
             memberships: HashMap::new(),
+            group_projects: HashMap::new(),
             oauth_tokens: HashMap::new(),
         }
     }
@@ -197,9 +200,13 @@ impl Catalog {
             })
             .collect();
         let mut memberships: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        let mut group_projects: HashMap<String, Vec<Uuid>> = HashMap::new();
         for p in &snapshot.projects {
             for user in &p.members {
                 memberships.entry(*user).or_default().push(p.id);
+            }
+            for group in &p.oauth_groups {
+                group_projects.entry(group.clone()).or_default().push(p.id);
             }
         }
         let projects = snapshot
@@ -240,6 +247,7 @@ impl Catalog {
             user_emails,
             users_by_email,
             memberships,
+            group_projects,
             oauth_tokens,
         }
     }
@@ -276,6 +284,15 @@ impl Catalog {
 
     pub fn is_member(&self, user: Uuid, project: Uuid) -> bool {
         self.memberships.get(&user).is_some_and(|p| p.contains(&project))
+    }
+
+    /// The projects that admit holders of `group`.
+    pub fn projects_admitting(&self, group: &str) -> impl Iterator<Item = &Arc<ProjectRecord>> {
+        self.group_projects.get(group).into_iter().flatten().filter_map(|id| self.projects.get(id))
+    }
+
+    pub fn admits_group(&self, project: Uuid, group: &str) -> bool {
+        self.group_projects.get(group).is_some_and(|p| p.contains(&project))
     }
 
     pub fn key_count(&self) -> usize {

@@ -95,6 +95,10 @@ pub struct Config {
     /// Access-token claim holding the user's e-mail, matched case-insensitively to mcpgw users.
     #[arg(long, env = "MCPGW_OAUTH_USER_CLAIM", default_value = "email")]
     pub oauth_user_claim: String,
+    /// Access-token claim holding the user's groups (a list or one string), for projects that admit
+    /// groups.
+    #[arg(long, env = "MCPGW_OAUTH_GROUPS_CLAIM", default_value = "groups")]
+    pub oauth_groups_claim: String,
     /// Scopes advertised to clients and required in every access token, space or comma separated.
     #[arg(long, env = "MCPGW_OAUTH_SCOPES", value_delimiter = ',')]
     pub oauth_scopes: Vec<String>,

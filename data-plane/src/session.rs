@@ -38,8 +38,9 @@ pub struct Owner {
     /// The key's stored hash when the session opened: a rotation makes it another credential.
     /// For OAuth, the token's issuer and subject.
     credential: Arc<str>,
-    /// For OAuth: the user and project, whose membership keeps the session open.
-    member: Option<(uuid::Uuid, uuid::Uuid)>,
+    /// For OAuth: the user and project, whose membership (or the group that admitted the user)
+    /// keeps the session open.
+    member: Option<(uuid::Uuid, uuid::Uuid, Option<Arc<str>>)>,
 }
 
 impl Owner {
@@ -48,7 +49,7 @@ impl Owner {
             return Owner {
                 key_id: format!("oauth:{}", principal.user_id).into(),
                 credential: principal.credential.clone(),
-                member: Some((principal.user_id, principal.project_id)),
+                member: Some((principal.user_id, principal.project_id, principal.oauth_group.clone())),
             };
         }
         Owner { key_id: principal.key_id.clone(), credential: principal.credential.clone(), member: None }
@@ -56,8 +57,9 @@ impl Owner {
 
     /// Whether the catalog still admits this credential as it was when the session opened.
     fn still_valid(&self, catalog: &Catalog) -> bool {
-        match self.member {
-            Some((user, project)) => catalog.is_member(user, project),
+        match &self.member {
+            Some((_, project, Some(group))) => catalog.admits_group(*project, group),
+            Some((user, project, None)) => catalog.is_member(*user, *project),
             None => catalog.key(&self.key_id).is_some_and(|k| !k.disabled && k.hash == self.credential),
         }
     }

@@ -47,6 +47,9 @@ pub struct SnapshotProject {
     pub mcp_config_id: Option<Uuid>,
     /// Ids of the users who are members of the project.
     pub members: Vec<Uuid>,
+    /// OAuth group claim values whose holders the project admits without a membership.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oauth_groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -345,6 +348,7 @@ pub(crate) mod tests {
                 name: "p".into(),
                 mcp_config_id: Some(config),
                 members: vec![user],
+                oauth_groups: vec![],
             }],
             api_keys: vec![SnapshotApiKey {
                 id: key.id.clone(),

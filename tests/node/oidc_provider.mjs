@@ -48,8 +48,13 @@ const provider = new Provider(issuer, {
   claims: { openid: ['sub'], email: ['email'] },
   // Any login is an account whose e-mail is the login.
   findAccount: async (ctx, id) => ({ accountId: id, claims: async () => ({ sub: id, email: id }) }),
-  // The user claim the gateway maps to its users.
-  extraTokenClaims: async (ctx, token) => (token.kind === 'AccessToken' ? { email: token.accountId } : undefined),
+  // The user claim the gateway maps to its users; logins starting with `eng-` are in the group
+  // `engineering`.
+  extraTokenClaims: async (ctx, token) => {
+    if (token.kind !== 'AccessToken') return undefined;
+    const groups = token.accountId.startsWith('eng-') ? ['engineering'] : [];
+    return { email: token.accountId, groups };
+  },
   pkce: { required: () => true },
   // The gateway's own client, which may only introspect.
   clients: [{

@@ -35,6 +35,7 @@ pub struct OAuth {
     /// Configured audiences; empty: the resource URLs the gateway derives from `public_url`.
     audiences: Vec<String>,
     user_claim: String,
+    groups_claim: String,
     scopes: Vec<String>,
     /// Opaque tokens are introspected with these client credentials, when configured.
     introspector: Option<introspect::Introspector>,
@@ -203,6 +204,7 @@ impl OAuth {
             issuers: issuers.into_iter().map(|url| Arc::new(jwks::Issuer::new(url, http.clone()))).collect(),
             audiences: config.oauth_audiences.iter().map(|a| a.trim().to_owned()).filter(|a| !a.is_empty()).collect(),
             user_claim: config.oauth_user_claim.trim().to_owned(),
+            groups_claim: config.oauth_groups_claim.trim().to_owned(),
             scopes: config.oauth_scopes(),
             introspector: match (&config.oauth_client_id, &config.oauth_client_secret) {
                 (Some(id), Some(secret)) => Some(introspect::Introspector::new(id.clone(), secret.clone())),
@@ -349,47 +351,79 @@ impl OAuth {
             return Err(Refusal::InsufficientScope(missing.join(" ")));
         }
         let subject = claims.get("sub").and_then(Value::as_str).unwrap_or_default();
-        let Some(email) = claims.get(&self.user_claim).and_then(Value::as_str).filter(|e| !e.is_empty()) else {
-            return Err(Refusal::Forbidden(format!(
-                "the access token has no `{}` claim to identify the user by",
-                self.user_claim
-            )));
+        let email = claims.get(&self.user_claim).and_then(Value::as_str).filter(|e| !e.is_empty());
+        let user = email.and_then(|e| catalog.user_by_email(e));
+        let groups: Vec<&str> = match claims.get(&self.groups_claim) {
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+            Some(Value::String(one)) => vec![one.as_str()],
+            _ => Vec::new(),
         };
-        let user = catalog
-            .user_by_email(email)
-            .ok_or_else(|| Refusal::Forbidden(format!("{email} is not a user of this gateway")))?;
-        let project = match &endpoint.project {
-            Some(name) => catalog
-                .projects_of(user)
-                .find(|p| *p.name == **name)
-                .ok_or_else(|| Refusal::Forbidden(format!("{email} is not a member of project `{name}`")))?,
-            None => {
-                let mut projects = catalog.projects_of(user);
-                match (projects.next(), projects.next()) {
-                    (Some(only), None) => only,
-                    (None, _) => return Err(Refusal::Forbidden(format!("{email} is not a member of any project"))),
-                    (Some(_), Some(_)) => {
-                        let mut names: Vec<&str> = catalog.projects_of(user).map(|p| &*p.name).collect();
-                        names.sort_unstable();
-                        return Err(Refusal::Forbidden(format!(
-                            "{email} is a member of several projects ({}): connect to /mcp/<project>",
-                            names.join(", ")
-                        )));
-                    }
+        // The projects this token reaches: the user's memberships, then those admitting a group.
+        let mut reachable: Vec<(&Arc<crate::catalog::ProjectRecord>, Option<&str>)> =
+            user.into_iter().flat_map(|u| catalog.projects_of(u)).map(|p| (p, None)).collect();
+        for group in &groups {
+            for project in catalog.projects_admitting(group) {
+                if !reachable.iter().any(|(p, _)| p.id == project.id) {
+                    reachable.push((project, Some(group)));
                 }
             }
+        }
+        let who = match (email, user) {
+            (Some(email), _) => email.to_owned(),
+            (None, _) if reachable.is_empty() => {
+                return Err(Refusal::Forbidden(format!(
+                    "the access token has no `{}` claim to identify the user by",
+                    self.user_claim
+                )));
+            }
+            (None, _) => format!("subject {subject}"),
+        };
+        if user.is_none() && reachable.is_empty() {
+            return Err(Refusal::Forbidden(format!("{who} is not a user of this gateway")));
+        }
+        let (project, group) = match &endpoint.project {
+            Some(name) => reachable
+                .iter()
+                .find(|(p, _)| *p.name == **name)
+                .copied()
+                .ok_or_else(|| Refusal::Forbidden(format!("{who} is not a member of project `{name}`")))?,
+            None => match reachable.as_slice() {
+                [only] => *only,
+                [] => return Err(Refusal::Forbidden(format!("{who} is not a member of any project"))),
+                several => {
+                    let mut names: Vec<&str> = several.iter().map(|(p, _)| &*p.name).collect();
+                    names.sort_unstable();
+                    return Err(Refusal::Forbidden(format!(
+                        "{who} is a member of several projects ({}): connect to /mcp/<project>",
+                        names.join(", ")
+                    )));
+                }
+            },
         };
         Ok(Principal {
             key_id: "oauth".into(),
             credential: format!("{issuer}#{subject}").into(),
-            user_id: user,
+            // Someone admitted by a group alone has no mcpgw user: a stable id of their own.
+            user_id: user.unwrap_or_else(|| derived_user_id(issuer, subject)),
             project_id: project.id,
             project_name: project.name.clone(),
             config: project.config.clone(),
             revision: catalog.revision,
+            oauth_group: group.map(Arc::from),
             oauth: true,
         })
     }
+}
+
+/// A UUID (version 8) derived from the issuer and subject, for users admitted by a group.
+fn derived_user_id(issuer: &str, subject: &str) -> uuid::Uuid {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{issuer}#{subject}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x80;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    uuid::Uuid::from_bytes(bytes)
 }
 
 /// Whether `credential` is one of the gateway's keys (API keys win over opaque tokens): anything in
