@@ -15,7 +15,7 @@ use super::{Endpoint, OAuth};
 const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
 
 /// The metadata routes; empty when OAuth is not configured.
-pub fn routes<S: Clone + Send + Sync + 'static>(oauth: Option<Arc<OAuth>>) -> Router<S> {
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(oauth: Option<Arc<OAuth>>) -> Router<S> {
     let Some(oauth) = oauth else { return Router::new() };
     Router::new()
         .route(WELL_KNOWN, get(document))

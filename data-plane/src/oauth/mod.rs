@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::state::Gateway;
 use token::TokenError;
 
-pub use metadata::routes;
+pub(crate) use metadata::routes;
 
 /// The OAuth settings in force (`MCPGW_OAUTH_*`, `MCPGW_PUBLIC_URL`).
 pub struct OAuth {
@@ -43,7 +43,7 @@ pub struct OAuth {
 
 /// Why a bearer token does not admit its holder.
 #[derive(Debug, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// `401` with `error="invalid_token"`.
     #[error(transparent)]
     InvalidToken(#[from] TokenError),
@@ -72,11 +72,11 @@ impl Refusal {
 
 /// The MCP endpoint a request is for: `/mcp` (and `/mcp/`), or `/mcp/<project>` (and with `/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// The project segment as sent (percent-encoded): what resource URLs are made of.
     raw_project: Option<String>,
     /// The project's name, decoded.
-    pub project: Option<String>,
+    pub(crate) project: Option<String>,
 }
 
 impl Endpoint {
@@ -148,7 +148,7 @@ fn check_url(name: &str, value: &str) -> anyhow::Result<()> {
 }
 
 /// Checks the OAuth settings (called from `Config::validate`).
-pub fn validate(config: &Config) -> anyhow::Result<()> {
+pub(crate) fn validate(config: &Config) -> anyhow::Result<()> {
     let issuers: Vec<&String> = config.oauth_issuers.iter().filter(|i| !i.trim().is_empty()).collect();
     if issuers.is_empty() {
         anyhow::ensure!(
@@ -214,7 +214,7 @@ impl OAuth {
     }
 
     /// Fetches every issuer's keys now, then again every few minutes.
-    pub async fn keep_keys_fresh(self: Arc<Self>) {
+    pub(crate) async fn keep_keys_fresh(self: Arc<Self>) {
         loop {
             for issuer in &self.issuers {
                 if let Err(e) = issuer.refresh().await {
@@ -248,7 +248,7 @@ impl OAuth {
     }
 
     /// The `WWW-Authenticate` value for a refusal on `endpoint` (RFC 6750, RFC 9728).
-    pub fn challenge(&self, endpoint: &Endpoint, refusal: Option<&Refusal>) -> HeaderValue {
+    pub(crate) fn challenge(&self, endpoint: &Endpoint, refusal: Option<&Refusal>) -> HeaderValue {
         let mut parts = Vec::new();
         match refusal {
             Some(Refusal::InvalidToken(_)) | Some(Refusal::InvalidKey(_)) => {
@@ -282,7 +282,7 @@ impl OAuth {
     }
 
     /// Checks `token` and resolves its holder to a principal for `endpoint` in `catalog`.
-    pub async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         catalog: &Catalog,
         token: &str,
@@ -311,13 +311,13 @@ impl OAuth {
     }
 
     /// Whether opaque tokens are introspected (client credentials configured).
-    pub fn introspects(&self) -> bool {
+    pub(crate) fn introspects(&self) -> bool {
         self.introspector.is_some()
     }
 
     /// Checks an opaque `token` at the issuers' introspection endpoints, in order, and resolves its
     /// holder as for a JWT.
-    pub async fn authenticate_opaque(
+    pub(crate) async fn authenticate_opaque(
         &self,
         catalog: &Catalog,
         token: &str,
