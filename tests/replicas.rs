@@ -355,7 +355,7 @@ fn sessions_survive_a_killed_and_a_restarted_replica_behind_round_robin() {
         })
     };
 
-    let (mut python, python_done, python_log) = python_caller(&url, &python_key, CALLS);
+    let (python, python_done, python_log) = python_caller(&url, &python_key, CALLS);
     // An rmcp client speaking 2026-07-28 (stateless: any replica answers any request).
     let rmcp_done = Arc::new(AtomicUsize::new(0));
     let rmcp = {

@@ -34,7 +34,7 @@ type Case = (&'static str, &'static [(&'static str, &'static str)], &'static str
 
 #[test]
 fn a_bad_setting_stops_the_process_before_it_listens() {
-    let cases: [Case; 6] = [
+    let cases: [Case; 8] = [
         (env!("CARGO_BIN_EXE_mcpgw"), &[("MCPGW_ADMIN_API_KEY", "")], "MCPGW_ADMIN_API_KEY must be at least 16"),
         (env!("CARGO_BIN_EXE_mcpgw"), &[("MCPGW_SECRETS_KEY", "short")], "MCPGW_SECRETS_KEY must be 32 bytes"),
         (env!("CARGO_BIN_EXE_mcpgw"), &[("MCPGW_MAX_SESSIONS", "0")], "MCPGW_MAX_SESSIONS must be a positive"),
@@ -44,6 +44,16 @@ fn a_bad_setting_stops_the_process_before_it_listens() {
             "MCPGW_GATEWAY_LISTEN must be an address",
         ),
         (env!("CARGO_BIN_EXE_data-plane"), &[("MCPGW_MAX_REQUEST_BYTES", "0")], "MCPGW_MAX_REQUEST_BYTES must be"),
+        (
+            env!("CARGO_BIN_EXE_mcpgw"),
+            &[("MCPGW_OAUTH_ISSUER", "https://login.example.com")],
+            "MCPGW_PUBLIC_URL must be set with MCPGW_OAUTH_ISSUER",
+        ),
+        (
+            env!("CARGO_BIN_EXE_data-plane"),
+            &[("MCPGW_OAUTH_ISSUER", "http://login.example.com"), ("MCPGW_PUBLIC_URL", "https://mcp.example.com")],
+            "MCPGW_OAUTH_ISSUER must be an https:// URL",
+        ),
         (
             env!("CARGO_BIN_EXE_control-plane"),
             &[("MCPGW_ADMIN_API_KEY", "")],

@@ -27,6 +27,7 @@ use crate::publish::PublishStatus;
         projects::create_project, projects::list_projects, projects::get_project, projects::update_project,
         projects::delete_project, projects::list_members, projects::add_member, projects::remove_member,
         projects::assign_config, projects::unassign_config, projects::get_project_config,
+        projects::get_oauth_groups, projects::set_oauth_groups,
         configs::create_config, configs::list_configs, configs::get_config, configs::update_config, configs::delete_config,
         configs::copy_config, configs::list_servers, configs::add_server, configs::get_server, configs::replace_server,
         configs::delete_server, pins::review_pins, pins::approve_pin, pins::revoke_pin,

@@ -191,6 +191,14 @@ pub async fn build(
     for (project_id, user_id) in members {
         members_by_project.entry(project_id).or_default().push(uuid(&user_id)?);
     }
+    let groups: Vec<(String, String)> =
+        sqlx::query_as("SELECT project_id, group_name FROM project_oauth_groups ORDER BY project_id, group_name")
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut groups_by_project: HashMap<String, Vec<String>> = HashMap::new();
+    for (project_id, group) in groups {
+        groups_by_project.entry(project_id).or_default().push(group);
+    }
     let mut snapshot_projects = Vec::with_capacity(projects.len());
     for (id, name, config, rate_limit) in projects {
         let project_members = members_by_project.remove(&id).unwrap_or_default();
@@ -200,6 +208,7 @@ pub async fn build(
             mcp_config_id: config.as_deref().map(uuid).transpose()?,
             members: project_members,
             rate_limit: stored_limit(rate_limit.as_deref(), "project", &id)?,
+            oauth_groups: groups_by_project.remove(&id).unwrap_or_default(),
         });
     }
 

@@ -30,6 +30,11 @@ pub struct Principal {
     /// Limits on the calls of this key, and of its whole project.
     pub key_rate_limit: Option<RateLimit>,
     pub project_rate_limit: Option<RateLimit>,
+    /// Signed in with an OAuth access token: `key_id` is `oauth` and `credential` names the
+    /// issuer and subject.
+    pub oauth: bool,
+    /// Admitted to the project by this OAuth group, not by a membership.
+    pub oauth_group: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -114,6 +119,8 @@ impl Authenticator {
             revision: catalog.revision,
             key_rate_limit: record.rate_limit,
             project_rate_limit: project.rate_limit,
+            oauth: false,
+            oauth_group: None,
         })
     }
 
@@ -167,6 +174,7 @@ mod tests {
             mcp_config_id: None,
             members: vec![user],
             rate_limit: None,
+            oauth_groups: vec![],
         });
         s.api_keys.push(SnapshotApiKey {
             id: key.id.clone(),

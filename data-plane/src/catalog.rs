@@ -142,6 +142,11 @@ pub struct Catalog {
     projects: HashMap<Uuid, Arc<ProjectRecord>>,
     configs: HashMap<Uuid, Arc<ConfigView>>,
     user_emails: HashMap<Uuid, Arc<str>>,
+    /// For OAuth sign-in: users by lower-case e-mail, and the projects each user is a member of.
+    users_by_email: HashMap<String, Uuid>,
+    memberships: HashMap<Uuid, Vec<Uuid>>,
+    /// Projects by the OAuth group they admit.
+    group_projects: HashMap<String, Vec<Uuid>>,
     /// Upstream access tokens the control plane obtained (authorization code grant).
     pub oauth_tokens: HashMap<(Uuid, String), IssuedToken>,
 }
@@ -159,6 +164,9 @@ impl Catalog {
             projects: HashMap::new(),
             configs: HashMap::new(),
             user_emails: HashMap::new(),
+            users_by_email: HashMap::new(),
+            memberships: HashMap::new(),
+            group_projects: HashMap::new(),
             oauth_tokens: HashMap::new(),
         }
     }
@@ -194,6 +202,16 @@ impl Catalog {
                 (c.id, Arc::new(view))
             })
             .collect();
+        let mut memberships: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        let mut group_projects: HashMap<String, Vec<Uuid>> = HashMap::new();
+        for p in &snapshot.projects {
+            for user in &p.members {
+                memberships.entry(*user).or_default().push(p.id);
+            }
+            for group in &p.oauth_groups {
+                group_projects.entry(group.clone()).or_default().push(p.id);
+            }
+        }
         let projects = snapshot
             .projects
             .into_iter()
@@ -220,6 +238,7 @@ impl Catalog {
                 (id, record)
             })
             .collect();
+        let users_by_email = snapshot.users.iter().map(|u| (u.email.to_lowercase(), u.id)).collect();
         let user_emails = snapshot.users.into_iter().map(|u| (u.id, u.email.into())).collect();
         Catalog {
             revision: snapshot.revision,
@@ -231,6 +250,9 @@ impl Catalog {
             projects,
             configs,
             user_emails,
+            users_by_email,
+            memberships,
+            group_projects,
             oauth_tokens,
         }
     }
@@ -253,6 +275,29 @@ impl Catalog {
 
     pub fn user_email(&self, id: Uuid) -> Option<&Arc<str>> {
         self.user_emails.get(&id)
+    }
+
+    /// The user with this e-mail, compared case-insensitively (as the control plane stores them).
+    pub fn user_by_email(&self, email: &str) -> Option<Uuid> {
+        self.users_by_email.get(&email.to_lowercase()).copied()
+    }
+
+    /// The projects `user` is a member of.
+    pub fn projects_of(&self, user: Uuid) -> impl Iterator<Item = &Arc<ProjectRecord>> {
+        self.memberships.get(&user).into_iter().flatten().filter_map(|id| self.projects.get(id))
+    }
+
+    pub fn is_member(&self, user: Uuid, project: Uuid) -> bool {
+        self.memberships.get(&user).is_some_and(|p| p.contains(&project))
+    }
+
+    /// The projects that admit holders of `group`.
+    pub fn projects_admitting(&self, group: &str) -> impl Iterator<Item = &Arc<ProjectRecord>> {
+        self.group_projects.get(group).into_iter().flatten().filter_map(|id| self.projects.get(id))
+    }
+
+    pub fn admits_group(&self, project: Uuid, group: &str) -> bool {
+        self.group_projects.get(group).is_some_and(|p| p.contains(&project))
     }
 
     pub fn key_count(&self) -> usize {

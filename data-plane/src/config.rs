@@ -94,6 +94,35 @@ pub struct Config {
     /// paths, or names looked up in PATH); unset, any. Other servers are not started.
     #[arg(long, env = names::ENV_STDIO_COMMANDS)]
     pub stdio_commands: Option<String>,
+    /// OAuth 2.1 / OpenID Connect issuers whose access tokens sign users in, comma separated
+    /// (e.g. `https://login.example.com`); unset, API keys only. Needs MCPGW_PUBLIC_URL.
+    #[arg(long = "oauth-issuer", env = names::ENV_OAUTH_ISSUER, value_delimiter = ',')]
+    pub oauth_issuers: Vec<String>,
+    /// The gateway's canonical external URL (e.g. `https://mcp.example.com`): resource identifiers
+    /// and metadata URLs are made of it.
+    #[arg(long, env = names::ENV_PUBLIC_URL)]
+    pub public_url: Option<String>,
+    /// Audiences an access token must name one of, comma separated [default: the resource URL of
+    /// the endpoint, `<public url>/mcp` or the public URL].
+    #[arg(long = "oauth-audience", env = "MCPGW_OAUTH_AUDIENCE", value_delimiter = ',')]
+    pub oauth_audiences: Vec<String>,
+    /// Access-token claim holding the user's e-mail, matched case-insensitively to mcpgw users.
+    #[arg(long, env = "MCPGW_OAUTH_USER_CLAIM", default_value = "email")]
+    pub oauth_user_claim: String,
+    /// Access-token claim holding the user's groups (a list or one string), for projects that admit
+    /// groups.
+    #[arg(long, env = "MCPGW_OAUTH_GROUPS_CLAIM", default_value = "groups")]
+    pub oauth_groups_claim: String,
+    /// Scopes advertised to clients and required in every access token, space or comma separated.
+    #[arg(long, env = "MCPGW_OAUTH_SCOPES", value_delimiter = ',')]
+    pub oauth_scopes: Vec<String>,
+    /// The gateway's client id at the issuer, for introspecting opaque (non-JWT) access tokens
+    /// (RFC 7662); unset, only JWT access tokens are accepted.
+    #[arg(long, env = "MCPGW_OAUTH_CLIENT_ID")]
+    pub oauth_client_id: Option<String>,
+    /// The secret of MCPGW_OAUTH_CLIENT_ID.
+    #[arg(long, env = "MCPGW_OAUTH_CLIENT_SECRET", hide_env_values = true)]
+    pub oauth_client_secret: Option<String>,
 }
 
 impl Config {
@@ -158,7 +187,18 @@ impl Config {
         if let Some(ca) = &self.control_ca {
             shared::tls::certificates(ca)?;
         }
-        Ok(())
+        crate::oauth::validate(self)
+    }
+
+    /// The required OAuth scopes, each once (the setting may separate them by spaces or commas).
+    pub fn oauth_scopes(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for scope in self.oauth_scopes.iter().flat_map(|s| s.split_ascii_whitespace()) {
+            if !out.iter().any(|s| s == scope) {
+                out.push(scope.to_string());
+            }
+        }
+        out
     }
 
     pub fn snapshot_path(&self) -> PathBuf {

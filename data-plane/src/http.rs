@@ -18,7 +18,7 @@ use std::borrow::Cow;
 
 use rmcp::model::InitializeRequestParams;
 
-use crate::auth::{AuthError, Principal, key_from_headers};
+use crate::auth::{AuthError, Principal};
 use crate::catalog::tool_allowed;
 use crate::gateway::{GatewayService, Identity};
 use crate::rate_limit::{self, Limited};
@@ -28,7 +28,7 @@ use crate::state::Gateway;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 /// JSON-RPC error codes of the answers the gateway gives before MCP: the key, the session, the body.
-const UNAUTHORIZED: i32 = -32001;
+pub(crate) const UNAUTHORIZED: i32 = -32001;
 const PARSE_ERROR: i32 = -32700;
 const INVALID_REQUEST: i32 = -32600;
 /// A call refused by a rate limit (in the implementation-defined server error range).
@@ -57,22 +57,26 @@ pub fn router(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Router {
     );
     let mcp = Router::new()
         .route_service("/mcp", mcp.clone())
-        .route_service("/mcp/", mcp)
+        .route_service("/mcp/", mcp.clone())
+        // A project's own endpoint (for OAuth users in several projects; keys of that project).
+        .route_service("/mcp/{project}", mcp.clone())
+        .route_service("/mcp/{project}/", mcp)
         .layer(from_fn_with_state(gateway.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(mcp)
+        .merge(crate::oauth::routes(gateway.oauth.clone()))
         .with_state(gateway)
 }
 
 /// In front of rmcp: resolves the caller, admits a session only to the credential that opened it,
 /// binds new sessions (within the limits), and turns rmcp's plain-text refusals into JSON-RPC errors.
 async fn authenticate(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
-    let principal = match gateway.authenticate(key_from_headers(request.headers())).await {
+    let principal = match crate::oauth::caller(&gateway, request.uri(), request.headers()).await {
         Ok(principal) => principal,
-        Err(e) => return unauthorized(e),
+        Err(refusal) => return refusal,
     };
     let owner = Owner::of(&principal);
     let session = request.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -223,12 +227,12 @@ fn is_json(value: &HeaderValue) -> bool {
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn jsonrpc_error(status: StatusCode, code: i32, message: &str) -> Response {
+pub(crate) fn jsonrpc_error(status: StatusCode, code: i32, message: &str) -> Response {
     let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
     (status, axum::Json(body)).into_response()
 }
 
-fn unauthorized(e: AuthError) -> Response {
+pub(crate) fn unauthorized(e: AuthError) -> Response {
     let mut response = jsonrpc_error(StatusCode::UNAUTHORIZED, UNAUTHORIZED, &e.to_string());
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"mcpgw\""));
     response

@@ -16,6 +16,7 @@ pub mod guard;
 pub mod http;
 pub mod meta_tools;
 pub mod metrics;
+pub mod oauth;
 pub mod pull;
 pub mod rate_limit;
 pub mod reload;
@@ -85,7 +86,8 @@ fn assemble(
             .with_context(|| format!("opening the audit log {target}"))?,
         None => audit::AuditLog::disabled(),
     };
-    Ok(Arc::new(Gateway::new(config, pool, metrics, audit, events)))
+    let oauth = oauth::OAuth::from_config(&config)?.map(Arc::new);
+    Ok(Arc::new(Gateway::new(config, pool, metrics, audit, events).with_oauth(oauth)))
 }
 
 /// Builds the gateway state, loads the snapshot and starts following it (the file's watcher, or
@@ -115,6 +117,9 @@ async fn start(config: Config, local_port: Option<u16>) -> anyhow::Result<Arc<Ga
         }
     }
     tokio::spawn(gateway.pool.clone().reap_idle(idle));
+    if let Some(oauth) = &gateway.oauth {
+        tokio::spawn(oauth.clone().keep_keys_fresh());
+    }
     Ok(gateway)
 }
 

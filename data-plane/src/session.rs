@@ -38,27 +38,46 @@ const MAX_ENDED: usize = 100_000;
 /// The credential a session belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
+    /// The key id; for OAuth, `oauth:<user id>` (what the per-key limit counts).
     pub key_id: Arc<str>,
     /// The key's stored hash when the session opened: a rotation makes it another credential.
+    /// For OAuth, the token's issuer and subject.
     credential: Arc<str>,
+    /// For OAuth: the user and project, whose membership (or the group that admitted the user)
+    /// keeps the session open.
+    member: Option<(uuid::Uuid, uuid::Uuid, Option<Arc<str>>)>,
 }
 
 impl Owner {
     pub fn of(principal: &Principal) -> Self {
-        Owner::new(principal.key_id.clone(), principal.credential.clone())
+        if principal.oauth {
+            return Owner {
+                key_id: format!("oauth:{}", principal.user_id).into(),
+                credential: principal.credential.clone(),
+                member: Some((principal.user_id, principal.project_id, principal.oauth_group.clone())),
+            };
+        }
+        Owner { key_id: principal.key_id.clone(), credential: principal.credential.clone(), member: None }
     }
 
+    #[cfg(test)]
     pub fn new(key_id: Arc<str>, credential: Arc<str>) -> Self {
-        Owner { key_id, credential }
+        Owner { key_id, credential, member: None }
     }
 
+    /// What the session is bound to besides the key id: the key's stored hash, or for OAuth the
+    /// token's issuer and subject.
     pub fn credential(&self) -> &str {
         &self.credential
     }
 
     /// Whether the catalog still admits this credential as it was when the session opened.
     fn still_valid(&self, catalog: &Catalog) -> bool {
-        catalog.key(&self.key_id).is_some_and(|k| !k.disabled && k.hash == self.credential)
+        match &self.member {
+            Some((_, project, Some(group))) => catalog.admits_group(*project, group),
+            Some((user, project, None)) => catalog.is_member(*user, *project),
+            None => catalog.key(&self.key_id).is_some_and(|k| !k.disabled && k.hash == self.credential),
+        }
     }
 }
 
@@ -386,7 +405,7 @@ mod tests {
     use super::*;
 
     fn owner(key: &str, hash: &str) -> Owner {
-        Owner { key_id: key.into(), credential: hash.into() }
+        Owner { key_id: key.into(), credential: hash.into(), member: None }
     }
 
     fn sealer() -> Arc<Sealer> {

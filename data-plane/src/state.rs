@@ -51,6 +51,8 @@ pub struct Gateway {
     pub sessions: Arc<Sessions>,
     pub rate_limiter: RateLimiter,
     pub status: Mutex<ReloadStatus>,
+    /// Sign-in with OAuth access tokens, when an issuer is configured.
+    pub oauth: Option<Arc<crate::oauth::OAuth>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +90,13 @@ impl Gateway {
             audit,
             events,
             status: Mutex::new(ReloadStatus::default()),
+            oauth: None,
         }
+    }
+
+    pub fn with_oauth(mut self, oauth: Option<Arc<crate::oauth::OAuth>>) -> Self {
+        self.oauth = oauth;
+        self
     }
 
     /// The catalog being served; callers keep the `Arc` for the whole request so a reload never

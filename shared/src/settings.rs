@@ -22,6 +22,10 @@ pub const ENV_CONTROL_URL: &str = "MCPGW_CONTROL_URL";
 pub const ENV_CONTROL_CA: &str = "MCPGW_CONTROL_CA";
 /// Browser origins the admin API accepts requests from.
 pub const ENV_ADMIN_ALLOWED_ORIGINS: &str = "MCPGW_ADMIN_ALLOWED_ORIGINS";
+/// Issuers whose OAuth access tokens the data plane accepts from clients.
+pub const ENV_OAUTH_ISSUER: &str = "MCPGW_OAUTH_ISSUER";
+/// The gateway's external URL (OAuth resource identifiers, client configs).
+pub const ENV_PUBLIC_URL: &str = "MCPGW_PUBLIC_URL";
 
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_CONTROL_LISTEN: &str = "127.0.0.1:8001";

@@ -51,6 +51,9 @@ pub struct SnapshotProject {
     /// Tool calls of all the project's keys together.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// OAuth group claim values whose holders the project admits without a membership.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oauth_groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,6 +362,7 @@ pub(crate) mod tests {
                 mcp_config_id: Some(config),
                 members: vec![user],
                 rate_limit: None,
+                oauth_groups: vec![],
             }],
             api_keys: vec![SnapshotApiKey {
                 id: key.id.clone(),

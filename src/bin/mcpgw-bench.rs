@@ -846,13 +846,13 @@ fn print_table(report: &Value, comparisons: &[Comparison]) {
         for r in rows {
             println!(
                 "{:>8} | {:>10.0} {:>8} {:>8} | {:>10.0} {:>8} {:>8} | {:>7.2}",
-                r["sessions"],
+                r["sessions"].as_u64().unwrap_or(0),
                 r["one"]["calls_per_sec"].as_f64().unwrap_or(0.0),
-                r["one"]["p50_us"],
-                r["one"]["p99_us"],
+                r["one"]["p50_us"].as_u64().unwrap_or(0),
+                r["one"]["p99_us"].as_u64().unwrap_or(0),
                 r["three"]["calls_per_sec"].as_f64().unwrap_or(0.0),
-                r["three"]["p50_us"],
-                r["three"]["p99_us"],
+                r["three"]["p50_us"].as_u64().unwrap_or(0),
+                r["three"]["p99_us"].as_u64().unwrap_or(0),
                 r["scaling"].as_f64().unwrap_or(0.0)
             );
         }

@@ -92,6 +92,82 @@ pub struct AssignConfig {
     pub config: String,
 }
 
+/// Groups whose members a project admits when they sign in with OAuth (the access token's group
+/// claim, `MCPGW_OAUTH_GROUPS_CLAIM` on the data plane), with no mcpgw user or membership needed.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthGroups {
+    /// Group claim values, each 1-256 characters without control characters; at most 100.
+    #[schema(example = json!(["engineering"]))]
+    pub groups: Vec<String>,
+}
+
+const MAX_OAUTH_GROUPS: usize = 100;
+
+fn check_groups(groups: &[String]) -> Result<Vec<String>, ApiError> {
+    if groups.len() > MAX_OAUTH_GROUPS {
+        return Err(ApiError::invalid("groups", format!("at most {MAX_OAUTH_GROUPS} groups")));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(groups.len());
+    for (i, group) in groups.iter().enumerate() {
+        if group.is_empty() || group.chars().count() > 256 || group.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                &format!("groups[{i}]"),
+                "must be 1-256 characters without control characters",
+            ));
+        }
+        if !out.contains(group) {
+            out.push(group.clone());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+async fn load_groups(conn: &mut AnyConnection, project_id: &str) -> Result<Vec<String>, ApiError> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT group_name FROM project_oauth_groups WHERE project_id = $1 ORDER BY group_name")
+            .bind(project_id)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(rows.into_iter().map(|(g,)| g).collect())
+}
+
+#[utoipa::path(get, path = "/api/v1/projects/{project}/oauth-groups", tag = "projects",
+    params(("project" = String, Path, description = "Project id or name")),
+    responses((status = 200, description = "The groups the project admits", body = OAuthGroups), ReadErrors))]
+#[get("/projects/{project}/oauth-groups")]
+pub async fn get_oauth_groups(store: web::Data<Store>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let mut conn = store.conn().await?;
+    let project = resolve(&mut conn, &path).await?;
+    Ok(HttpResponse::Ok().json(OAuthGroups { groups: load_groups(&mut conn, &project.id).await? }))
+}
+
+#[utoipa::path(put, path = "/api/v1/projects/{project}/oauth-groups", tag = "projects", request_body = OAuthGroups,
+    params(("project" = String, Path, description = "Project id or name")),
+    responses((status = 200, description = "The groups the project now admits (replacing the previous list)",
+        body = OAuthGroups), WriteErrors))]
+#[put("/projects/{project}/oauth-groups")]
+pub async fn set_oauth_groups(
+    store: web::Data<Store>,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<OAuthGroups>,
+) -> Result<HttpResponse, ApiError> {
+    let groups = check_groups(&body.groups)?;
+    let mut w = store.begin_write().await?;
+    let project = resolve(&mut w.tx, &path).await?;
+    sqlx::query("DELETE FROM project_oauth_groups WHERE project_id = $1").bind(&project.id).execute(&mut *w.tx).await?;
+    for group in &groups {
+        sqlx::query("INSERT INTO project_oauth_groups (project_id, group_name) VALUES ($1, $2)")
+            .bind(&project.id)
+            .bind(group)
+            .execute(&mut *w.tx)
+            .await?;
+    }
+    w.commit("set_oauth_groups", "project", &project.id).await?;
+    Ok(HttpResponse::Ok().json(OAuthGroups { groups }))
+}
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct ProjectRow {
     pub id: String,
@@ -477,5 +553,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(remove_member)
         .service(assign_config)
         .service(unassign_config)
-        .service(get_project_config);
+        .service(get_project_config)
+        .service(get_oauth_groups)
+        .service(set_oauth_groups);
 }

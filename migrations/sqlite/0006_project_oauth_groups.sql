@@ -1,0 +1,7 @@
+-- Values of an OAuth access token's group claim whose holders a project admits without a
+-- membership of their own (data planes with MCPGW_OAUTH_ISSUER).
+CREATE TABLE project_oauth_groups (
+    project_id TEXT NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    group_name TEXT NOT NULL,
+    PRIMARY KEY (project_id, group_name)
+);
