@@ -588,6 +588,17 @@ impl ServerHandler for GatewayService {
             return Err(unknown_tool(&name));
         }
         let (spec, tool) = (spec.clone(), tool.to_string());
+        // Over HTTP the listener counted the call before MCP (to answer 429); stdio counts here.
+        if matches!(self.identity, Identity::Key(_)) {
+            let limits = crate::rate_limit::applicable(&p, &config, &spec, &tool);
+            if let Err(limited) = self.gateway.rate_limiter.admit(&limits, &self.gateway.metrics).await {
+                self.gateway.metrics.record_rate_limited(&p.project_name, limited.kind);
+                self.gateway.audit.record_rate_limited(&p, &limited);
+                let data = serde_json::json!({"limit": limited.kind, "retry_after_secs": limited.retry_after_secs});
+                let code = rmcp::model::ErrorCode(crate::rate_limit::ERROR_CODE);
+                return Err(McpError::new(code, limited.to_string(), Some(data)));
+            }
+        }
         let progress =
             context.meta.get_progress_token().or_else(|| request.meta.as_ref().and_then(|m| m.get_progress_token()));
         let audit = &self.gateway.audit;

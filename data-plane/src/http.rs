@@ -31,8 +31,6 @@ const SESSION_HEADER: &str = "mcp-session-id";
 pub(crate) const UNAUTHORIZED: i32 = -32001;
 const PARSE_ERROR: i32 = -32700;
 const INVALID_REQUEST: i32 = -32600;
-/// A call refused by a rate limit (in the implementation-defined server error range).
-const RATE_LIMITED: i32 = -32029;
 
 pub fn router(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Router {
     let config = &gateway.config;
@@ -198,7 +196,7 @@ fn rate_limited(gateway: &Gateway, principal: &Principal, id: Option<serde_json:
     let body = json!({
         "jsonrpc": "2.0",
         "id": id,
-        "error": {"code": RATE_LIMITED, "message": message, "data": {"limit": limited.kind, "retry_after_secs": limited.retry_after_secs}},
+        "error": {"code": rate_limit::ERROR_CODE, "message": message, "data": {"limit": limited.kind, "retry_after_secs": limited.retry_after_secs}},
     });
     let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(limited.retry_after_secs));

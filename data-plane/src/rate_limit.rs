@@ -30,6 +30,9 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// After Redis fails, how long calls count locally before Redis is asked again.
 const REDIS_BACKOFF: Duration = Duration::from_secs(1);
 
+/// JSON-RPC error code of a call refused by a rate limit (implementation-defined server error range).
+pub const ERROR_CODE: i32 = -32029;
+
 /// One limit that applies to a call.
 #[derive(Debug, Clone)]
 pub struct Applicable {
