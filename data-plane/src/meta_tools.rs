@@ -68,6 +68,7 @@ pub fn definitions() -> Vec<Tool> {
                     "server_name": {"type": "string"},
                     "tool_calls": {
                         "type": "array",
+                        "maxItems": MAX_BATCH,
                         "items": {
                             "type": "object",
                             "properties": {"name": {"type": "string"}, "args": {"type": "object"}},
@@ -241,6 +242,9 @@ pub async fn call(
     }
 }
 
+/// Largest batch `gateway_call_tools` runs.
+const MAX_BATCH: usize = 100;
+
 /// Runs a batch of calls on one server, in order, each through the same policy as `tools/call`.
 async fn call_batch(
     svc: &GatewayService,
@@ -252,6 +256,10 @@ async fn call_batch(
         return fail(format!("server `{}` is not available", server_name(args).unwrap_or("")));
     };
     let calls = args.get("tool_calls").and_then(Value::as_array).cloned().unwrap_or_default();
+    if calls.len() > MAX_BATCH {
+        return fail(format!("at most {MAX_BATCH} calls per batch (got {})", calls.len()));
+    }
+    let mut refused: Option<crate::rate_limit::Limited> = None;
     let mut results = Vec::with_capacity(calls.len());
     let never = CancellationToken::new();
     for (index, item) in calls.iter().enumerate() {
@@ -264,10 +272,16 @@ async fn call_batch(
             );
             continue;
         }
-        let limits = crate::rate_limit::applicable(p, config, &spec, tool);
-        if let Err(limited) = svc.gateway.rate_limiter.admit(&limits, &svc.gateway.metrics).await {
+        // Once a limit refuses, the rest of the batch is refused too without asking again.
+        if refused.is_none() {
+            let limits = crate::rate_limit::applicable(p, config, &spec, tool);
+            if let Err(limited) = svc.gateway.rate_limiter.admit(&limits, &svc.gateway.metrics).await {
+                svc.gateway.audit.record_rate_limited(p, &limited);
+                refused = Some(limited);
+            }
+        }
+        if let Some(limited) = &refused {
             svc.gateway.metrics.record_rate_limited(&p.project_name, limited.kind);
-            svc.gateway.audit.record_rate_limited(p, &limited);
             let message = limited.to_string();
             results.push(json!({"index": index, "name": tool, "status": "rate_limited", "message": message}));
             continue;

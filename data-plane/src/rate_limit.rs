@@ -68,8 +68,15 @@ pub struct RateLimiter {
 struct Shared {
     connection: ConnectionManager,
     script: redis::Script,
-    /// While set and in the future, Redis is not asked.
-    resting_until: Mutex<Option<Instant>>,
+    health: Mutex<Health>,
+}
+
+#[derive(Default)]
+struct Health {
+    /// While in the future, Redis is not asked.
+    resting_until: Option<Instant>,
+    /// Since the last answer, Redis has failed (logged once per outage).
+    failing: bool,
 }
 
 impl RateLimiter {
@@ -88,7 +95,7 @@ impl RateLimiter {
             .set_number_of_retries(1);
         let connection = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| anyhow::anyhow!("MCPGW_REDIS_URL: {e}"))?;
-        let shared = Shared { connection, script: redis::Script::new(SCRIPT), resting_until: Mutex::new(None) };
+        let shared = Shared { connection, script: redis::Script::new(SCRIPT), health: Mutex::default() };
         Ok(RateLimiter { local: Mutex::default(), redis: Some(shared), started: Instant::now() })
     }
 
@@ -102,7 +109,10 @@ impl RateLimiter {
             && shared.available()
         {
             match tokio::time::timeout(REDIS_TIMEOUT, shared.admit(limits)).await {
-                Ok(Ok(verdict)) => return verdict,
+                Ok(Ok(verdict)) => {
+                    shared.answered();
+                    return verdict;
+                }
                 Ok(Err(e)) => shared.rest(&e.to_string(), metrics),
                 Err(_) => shared.rest("no answer within 250 ms", metrics),
             }
@@ -113,24 +123,29 @@ impl RateLimiter {
 }
 
 impl Shared {
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn available(&self) -> bool {
-        let mut resting = self.resting_until.lock().unwrap_or_else(|e| e.into_inner());
-        match *resting {
-            Some(until) if Instant::now() < until => false,
-            Some(_) => {
-                *resting = None;
-                true
-            }
-            None => true,
+        self.health().resting_until.is_none_or(|until| Instant::now() >= until)
+    }
+
+    fn answered(&self) {
+        let mut health = self.health();
+        if health.failing {
+            health.failing = false;
+            tracing::info!("Redis answers again: rate limits are counted across replicas");
         }
     }
 
     fn rest(&self, why: &str, metrics: &Metrics) {
-        let mut resting = self.resting_until.lock().unwrap_or_else(|e| e.into_inner());
-        if resting.is_none() {
+        let mut health = self.health();
+        if !health.failing {
+            health.failing = true;
             tracing::warn!(error = why, "Redis does not answer: rate limits are counted by this replica alone");
         }
-        *resting = Some(Instant::now() + REDIS_BACKOFF);
+        health.resting_until = Some(Instant::now() + REDIS_BACKOFF);
         metrics.rate_limit_fallbacks.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -19,7 +19,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use rand::RngCore;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
-use rmcp::model::InitializeRequestParams;
+use rmcp::model::{Implementation, InitializeRequestParams};
 use rmcp::transport::streamable_http_server::session::store::{SessionState, SessionStore, SessionStoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -52,6 +52,10 @@ pub struct Opened {
 }
 
 impl Opened {
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp(self.contents.e, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+
     /// Whether `owner` is the credential that opened the session.
     pub fn belongs_to(&self, owner: &Owner) -> bool {
         // The contents are authenticated: nobody can choose them, so a plain comparison leaks nothing.
@@ -98,8 +102,15 @@ impl Sealer {
 
     /// A new session id for `owner`'s session with the client's `params`.
     pub fn seal(&self, owner: &Owner, mut params: InitializeRequestParams, now: DateTime<Utc>) -> String {
-        // Request metadata (progress tokens, trace context) belongs to that one request.
+        // What a replay of `initialize` needs, and no more: request metadata (progress tokens, trace
+        // context) belongs to that one request, experimental capabilities and the client's icons
+        // and links only make the id longer (it travels in a header on every request).
         params.meta = None;
+        params.capabilities.experimental = None;
+        let info = &params.client_info;
+        let mut client = Implementation::new(clip(&info.name), clip(&info.version));
+        client.title = info.title.as_deref().map(clip);
+        params.client_info = client;
         let contents = Contents {
             k: owner.key_id.to_string(),
             c: credential_fingerprint(owner),
@@ -136,6 +147,11 @@ impl Sealer {
         let plain = self.key.open_in_place(nonce, Aad::from(PURPOSE), &mut sealed).ok()?;
         serde_json::from_slice(plain).ok()
     }
+}
+
+/// At most 128 characters of a client-chosen name.
+fn clip(text: &str) -> String {
+    text.chars().take(128).collect()
 }
 
 fn credential_fingerprint(owner: &Owner) -> String {

@@ -11,7 +11,7 @@
 //! session over, for the credential that opened it only. They are bearer secrets and never logged:
 //! `short_id` is what logs and the audit trail carry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,8 @@ const IDLE: Duration = Duration::from_secs(300);
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Bound on remembered ended sessions; past it the oldest are forgotten first.
 const MAX_ENDED: usize = 100_000;
+/// Longest session id opened: ours are a few hundred bytes.
+const MAX_ID_LEN: usize = 8 * 1024;
 
 /// The credential a session belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +137,8 @@ impl LimitReached {
 struct Entry {
     owner: Owner,
     last_seen: Instant,
+    /// When the session's id expires: the session ends then, however busy.
+    expires: Instant,
 }
 
 #[derive(Default)]
@@ -143,8 +147,10 @@ struct Owners {
     per_key: HashMap<Arc<str>, usize>,
     last_sweep: Option<Instant>,
     /// Sessions ended here (closed by their client, or their key revoked), until their ids would
-    /// have expired: their sealed ids must not bring them back. Keyed by a digest of the id.
-    ended: HashMap<[u8; 16], Instant>,
+    /// have expired: their sealed ids must not bring them back. Keyed by a digest of the id, in the
+    /// order they ended, which is also the order they stop mattering.
+    ended: HashSet<[u8; 16]>,
+    ended_order: VecDeque<([u8; 16], Instant)>,
 }
 
 impl Owners {
@@ -160,20 +166,56 @@ impl Owners {
     }
 
     fn remember_ended(&mut self, id: &str, until: Instant) {
-        if self.ended.len() >= MAX_ENDED {
-            let now = Instant::now();
-            self.ended.retain(|_, t| *t > now);
-            if self.ended.len() >= MAX_ENDED
-                && let Some(oldest) = self.ended.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k)
-            {
-                self.ended.remove(&oldest);
-            }
+        self.forget_ended(Instant::now());
+        if self.ended.len() >= MAX_ENDED
+            && let Some((oldest, _)) = self.ended_order.pop_front()
+        {
+            self.ended.remove(&oldest);
         }
-        self.ended.insert(digest(id), until);
+        let digest = digest(id);
+        if self.ended.insert(digest) {
+            self.ended_order.push_back((digest, until));
+        }
+    }
+
+    /// Drops the ended sessions whose ids have expired by `now` (they open nothing anyway).
+    fn forget_ended(&mut self, now: Instant) {
+        while let Some((digest, until)) = self.ended_order.front().copied()
+            && until <= now
+        {
+            self.ended_order.pop_front();
+            self.ended.remove(&digest);
+        }
     }
 
     fn has_ended(&self, id: &str) -> bool {
-        self.ended.get(&digest(id)).is_some_and(|t| *t > Instant::now())
+        self.ended.contains(&digest(id))
+    }
+
+    /// Admits `owner` on `id`, inserting it within the limits unless it is there already. One lock
+    /// for the whole decision, so concurrent takeovers of one session count it once.
+    fn insert(&mut self, id: &str, owner: Owner, expires: Instant, limits: Limits) -> Result<(), Refused> {
+        if self.has_ended(id) {
+            return Err(Refused::Unknown);
+        }
+        let now = Instant::now();
+        if let Some(entry) = self.by_id.get_mut(id) {
+            if entry.owner != owner {
+                return Err(Refused::Foreign);
+            }
+            entry.last_seen = now;
+            return Ok(());
+        }
+        let held = self.per_key.get(&owner.key_id).copied().unwrap_or(0);
+        if held >= limits.per_key {
+            return Err(LimitReached::PerKey(limits.per_key).into());
+        }
+        if self.by_id.len() >= limits.total {
+            return Err(LimitReached::Total(limits.total).into());
+        }
+        *self.per_key.entry(owner.key_id.clone()).or_default() += 1;
+        self.by_id.insert(id.into(), Entry { owner, last_seen: now, expires });
+        Ok(())
     }
 
     /// Removes the sessions `ended` picks and returns their ids.
@@ -217,11 +259,22 @@ impl Sessions {
                 if entry.owner != *owner {
                     return Err(Refused::Foreign);
                 }
-                entry.last_seen = Instant::now();
+                let now = Instant::now();
+                if entry.expires <= now {
+                    owners.remove(id);
+                    drop(owners);
+                    self.close_later(vec![id.into()]);
+                    return Err(Refused::Unknown);
+                }
+                entry.last_seen = now;
                 return Ok(());
             }
+            if owners.has_ended(id) {
+                return Err(Refused::Unknown);
+            }
         }
-        if self.owners().has_ended(id) {
+        // Ids are at most a few hundred bytes; anything much longer is not one of ours.
+        if id.len() > MAX_ID_LEN {
             return Err(Refused::Unknown);
         }
         let opened = self.sealer.open(id, Utc::now()).map_err(|e| match e {
@@ -230,7 +283,9 @@ impl Sessions {
         if !opened.belongs_to(owner) {
             return Err(Refused::Foreign);
         }
-        self.register(id, owner.clone())?;
+        let left = (opened.expires_at() - Utc::now()).to_std().unwrap_or_default();
+        let expires = Instant::now() + left.min(self.sealer.lifetime());
+        self.owners().insert(id, owner.clone(), expires, self.limits)?;
         tracing::info!(session = %short_id(id), key_id = %owner.key_id, "session taken over");
         Ok(())
     }
@@ -246,21 +301,18 @@ impl Sessions {
             let now = Instant::now();
             let expired = if owners.last_sweep.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY) {
                 owners.last_sweep = Some(now);
-                owners.ended.retain(|_, t| *t > now);
+                owners.forget_ended(now);
                 // Idle sessions stop their workers; their clients may come back and take them over.
-                owners.take_where(|e| now.duration_since(e.last_seen) > IDLE)
+                owners.take_where(|e| now.duration_since(e.last_seen) > IDLE || e.expires <= now)
             } else {
                 Vec::new()
             };
-            let held = owners.per_key.get(&owner.key_id).copied().unwrap_or(0);
-            let verdict = if held >= self.limits.per_key {
-                Err(LimitReached::PerKey(self.limits.per_key))
-            } else if owners.by_id.len() >= self.limits.total {
-                Err(LimitReached::Total(self.limits.total))
-            } else {
-                *owners.per_key.entry(owner.key_id.clone()).or_default() += 1;
-                owners.by_id.insert(id.into(), Entry { owner, last_seen: now });
-                Ok(())
+            let expires = now.checked_add(self.sealer.lifetime()).unwrap_or(now + IDLE);
+            let verdict = match owners.insert(id, owner, expires, self.limits) {
+                Ok(()) => Ok(()),
+                Err(Refused::Limit(limit)) => Err(limit),
+                // A brand-new id is neither ended nor anyone else's.
+                Err(Refused::Unknown | Refused::Foreign) => Ok(()),
             };
             (verdict, expired)
         };
@@ -432,6 +484,33 @@ mod tests {
         assert_eq!(sessions.admit("s1", &a), Err(Refused::Unknown));
         sessions.register("s5", a).unwrap();
         assert_eq!(sessions.open(), 3);
+    }
+
+    #[tokio::test]
+    async fn taken_over_sessions_count_once_expire_on_time_and_stay_ended() {
+        let sealer = Arc::new(Sealer::new(None, Duration::from_secs(60)));
+        let sessions = Sessions::new(Limits { per_key: 1, total: 10 }, sealer.clone());
+        let a = owner("a", "h1");
+        let params = rmcp::model::InitializeRequestParams::new(
+            rmcp::model::ClientCapabilities::default(),
+            rmcp::model::Implementation::new("c", "1"),
+        );
+        let id = sealer.seal(&a, params.clone(), Utc::now());
+        // Two requests taking the same session over at once: one slot, not two.
+        let far = Instant::now() + Duration::from_secs(60);
+        sessions.owners().insert(&id, a.clone(), far, sessions.limits).unwrap();
+        sessions.owners().insert(&id, a.clone(), far, sessions.limits).unwrap();
+        assert_eq!(sessions.owners().per_key.get("a"), Some(&1));
+        assert_eq!(sessions.admit(&id, &a), Ok(()));
+        sessions.end(&id);
+        assert_eq!(sessions.admit(&id, &a), Err(Refused::Unknown), "an ended session stays ended");
+        assert_eq!(sessions.owners().per_key.get("a"), None);
+
+        // A session whose id has expired ends, however busy it is here.
+        let short = Sessions::new(Limits { per_key: 5, total: 10 }, Arc::new(Sealer::new(None, Duration::ZERO)));
+        short.register("s", a.clone()).unwrap();
+        assert_eq!(short.admit("s", &a), Err(Refused::Unknown));
+        assert_eq!(short.open(), 0);
     }
 
     #[test]
