@@ -496,8 +496,16 @@ fn snapshot_follows_every_change_and_is_never_half_written() {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
-    let status = cp.ok("GET", "/api/v1/snapshot/status", None, 200);
-    assert_eq!(status["up_to_date"], true);
+    // The publisher records its status just after the file is renamed into place.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let status = loop {
+        let status = cp.ok("GET", "/api/v1/snapshot/status", None, 200);
+        if status["up_to_date"] == true || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status["up_to_date"], true, "{status}");
     assert_eq!(status["sha256"].as_str().unwrap().len(), 64);
 }
 
