@@ -11,23 +11,14 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::control_plane::ControlPlane;
 use common::data_plane::*;
+use common::proc::{Reaped, free_port, start_nginx};
 use serde_json::json;
-
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -83,37 +74,12 @@ fn start_fixture_http() -> (Reaped, String) {
     (Reaped(child), format!("http://localhost:{port}/mcp"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn nginx() -> PathBuf {
-    ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("nginx missing: `.ci/run` installs Debian's nginx-light")
-}
-
 /// nginx on loopback in front of `upstream` (host:port), adding `Authorization: Bearer <key>` to
 /// every request and passing streams through unbuffered.
 fn start_key_proxy(upstream: &str, key: &str, dir: &Path) -> (Reaped, u16) {
     let port = free_port();
-    let conf = format!(
-        r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
+    let server = format!(
+        r#"    server {{
         listen 127.0.0.1:{port};
         location / {{
             proxy_pass http://{upstream};
@@ -125,30 +91,9 @@ http {{
             proxy_request_buffering off;
             proxy_read_timeout 300s;
         }}
-    }}
-}}
-"#,
-        dir = dir.display()
+    }}"#
     );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).unwrap();
-    let child = Command::new(nginx())
-        .arg("-c")
-        .arg(&path)
-        .arg("-p")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    let proxy = Reaped(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        let log = std::fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default();
-        assert!(Instant::now() < deadline, "nginx did not start:\n{log}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (proxy, port)
+    (start_nginx(dir, port, &server), port)
 }
 
 #[test]

@@ -12,10 +12,13 @@
 //!
 //! The validator and nginx are test tools `.ci/run` installs; without them these tests fail.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::proc::nginx;
 use serde_json::Value;
 
 /// Kubernetes releases the manifests must be valid for: an older one still in service, and the newest
@@ -662,14 +665,6 @@ fn compose_file_names_the_scaled_shape() {
 
 // ---------------------------------------------------------------------------------------------------
 // nginx
-
-fn nginx() -> PathBuf {
-    ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("nginx missing: `.ci/run` installs Debian's nginx-light")
-}
 
 /// `nginx -t` on `config`, written into a scratch prefix of its own (no DNS, no system paths).
 fn nginx_test(config: &str, scratch: &Path) -> (bool, String) {

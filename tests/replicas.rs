@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::control_plane::ControlPlane;
 use common::control_plane::tempdir::TempDir;
 use common::data_plane::*;
+use common::proc::{Reaped, free_port, start_nginx, wait_for_port};
 use rmcp::model::ProtocolVersion;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -23,28 +23,6 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "replicas-test-data-plane-token-0123456789";
 const SECRET: &str = "replicas-test-session-secret-0123456789abcdef";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start listening on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A child process killed and reaped when dropped.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Debian's `redis-server` on a free loopback port, persisting nothing.
 fn start_redis() -> (Reaped, u16) {
@@ -59,35 +37,14 @@ fn start_redis() -> (Reaped, u16) {
     (Reaped(child), port)
 }
 
-fn nginx() -> PathBuf {
-    ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("nginx missing: `.ci/run` installs Debian's nginx-light")
-}
-
 /// nginx on loopback, plain round robin over `replicas` (ports), streams unbuffered. A replica
 /// that refuses connections is skipped; a request it already received is not sent again.
 fn start_round_robin(replicas: &[u16], dir: &Path) -> (Reaped, u16) {
     let port = free_port();
     let servers: String =
         replicas.iter().map(|p| format!("        server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;\n")).collect();
-    let conf = format!(
-        r#"daemon off;
-master_process off;
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
-events {{ worker_connections 512; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    upstream replicas {{
+    let http = format!(
+        r#"    upstream replicas {{
 {servers}    }}
     server {{
         listen 127.0.0.1:{port};
@@ -101,26 +58,9 @@ http {{
             proxy_read_timeout 300s;
             proxy_next_upstream error timeout;
         }}
-    }}
-}}
-"#,
-        dir = dir.display()
+    }}"#
     );
-    std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).unwrap();
-    let child = Command::new(nginx())
-        .arg("-c")
-        .arg(&path)
-        .arg("-p")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    let proxy = Reaped(child);
-    wait_for_port(port, "nginx");
-    (proxy, port)
+    (start_nginx(dir, port, &http), port)
 }
 
 /// A replica with a data dir of its own on a fixed port, pulling from the control plane.

@@ -20,6 +20,7 @@ macro_rules! on_every_database {
 pub mod control_plane;
 pub mod data_plane;
 pub mod postgres;
+pub mod proc;
 
 /// Runs blocking test I/O (the blocking HTTP client) also from inside an async test body.
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
