@@ -21,7 +21,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::admin_key::{self, AdminKeyFile};
 use crate::api::configs::ServerRules;
 use crate::api::data_plane::{self, DataPlaneTokens};
-use crate::api::{api_keys, configs, import, oauth, pins, projects, state, system, users};
+use crate::api::{api_keys, audit, configs, import, oauth, pins, projects, state, system, users};
 use crate::auth::require_admin;
 use crate::browser::AllowedOrigins;
 use crate::error::ApiError;
@@ -85,6 +85,9 @@ pub struct Settings {
     /// paths, or names looked up in PATH); unset, any. Servers with another command are refused.
     #[arg(long, env = names::ENV_STDIO_COMMANDS)]
     pub stdio_commands: Option<String>,
+    /// Days the audit log of changes keeps a row (at least 1); unset, rows are kept.
+    #[arg(long, env = "MCPGW_AUDIT_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub audit_retention_days: Option<u32>,
 }
 
 impl Settings {
@@ -148,8 +151,10 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
     create_private_dir(&settings.data_dir)?;
     let secrets =
         SecretBox::load(settings.secrets_key.as_deref(), &settings.data_dir.join(names::SECRETS_KEY_FILE_NAME))?;
-    let store = Arc::new(Store::open(settings.database()?, secrets).await?);
+    let store =
+        Arc::new(Store::open(settings.database()?, secrets).await?.with_audit_retention(settings.audit_retention_days));
     let following = store.spawn_follower();
+    let pruning = store.spawn_audit_pruner();
     let key_file = AdminKeyFile {
         path: settings.data_dir.join(names::ADMIN_KEY_FILE_NAME),
         from_env: settings.admin_api_key.is_some(),
@@ -222,6 +227,7 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
                             .configure(import::routes)
                             .configure(oauth::routes)
                             .configure(state::routes)
+                            .configure(audit::routes)
                             .default_service(web::to(not_found)),
                     )
                     .route(
@@ -255,6 +261,7 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
     publishing.abort();
     renewing.abort();
     following.inspect(|t| t.abort());
+    pruning.inspect(|t| t.abort());
     admin_following.inspect(|t| t.abort());
     result.map_err(Into::into)
 }
