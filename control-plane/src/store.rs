@@ -175,7 +175,8 @@ impl Store {
         Some(tokio::spawn(async move {
             loop {
                 if let Some(cutoff) = store.audit_cutoff() {
-                    let deleted = sqlx::query("DELETE FROM audit_log WHERE at < $1").bind(&cutoff).execute(&store.pool).await;
+                    let deleted =
+                        sqlx::query("DELETE FROM audit_log WHERE at < $1").bind(&cutoff).execute(&store.pool).await;
                     match deleted {
                         Ok(r) if r.rows_affected() > 0 => {
                             tracing::info!(rows = r.rows_affected(), "deleted audit rows past the retention")

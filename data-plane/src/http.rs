@@ -18,6 +18,7 @@ use crate::auth::{AuthError, Principal, key_from_headers};
 use crate::gateway::{GatewayService, Identity};
 use crate::session::{LimitReached, Owner, Refused, short_id};
 use crate::state::Gateway;
+use crate::telemetry::{self, Traced, Transport};
 
 const SESSION_HEADER: &str = "mcp-session-id";
 /// JSON-RPC error codes of the answers the gateway gives before MCP: the key, the session, the body.
@@ -40,7 +41,7 @@ pub fn router(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Router {
     mcp_config = mcp_config.with_allowed_origins(origins).enforce_origin_validation();
     let factory_gateway = gateway.clone();
     let mcp = StreamableHttpService::new(
-        move || Ok(GatewayService::new(factory_gateway.clone(), Identity::Http)),
+        move || Ok(Traced::new(GatewayService::new(factory_gateway.clone(), Identity::Http), Transport::Http)),
         gateway.sessions.clone(),
         mcp_config,
     );
@@ -59,6 +60,7 @@ pub fn router(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Router {
 /// In front of rmcp: resolves the caller, admits a session only to the credential that opened it,
 /// binds new sessions (within the limits), and turns rmcp's plain-text refusals into JSON-RPC errors.
 async fn authenticate(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+    let auth_started = telemetry::authentication_started();
     let principal = match gateway.authenticate(key_from_headers(request.headers())).await {
         Ok(principal) => principal,
         Err(e) => return unauthorized(e),
@@ -89,6 +91,7 @@ async fn authenticate(State(gateway): State<Arc<Gateway>>, request: Request, nex
         (request, None)
     };
     request.extensions_mut().insert(principal.clone());
+    telemetry::authenticated(request.extensions_mut(), auth_started);
     let mut response = next.run(request).await;
     if session.is_none()
         && let Some(id) = response.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned)

@@ -1,0 +1,839 @@
+//! OpenTelemetry traces of MCP requests, exported over OTLP/HTTP (protobuf) when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set, and off otherwise.
+//!
+//! Spans follow the OpenTelemetry MCP semantic conventions: a server span per client request named
+//! `{mcp.method.name} {target}`, children for authentication, the policy decision and each
+//! guardrail stage, and a client span for the upstream call whose context travels on to the
+//! upstream (`params._meta.traceparent`, and the `traceparent` header for HTTP upstreams). An
+//! incoming `traceparent` (in `params._meta`, else the HTTP header) is the parent.
+//!
+//! Export never slows a call: finished spans go into a bounded queue that a background task sends
+//! in batches; what does not fit, or cannot be sent, is dropped and counted. With export off every
+//! hook is one atomic load.
+
+// Logging and resource subscriptions: rmcp marks them deprecated for a future protocol version;
+// clients speak today's, and the gateway relays them.
+#![allow(deprecated)]
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::stream::BoxStream;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{
+    Span as _, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue, StringValue, Value};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor};
+use reqwest::header::{HeaderName, HeaderValue};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, ClientJsonRpcMessage, ClientRequest, CompleteRequestParams,
+    CompleteResult, GetMeta as _, GetPromptRequestParams, GetPromptResponse, InitializeRequestParams, InitializeResult,
+    JsonRpcMessage, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, RequestMetaObject, RequestParamsMeta as _,
+    ServerConfig, SetLevelRequestParams, SubscribeRequestParams, UnsubscribeRequestParams,
+};
+use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::transport::streamable_http_client::{
+    SseError, StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse, StreamableHttpResponseLimits,
+};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Principal;
+use crate::gateway::GatewayService;
+use crate::session::short_id;
+
+const DEFAULT_SERVICE_NAME: &str = "mcpgw-data-plane";
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+static EXPORTED: AtomicU64 = AtomicU64::new(0);
+static DROPPED_QUEUE_FULL: AtomicU64 = AtomicU64::new(0);
+static DROPPED_EXPORT_FAILED: AtomicU64 = AtomicU64::new(0);
+
+/// Whether spans are being recorded (export configured).
+pub(crate) fn enabled() -> bool {
+    TRACER.get().is_some()
+}
+
+/// Why trace export cannot start as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("{0}={1} is not supported: the gateway exports OTLP over HTTP (`http/protobuf`, a collector's port 4318)")]
+    Protocol(&'static str, String),
+    #[error("{0} must be a positive integer")]
+    Number(&'static str),
+    #[error("the OTLP trace exporter: {0}")]
+    Exporter(String),
+}
+
+/// The settings trace export reads, all standard `OTEL_*` variables.
+struct ExportSettings {
+    queue: usize,
+    batch: usize,
+    delay: Duration,
+    timeout: Duration,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+fn env_number(name: &'static str, default: u64) -> Result<u64, TelemetryError> {
+    match env(name) {
+        None => Ok(default),
+        Some(v) => v.parse().ok().filter(|n| *n > 0).ok_or(TelemetryError::Number(name)),
+    }
+}
+
+/// Whether the environment asks for trace export.
+fn export_requested() -> bool {
+    let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        || env("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
+    !disabled && (env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() || env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some())
+}
+
+/// Checks the settings without starting anything (a bad one stops the process before it listens).
+pub fn check_settings() -> Result<(), TelemetryError> {
+    if !export_requested() {
+        return Ok(());
+    }
+    for name in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+        if let Some(p) = env(name) {
+            if p != "http/protobuf" {
+                return Err(TelemetryError::Protocol(name, p));
+            }
+            break;
+        }
+    }
+    export_settings().map(|_| ())
+}
+
+fn export_settings() -> Result<ExportSettings, TelemetryError> {
+    let queue = env_number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)? as usize;
+    Ok(ExportSettings {
+        queue,
+        batch: (env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)? as usize).min(queue),
+        delay: Duration::from_millis(env_number("OTEL_BSP_SCHEDULE_DELAY", 5000)?),
+        timeout: Duration::from_millis(env_number("OTEL_BSP_EXPORT_TIMEOUT", 30000)?),
+    })
+}
+
+/// The resource: `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME`, with the gateway's own default name.
+fn resource() -> Resource {
+    let named = env("OTEL_SERVICE_NAME").is_some()
+        || env("OTEL_RESOURCE_ATTRIBUTES")
+            .is_some_and(|a| a.split(',').any(|kv| kv.trim().starts_with("service.name=")));
+    let builder = Resource::builder()
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .with_attribute(KeyValue::new("service.namespace", "mcpgw"));
+    if named { builder.build() } else { builder.with_service_name(DEFAULT_SERVICE_NAME).build() }
+}
+
+/// Running trace export; [`Telemetry::shutdown`] sends what is queued.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Telemetry {
+    /// Starts trace export if the environment asks for it (inside a Tokio runtime).
+    pub fn start() -> Result<Option<Telemetry>, TelemetryError> {
+        check_settings()?;
+        if !export_requested() || TRACER.get().is_some() {
+            return Ok(None);
+        }
+        let settings = export_settings()?;
+        let resource = resource();
+        // The exporter's HTTPS client uses rustls with ring, as the rest of the gateway.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        exporter.set_resource(&resource);
+        let (queue, spans) = mpsc::channel(settings.queue);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(export_loop(spans, exporter, settings, stop.clone()));
+        // The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent
+        // based, always on).
+        let provider =
+            SdkTracerProvider::builder().with_span_processor(Queue { queue }).with_resource(resource).build();
+        let _ = TRACER.set(provider.tracer("mcpgw"));
+        tracing::info!("exporting traces over OTLP/HTTP");
+        Ok(Some(Telemetry { provider, stop, task }))
+    }
+
+    /// Sends what is queued (for at most a few seconds), then stops.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        let _ = self.provider.shutdown();
+    }
+}
+
+/// The span processor: finished spans go into the bounded queue, never waiting for room.
+#[derive(Debug)]
+struct Queue {
+    queue: mpsc::Sender<SpanData>,
+}
+
+impl SpanProcessor for Queue {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if self.queue.try_send(span).is_err() {
+            DROPPED_QUEUE_FULL.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// Sends queued spans in batches: when a batch is full or `delay` after its first span.
+async fn export_loop(
+    mut spans: mpsc::Receiver<SpanData>,
+    exporter: opentelemetry_otlp::SpanExporter,
+    settings: ExportSettings,
+    stop: CancellationToken,
+) {
+    let failing = AtomicBool::new(false);
+    let send = |batch: Vec<SpanData>| {
+        let n = batch.len() as u64;
+        let exporter = &exporter;
+        let failing = &failing;
+        async move {
+            match tokio::time::timeout(settings.timeout, exporter.export(batch)).await {
+                Ok(Ok(())) => {
+                    EXPORTED.fetch_add(n, Relaxed);
+                    if failing.swap(false, Relaxed) {
+                        tracing::info!("trace export works again");
+                    }
+                }
+                failed => {
+                    DROPPED_EXPORT_FAILED.fetch_add(n, Relaxed);
+                    // Once per failing streak, not once per batch.
+                    if !failing.swap(true, Relaxed) {
+                        let error = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => format!("no answer within {} ms", settings.timeout.as_millis()),
+                        };
+                        tracing::warn!(%error, "trace export failed; spans are dropped (and counted) until it works");
+                    }
+                }
+            }
+        }
+    };
+    let mut batch = Vec::with_capacity(settings.batch);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            n = spans.recv_many(&mut batch, settings.batch) => if n == 0 { break },
+        }
+        let deadline = tokio::time::sleep(settings.delay);
+        tokio::pin!(deadline);
+        while batch.len() < settings.batch {
+            let room = settings.batch - batch.len();
+            tokio::select! {
+                _ = &mut deadline => break,
+                _ = stop.cancelled() => break,
+                n = spans.recv_many(&mut batch, room) => if n == 0 { break },
+            }
+        }
+        send(std::mem::replace(&mut batch, Vec::with_capacity(settings.batch))).await;
+    }
+    // Stopping: what is queued now, once.
+    while let Ok(span) = spans.try_recv() {
+        batch.push(span);
+        if batch.len() == settings.batch {
+            send(std::mem::take(&mut batch)).await;
+        }
+    }
+    if !batch.is_empty() {
+        send(batch).await;
+    }
+}
+
+/// The export counters, in the Prometheus text format.
+pub(crate) fn render_metrics(out: &mut String) {
+    let _ = writeln!(out, "# HELP mcpgw_otel_spans_exported_total Spans sent to the OTLP endpoint.");
+    let _ = writeln!(out, "# TYPE mcpgw_otel_spans_exported_total counter");
+    let _ = writeln!(out, "mcpgw_otel_spans_exported_total {}", EXPORTED.load(Relaxed));
+    let _ = writeln!(
+        out,
+        "# HELP mcpgw_otel_spans_dropped_total Spans dropped: the export queue was full, or the endpoint failed."
+    );
+    let _ = writeln!(out, "# TYPE mcpgw_otel_spans_dropped_total counter");
+    let _ =
+        writeln!(out, "mcpgw_otel_spans_dropped_total{{reason=\"queue_full\"}} {}", DROPPED_QUEUE_FULL.load(Relaxed));
+    let _ = writeln!(
+        out,
+        "mcpgw_otel_spans_dropped_total{{reason=\"export_failed\"}} {}",
+        DROPPED_EXPORT_FAILED.load(Relaxed)
+    );
+}
+
+/// W3C trace context read from two optional values.
+struct Carrier<'a>(Option<&'a str>, Option<&'a str>);
+
+impl Extractor for Carrier<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            TRACEPARENT => self.0,
+            TRACESTATE => self.1,
+            _ => None,
+        }
+    }
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT, TRACESTATE]
+    }
+}
+
+/// W3C trace context written into a request's `_meta`.
+struct MetaInjector<'a>(&'a mut RequestMetaObject);
+
+impl Injector for MetaInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        match key {
+            TRACEPARENT => self.0.set_traceparent(value),
+            TRACESTATE => self.0.set_tracestate(value),
+            _ => {}
+        }
+    }
+}
+
+/// When authentication of an HTTP request started and ended (for its span).
+#[derive(Clone, Copy)]
+pub(crate) struct AuthTiming {
+    start: SystemTime,
+    end: SystemTime,
+}
+
+/// The start of authentication, when spans are recorded.
+pub(crate) fn authentication_started() -> Option<SystemTime> {
+    enabled().then(SystemTime::now)
+}
+
+/// Keeps the authentication's timing with the request, for the server span.
+pub(crate) fn authenticated(extensions: &mut axum::http::Extensions, started: Option<SystemTime>) {
+    if let Some(start) = started {
+        extensions.insert(AuthTiming { start, end: SystemTime::now() });
+    }
+}
+
+/// How a session reaches the gateway, for `network.transport`.
+#[derive(Clone, Copy)]
+pub enum Transport {
+    Http,
+    Stdio,
+}
+
+/// The gateway's MCP handler with a server span around each request, and the
+/// `mcp.server.operation.duration` metric.
+#[derive(Clone)]
+pub struct Traced {
+    inner: GatewayService,
+    transport: Transport,
+}
+
+impl Traced {
+    pub fn new(inner: GatewayService, transport: Transport) -> Self {
+        Traced { inner, transport }
+    }
+}
+
+/// A request's server span, open while the gateway works on it.
+struct Open {
+    cx: Context,
+    note: Arc<CallNote>,
+}
+
+impl Traced {
+    /// Starts the server span of a request (nothing when spans are not recorded).
+    fn begin(
+        &self,
+        method: &'static str,
+        target: Option<(&'static str, &str)>,
+        extra: Vec<KeyValue>,
+        context: &RequestContext<RoleServer>,
+    ) -> Option<Open> {
+        let tracer = TRACER.get()?;
+        let parts = context.extensions.get::<axum::http::request::Parts>();
+        let header = |name: &str| parts.and_then(|p| p.headers.get(name)).and_then(|v| v.to_str().ok());
+        // The client's context: `params._meta` as MCP clients send it, else the HTTP headers.
+        let parent = match context.meta.get_traceparent() {
+            Some(tp) => TraceContextPropagator::new().extract(&Carrier(Some(tp), context.meta.get_tracestate())),
+            None => TraceContextPropagator::new().extract(&Carrier(header(TRACEPARENT), header(TRACESTATE))),
+        };
+        let auth = parts.and_then(|p| p.extensions.get::<AuthTiming>()).copied();
+        let name = match target {
+            Some((_, target)) => format!("{method} {target}"),
+            None => method.to_string(),
+        };
+        let mut attributes = extra;
+        attributes.push(KeyValue::new("mcp.method.name", method));
+        attributes.push(KeyValue::new("jsonrpc.request.id", context.id.to_string()));
+        match self.transport {
+            Transport::Http => {
+                attributes.push(KeyValue::new("network.transport", "tcp"));
+                attributes.push(KeyValue::new("network.protocol.name", "http"));
+            }
+            Transport::Stdio => attributes.push(KeyValue::new("network.transport", "pipe")),
+        }
+        if let Some((key, target)) = target {
+            attributes.push(KeyValue::new(key, target.to_string()));
+        }
+        if method == "tools/call" {
+            attributes.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
+        }
+        if let Some(version) = context.protocol_version() {
+            attributes.push(KeyValue::new("mcp.protocol.version", version.to_string()));
+        }
+        // Session ids are never exported whole: the same short form as the logs.
+        if let Some(session) = header("mcp-session-id") {
+            attributes.push(KeyValue::new("mcp.session.id", short_id(session)));
+        }
+        if let Some(p) = parts.and_then(|p| p.extensions.get::<Principal>()) {
+            attributes.push(KeyValue::new("mcpgw.project", p.project_name.to_string()));
+            attributes.push(KeyValue::new("mcpgw.key_id", p.key_id.to_string()));
+        }
+        let mut builder = SpanBuilder::from_name(name).with_kind(SpanKind::Server).with_attributes(attributes);
+        if let Some(auth) = auth {
+            builder = builder.with_start_time(auth.start);
+        }
+        let note = Arc::new(CallNote::default());
+        let cx = parent.with_span(tracer.build_with_context(builder, &parent)).with_value(note.clone());
+        if let Some(auth) = auth {
+            let span = SpanBuilder::from_name("authenticate")
+                .with_kind(SpanKind::Internal)
+                .with_start_time(auth.start)
+                .with_attributes([KeyValue::new("mcpgw.outcome", "success")]);
+            tracer.build_with_context(span, &cx).end_with_timestamp(auth.end);
+        }
+        Some(Open { cx, note })
+    }
+
+    /// Runs one request of `method` inside its server span, and records its duration.
+    async fn run<T, F>(
+        &self,
+        method: &'static str,
+        target: Option<(&'static str, &str)>,
+        extra: impl FnOnce() -> Vec<KeyValue>,
+        context: RequestContext<RoleServer>,
+        call: impl FnOnce(RequestContext<RoleServer>) -> F,
+        tool_error: impl FnOnce(&T) -> bool,
+    ) -> Result<T, McpError>
+    where
+        F: Future<Output = Result<T, McpError>>,
+    {
+        let started = Instant::now();
+        let open = if enabled() { self.begin(method, target, extra(), &context) } else { None };
+        let Some(Open { cx, note }) = open else {
+            let result = call(context).await;
+            self.inner.gateway.metrics.record_operation(method, started.elapsed());
+            return result;
+        };
+        let result = call(context).with_context(cx.clone()).await;
+        let span = cx.span();
+        match &result {
+            Err(e) => {
+                let code = e.code.0.to_string();
+                span.set_attribute(KeyValue::new("rpc.response.status_code", code.clone()));
+                span.set_attribute(KeyValue::new("error.type", code));
+                span.set_status(Status::error(e.message.to_string()));
+            }
+            Ok(r) if tool_error(r) => {
+                // The gateway's own refusals (blocked, timeout, ...) say more than "the tool failed".
+                let refused = *note.0.lock().unwrap_or_else(|e| e.into_inner());
+                span.set_attribute(KeyValue::new("error.type", refused.unwrap_or("tool_error")));
+                span.set_status(Status::error("the tool call failed"));
+            }
+            Ok(_) => {}
+        }
+        span.end();
+        self.inner.gateway.metrics.record_operation(method, started.elapsed());
+        result
+    }
+}
+
+fn no_attributes() -> Vec<KeyValue> {
+    Vec::new()
+}
+
+fn never<T>(_: &T) -> bool {
+    false
+}
+
+fn resource_uri(uri: &str) -> impl FnOnce() -> Vec<KeyValue> + '_ {
+    move || vec![KeyValue::new("mcp.resource.uri", uri.to_string())]
+}
+
+impl ServerHandler for Traced {
+    fn get_info(&self) -> ServerConfig {
+        self.inner.get_info()
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        self.inner.on_initialized(context).await
+    }
+
+    async fn ping(&self, context: RequestContext<RoleServer>) -> Result<(), McpError> {
+        self.run("ping", None, no_attributes, context, |c| self.inner.ping(c), never).await
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, McpError> {
+        let version = request.protocol_version.to_string();
+        let extra = || vec![KeyValue::new("mcp.protocol.version", version)];
+        self.run("initialize", None, extra, context, |c| self.inner.initialize(request, c), never).await
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        self.run("tools/list", None, no_attributes, context, |c| self.inner.list_tools(request, c), never).await
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let name = request.name.to_string();
+        let target = Some(("gen_ai.tool.name", name.as_str()));
+        let failed = |r: &CallToolResponse| matches!(r, CallToolResponse::Complete(c) if c.is_error == Some(true));
+        self.run("tools/call", target, no_attributes, context, |c| self.inner.call_tool(request, c), failed).await
+    }
+
+    async fn list_prompts(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        self.run("prompts/list", None, no_attributes, context, |c| self.inner.list_prompts(request, c), never).await
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let name = request.name.clone();
+        let target = Some(("gen_ai.prompt.name", name.as_str()));
+        self.run("prompts/get", target, no_attributes, context, |c| self.inner.get_prompt(request, c), never).await
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let call = |c| self.inner.list_resources(request, c);
+        self.run("resources/list", None, no_attributes, context, call, never).await
+    }
+
+    async fn list_resource_templates(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let call = |c| self.inner.list_resource_templates(request, c);
+        self.run("resources/templates/list", None, no_attributes, context, call, never).await
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let uri = request.uri.clone();
+        let call = |c| self.inner.read_resource(request, c);
+        self.run("resources/read", None, resource_uri(&uri), context, call, never).await
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.run("logging/setLevel", None, no_attributes, context, |c| self.inner.set_level(request, c), never).await
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        self.run("completion/complete", None, no_attributes, context, |c| self.inner.complete(request, c), never).await
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let uri = request.uri.clone();
+        let call = |c| self.inner.subscribe(request, c);
+        self.run("resources/subscribe", None, resource_uri(&uri), context, call, never).await
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let uri = request.uri.clone();
+        let call = |c| self.inner.unsubscribe(request, c);
+        self.run("resources/unsubscribe", None, resource_uri(&uri), context, call, never).await
+    }
+}
+
+/// How the gateway itself ended a tool call, when it refused or failed it (kept in the request's
+/// context: an SDK span cannot be read back).
+#[derive(Default)]
+struct CallNote(std::sync::Mutex<Option<&'static str>>);
+
+/// Records who made a tool call and how it ended on the request's server span.
+pub(crate) fn record_call(principal: &Principal, server: &str, outcome: &'static str) {
+    if !enabled() {
+        return;
+    }
+    let cx = Context::current();
+    let span = cx.span();
+    span.set_attribute(KeyValue::new("mcpgw.server", server.to_string()));
+    span.set_attribute(KeyValue::new("mcpgw.outcome", outcome));
+    span.set_attribute(KeyValue::new("mcpgw.project", principal.project_name.to_string()));
+    if !matches!(outcome, "success" | "error")
+        && let Some(note) = cx.get::<Arc<CallNote>>()
+    {
+        *note.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+    }
+}
+
+/// A child span of the current request for one step of the gateway's own work (the policy
+/// decision, a guardrail stage); nothing when spans are not recorded.
+pub(crate) struct Stage {
+    span: Option<opentelemetry_sdk::trace::Span>,
+}
+
+impl Stage {
+    pub(crate) fn start(name: &'static str, attributes: impl FnOnce() -> Vec<KeyValue>) -> Stage {
+        let Some(tracer) = TRACER.get() else { return Stage { span: None } };
+        let builder = SpanBuilder::from_name(name).with_kind(SpanKind::Internal).with_attributes(attributes());
+        Stage { span: Some(tracer.build_with_context(builder, &Context::current())) }
+    }
+
+    /// Ends the span with the detectors that found something (names only, never what they
+    /// matched) and what was done: `passed`, `warned` or `blocked`.
+    pub(crate) fn guardrail(&mut self, findings: &[guardrails::Finding], blocked: bool) {
+        let Some(mut span) = self.span.take() else { return };
+        let detectors: std::collections::BTreeSet<&str> = findings.iter().map(|f| f.detector).collect();
+        let action = if blocked {
+            "blocked"
+        } else if detectors.is_empty() {
+            "passed"
+        } else {
+            "warned"
+        };
+        let names: Vec<StringValue> = detectors.into_iter().map(|d| StringValue::from(d.to_string())).collect();
+        span.set_attribute(KeyValue::new("mcpgw.guardrail.detectors", Value::Array(names.into())));
+        span.set_attribute(KeyValue::new("mcpgw.guardrail.action", action));
+        if blocked {
+            span.set_attribute(KeyValue::new("error.type", "blocked"));
+            span.set_status(Status::error("blocked by the gateway's guardrails"));
+        }
+        span.end();
+    }
+
+    /// Ends the span with a decision (`allowed`, `denied`, `held`).
+    pub(crate) fn decision(&mut self, decision: &'static str) {
+        let Some(mut span) = self.span.take() else { return };
+        span.set_attribute(KeyValue::new("mcpgw.decision", decision));
+        if decision != "allowed" {
+            span.set_attribute(KeyValue::new("error.type", decision));
+            span.set_status(Status::error(format!("the call was {decision}")));
+        }
+        span.end();
+    }
+}
+
+/// The client span of a call to an upstream; its context goes to the upstream in `_meta`.
+pub(crate) struct UpstreamCall {
+    span: Option<opentelemetry_sdk::trace::Span>,
+}
+
+impl UpstreamCall {
+    /// Starts the span and writes its context into `meta`.
+    pub(crate) fn start(
+        server: &str,
+        tool: &str,
+        spec: &shared::server::ServerSpec,
+        meta: &mut Option<RequestMetaObject>,
+    ) -> UpstreamCall {
+        let Some(tracer) = TRACER.get() else { return UpstreamCall { span: None } };
+        let mut attributes = vec![
+            KeyValue::new("mcp.method.name", "tools/call"),
+            KeyValue::new("gen_ai.tool.name", tool.to_string()),
+            KeyValue::new("gen_ai.operation.name", "execute_tool"),
+            KeyValue::new("mcpgw.server", server.to_string()),
+        ];
+        match &spec.config {
+            shared::server::Transport::Http { url, .. } => {
+                attributes.push(KeyValue::new("network.transport", "tcp"));
+                attributes.push(KeyValue::new("network.protocol.name", "http"));
+                if let Ok(u) = reqwest::Url::parse(url) {
+                    if let Some(host) = u.host_str() {
+                        attributes.push(KeyValue::new("server.address", host.to_string()));
+                    }
+                    if let Some(port) = u.port_or_known_default() {
+                        attributes.push(KeyValue::new("server.port", i64::from(port)));
+                    }
+                }
+            }
+            shared::server::Transport::Stdio { .. } => attributes.push(KeyValue::new("network.transport", "pipe")),
+        }
+        let builder = SpanBuilder::from_name(format!("tools/call {tool}"))
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes);
+        let parent = Context::current();
+        let span = tracer.build_with_context(builder, &parent);
+        let cx = parent.with_remote_span_context(span.span_context().clone());
+        TraceContextPropagator::new().inject_context(&cx, &mut MetaInjector(meta.get_or_insert_with(Default::default)));
+        UpstreamCall { span: Some(span) }
+    }
+
+    /// Ends the span; `error` is the failure's class when the call failed.
+    pub(crate) fn end(mut self, error: Option<&'static str>) {
+        let Some(mut span) = self.span.take() else { return };
+        if let Some(kind) = error {
+            span.set_attribute(KeyValue::new("error.type", kind));
+            span.set_status(Status::error(format!("upstream call failed: {kind}")));
+        }
+        span.end();
+    }
+}
+
+/// An HTTP client for upstreams that sends the context of each request (as the gateway wrote it
+/// into `params._meta`) in the `traceparent`/`tracestate` headers too.
+#[derive(Clone)]
+pub(crate) struct TraceHeaders<C>(pub C);
+
+/// The trace context an outgoing message carries in `_meta`.
+fn outgoing_context(message: &ClientJsonRpcMessage) -> Option<(String, Option<String>)> {
+    let JsonRpcMessage::Request(r) = message else { return None };
+    let typed = match &r.request {
+        ClientRequest::CallToolRequest(c) => c.params.meta(),
+        _ => None,
+    };
+    let meta = typed.filter(|m| m.get_traceparent().is_some()).unwrap_or_else(|| r.request.get_meta());
+    meta.get_traceparent().map(|tp| (tp.to_string(), meta.get_tracestate().map(str::to_string)))
+}
+
+fn with_trace_headers(
+    message: &ClientJsonRpcMessage,
+    mut headers: HashMap<HeaderName, HeaderValue>,
+) -> HashMap<HeaderName, HeaderValue> {
+    if let Some((tp, ts)) = outgoing_context(message) {
+        if let Ok(v) = HeaderValue::from_str(&tp) {
+            headers.insert(HeaderName::from_static(TRACEPARENT), v);
+        }
+        if let Some(v) = ts.and_then(|ts| HeaderValue::from_str(&ts).ok()) {
+            headers.insert(HeaderName::from_static(TRACESTATE), v);
+        }
+    }
+    headers
+}
+
+impl<C: StreamableHttpClient + Sync> StreamableHttpClient for TraceHeaders<C> {
+    type Error = C::Error;
+
+    async fn post_message(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
+        let headers = with_trace_headers(&message, custom_headers);
+        self.0.post_message(uri, message, session_id, auth_header, headers).await
+    }
+
+    async fn post_message_with_response_limits(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+        limits: StreamableHttpResponseLimits,
+    ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
+        let headers = with_trace_headers(&message, custom_headers);
+        self.0.post_message_with_response_limits(uri, message, session_id, auth_header, headers, limits).await
+    }
+
+    async fn delete_session(
+        &self,
+        uri: Arc<str>,
+        session_id: Arc<str>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> Result<(), StreamableHttpError<Self::Error>> {
+        self.0.delete_session(uri, session_id, auth_header, custom_headers).await
+    }
+
+    async fn get_stream(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> Result<BoxStream<'static, Result<sse_stream::Sse, SseError>>, StreamableHttpError<Self::Error>> {
+        self.0.get_stream(uri, session_id, last_event_id, auth_header, custom_headers).await
+    }
+
+    async fn get_stream_with_max_sse_event_size(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+        max_sse_event_size: usize,
+    ) -> Result<BoxStream<'static, Result<sse_stream::Sse, SseError>>, StreamableHttpError<Self::Error>> {
+        self.0
+            .get_stream_with_max_sse_event_size(
+                uri,
+                session_id,
+                last_event_id,
+                auth_header,
+                custom_headers,
+                max_sse_event_size,
+            )
+            .await
+    }
+}
