@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use common::control_plane::ControlPlane;
 use common::control_plane::tempdir::TempDir;
 use common::data_plane::*;
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::{Span, span::SpanKind, status::StatusCode};
 use prost::Message;
 use serde_json::{Value, json};
@@ -21,10 +23,14 @@ use serde_json::{Value, json};
 /// Every export request received: decoded, and the raw bytes.
 type Received = Arc<Mutex<Vec<(ExportTraceServiceRequest, Vec<u8>)>>>;
 
-/// An OTLP/HTTP trace receiver on a free loopback port, keeping every request it decoded.
+/// Every log export request received: decoded, and the raw bytes.
+type ReceivedLogs = Arc<Mutex<Vec<(ExportLogsServiceRequest, Vec<u8>)>>>;
+
+/// An OTLP/HTTP receiver of traces and logs on a free loopback port, keeping every request it decoded.
 struct Receiver {
     endpoint: String,
     requests: Received,
+    logs: ReceivedLogs,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -35,25 +41,41 @@ impl Receiver {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let kept = requests.clone();
+        let logs: ReceivedLogs = Arc::default();
+        let kept_logs = logs.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                let app = axum::Router::new().route(
-                    "/v1/traces",
-                    axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                        let kept = kept.clone();
-                        async move {
-                            assert_eq!(headers["content-type"], "application/x-protobuf");
-                            let decoded =
-                                ExportTraceServiceRequest::decode(body.as_ref()).expect("valid OTLP protobuf");
-                            kept.lock().unwrap().push((decoded, body.to_vec()));
-                            let answer = ExportTraceServiceResponse::default().encode_to_vec();
-                            ([("content-type", "application/x-protobuf")], answer)
-                        }
-                    }),
-                );
+                let app = axum::Router::new()
+                    .route(
+                        "/v1/traces",
+                        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                            let kept = kept.clone();
+                            async move {
+                                assert_eq!(headers["content-type"], "application/x-protobuf");
+                                let decoded =
+                                    ExportTraceServiceRequest::decode(body.as_ref()).expect("valid OTLP protobuf");
+                                kept.lock().unwrap().push((decoded, body.to_vec()));
+                                let answer = ExportTraceServiceResponse::default().encode_to_vec();
+                                ([("content-type", "application/x-protobuf")], answer)
+                            }
+                        }),
+                    )
+                    .route(
+                        "/v1/logs",
+                        axum::routing::post(move |body: axum::body::Bytes| {
+                            let kept = kept_logs.clone();
+                            async move {
+                                let decoded =
+                                    ExportLogsServiceRequest::decode(body.as_ref()).expect("valid OTLP protobuf");
+                                kept.lock().unwrap().push((decoded, body.to_vec()));
+                                let answer = ExportLogsServiceResponse::default().encode_to_vec();
+                                ([("content-type", "application/x-protobuf")], answer)
+                            }
+                        }),
+                    );
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async move {
                         let _ = stopped.await;
@@ -63,7 +85,7 @@ impl Receiver {
             });
         });
         let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Receiver { endpoint: format!("http://{addr}"), requests, stop: Some(stop), thread: Some(thread) }
+        Receiver { endpoint: format!("http://{addr}"), requests, logs, stop: Some(stop), thread: Some(thread) }
     }
 
     /// Every span received so far.
@@ -86,6 +108,28 @@ impl Receiver {
                 return spans;
             }
             assert!(Instant::now() < deadline, "trace has {} of {count} spans: {spans:#?}", spans.len());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every log record received so far.
+    fn log_records(&self) -> Vec<LogRecord> {
+        let logs = self.logs.lock().unwrap();
+        logs.iter()
+            .flat_map(|(r, _)| r.resource_logs.iter())
+            .flat_map(|rl| rl.scope_logs.iter())
+            .flat_map(|sl| sl.log_records.iter().cloned())
+            .collect()
+    }
+
+    /// The audit record of a call in trace `trace_id`.
+    fn audit_record(&self, trace_id: &[u8]) -> LogRecord {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(r) = self.log_records().into_iter().find(|r| r.trace_id == trace_id) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "no audit record of the trace: {:#?}", self.log_records());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -254,6 +298,14 @@ fn a_call_is_one_trace_from_the_client_through_the_gateway_to_the_upstream() {
     assert_eq!(c["gen_ai.tool.name"], "echo");
     assert_eq!(c["mcpgw.server"], "fx");
     assert_eq!(c["server.address"], "127.0.0.1");
+    // The call's audit record as an OTLP log, in the same trace, without the arguments.
+    let audit = receiver.audit_record(&trace);
+    assert_eq!(audit.span_id, server_id, "the audit record belongs to the server span");
+    assert_eq!(audit.event_name, "mcpgw.tool_call");
+    let r = attrs(&Span { attributes: audit.attributes.clone(), ..Default::default() });
+    assert_eq!((r["mcpgw.project"].as_str(), r["mcpgw.server"].as_str()), (Some("proj-otel"), Some("fx")));
+    assert_eq!((r["gen_ai.tool.name"].as_str(), r["mcpgw.outcome"].as_str()), (Some("echo"), Some("success")));
+    assert!(!r.contains_key("mcpgw.arguments"), "{r:?}");
     // The upstream got the same trace, with the gateway's client span as its parent, in `_meta`
     // and in the HTTP header.
     let received: Vec<Value> =
@@ -289,6 +341,9 @@ fn a_call_is_one_trace_from_the_client_through_the_gateway_to_the_upstream() {
     assert_eq!(input["mcpgw.guardrail.detectors"], json!(["injection_attack"]));
     assert!(spans.iter().all(|s| s.kind != SpanKind::Client as i32), "no upstream call: {spans:#?}");
     assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 2, "the blocked call reached the upstream");
+    let audit = receiver.audit_record(&trace);
+    assert_eq!(audit.severity_text, "WARN");
+    assert_eq!(attrs(&Span { attributes: audit.attributes, ..Default::default() })["mcpgw.outcome"], "blocked");
 
     // A tool the key may not use: the policy span says denied, the server span is an error.
     let (tp, trace, _) = traceparent(0x55);
@@ -308,7 +363,8 @@ fn a_call_is_one_trace_from_the_client_through_the_gateway_to_the_upstream() {
         let resource: HashMap<String, Value> = attrs(&Span { attributes: resource, ..Default::default() });
         assert_eq!(resource["service.name"], "mcpgw-data-plane");
         assert_eq!(resource["deployment.environment.name"], "test");
-        for (_, raw) in requests.iter() {
+        let logs = receiver.logs.lock().unwrap();
+        for raw in requests.iter().map(|(_, raw)| raw).chain(logs.iter().map(|(_, raw)| raw)) {
             for forbidden in [secret_argument, "previous instructions", session_id.as_str(), key.as_str()] {
                 assert!(!raw.windows(forbidden.len()).any(|w| w == forbidden.as_bytes()), "`{forbidden}` was exported");
             }
@@ -334,7 +390,8 @@ fn a_call_is_one_trace_from_the_client_through_the_gateway_to_the_upstream() {
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     let dropped = |reason: &str| metric(&dp, &format!("mcpgw_otel_spans_dropped_total{{reason=\"{reason}\"}}"));
-    while dropped("export_failed") == 0.0 || dropped("queue_full") == 0.0 {
+    let logs_dropped = || metric(&dp, "mcpgw_otel_log_records_dropped_total{reason=\"export_failed\"}");
+    while dropped("export_failed") == 0.0 || dropped("queue_full") == 0.0 || logs_dropped() == 0.0 {
         assert!(
             Instant::now() < deadline,
             "drops not counted: export_failed {}, queue_full {}",
@@ -344,7 +401,7 @@ fn a_call_is_one_trace_from_the_client_through_the_gateway_to_the_upstream() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(metric(&dp, "mcpgw_otel_spans_exported_total"), before, "nothing was exported after the stop");
-    assert!(dp.log_text().contains("trace export failed"), "{}", dp.log_text());
+    assert!(dp.log_text().contains("OTLP export failed"), "{}", dp.log_text());
 }
 
 /// A child process stopped when the test ends, passed or failed.

@@ -1,5 +1,6 @@
-//! OpenTelemetry traces of MCP requests, exported over OTLP/HTTP (protobuf) when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set, and off otherwise.
+//! OpenTelemetry traces of MCP requests, and tool-call audit records as OTLP logs, exported over
+//! OTLP/HTTP (protobuf) when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the signal's own endpoint) is set,
+//! and off otherwise.
 //!
 //! Spans follow the OpenTelemetry MCP semantic conventions: a server span per client request named
 //! `{mcp.method.name} {target}`, children for authentication, the policy decision and each
@@ -23,13 +24,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::stream::BoxStream;
 use opentelemetry::context::FutureExt as _;
+use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{
     Span as _, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
-use opentelemetry::{Context, KeyValue, StringValue, Value};
+use opentelemetry::{Context, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::logs::{LogBatch, LogExporter as _, LogProcessor, SdkLogRecord, SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor};
 use reqwest::header::{HeaderName, HeaderValue};
@@ -58,27 +61,77 @@ const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
 
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
-static EXPORTED: AtomicU64 = AtomicU64::new(0);
-static DROPPED_QUEUE_FULL: AtomicU64 = AtomicU64::new(0);
-static DROPPED_EXPORT_FAILED: AtomicU64 = AtomicU64::new(0);
+static AUDIT: OnceLock<SdkLogger> = OnceLock::new();
+
+/// What one signal's export did: sent, or dropped and why.
+struct Counters {
+    exported: AtomicU64,
+    queue_full: AtomicU64,
+    export_failed: AtomicU64,
+}
+
+impl Counters {
+    const fn new() -> Self {
+        Counters { exported: AtomicU64::new(0), queue_full: AtomicU64::new(0), export_failed: AtomicU64::new(0) }
+    }
+}
+
+static SPANS: Counters = Counters::new();
+static LOG_RECORDS: Counters = Counters::new();
 
 /// Whether spans are being recorded (export configured).
 pub(crate) fn enabled() -> bool {
     TRACER.get().is_some()
 }
 
-/// Why trace export cannot start as configured.
+/// Whether tool-call audit records go out as OTLP logs.
+pub(crate) fn audit_exported() -> bool {
+    AUDIT.get().is_some()
+}
+
+/// Why export cannot start as configured.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     #[error("{0}={1} is not supported: the gateway exports OTLP over HTTP (`http/protobuf`, a collector's port 4318)")]
     Protocol(&'static str, String),
     #[error("{0} must be a positive integer")]
     Number(&'static str),
-    #[error("the OTLP trace exporter: {0}")]
-    Exporter(String),
+    #[error("the OTLP {0} exporter: {1}")]
+    Exporter(&'static str, String),
 }
 
-/// The settings trace export reads, all standard `OTEL_*` variables.
+/// One OTLP signal and the standard variables that configure it.
+#[derive(Clone, Copy)]
+struct Signal {
+    name: &'static str,
+    endpoint: &'static str,
+    protocol: &'static str,
+    exporter: &'static str,
+    /// Prefix of the batch processor's settings (`OTEL_BSP_`, `OTEL_BLRP_`).
+    batch: &'static str,
+    default_delay_ms: u64,
+}
+
+const TRACES: Signal = Signal {
+    name: "trace",
+    endpoint: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    protocol: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    exporter: "OTEL_TRACES_EXPORTER",
+    batch: "OTEL_BSP_",
+    default_delay_ms: 5000,
+};
+
+const LOGS: Signal = Signal {
+    name: "log",
+    endpoint: "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+    protocol: "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+    exporter: "OTEL_LOGS_EXPORTER",
+    batch: "OTEL_BLRP_",
+    default_delay_ms: 1000,
+};
+
+/// A signal's batching: the bounded queue, batch size, delay and export timeout.
+#[derive(Clone, Copy)]
 struct ExportSettings {
     queue: usize,
     batch: usize,
@@ -97,37 +150,45 @@ fn env_number(name: &'static str, default: u64) -> Result<u64, TelemetryError> {
     }
 }
 
-/// Whether the environment asks for trace export.
-fn export_requested() -> bool {
-    let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
-        || env("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
-    !disabled && (env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() || env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some())
+impl Signal {
+    /// Whether the environment asks for this signal to be exported.
+    fn requested(&self) -> bool {
+        let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            || env(self.exporter).is_some_and(|v| v.eq_ignore_ascii_case("none"));
+        !disabled && (env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() || env(self.endpoint).is_some())
+    }
+
+    fn check(&self) -> Result<(), TelemetryError> {
+        if !self.requested() {
+            return Ok(());
+        }
+        for name in [self.protocol, "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+            if let Some(p) = env(name) {
+                if p != "http/protobuf" {
+                    return Err(TelemetryError::Protocol(name, p));
+                }
+                break;
+            }
+        }
+        self.settings().map(|_| ())
+    }
+
+    fn settings(&self) -> Result<ExportSettings, TelemetryError> {
+        let var = |suffix: &str| -> &'static str { Box::leak(format!("{}{suffix}", self.batch).into_boxed_str()) };
+        let queue = env_number(var("MAX_QUEUE_SIZE"), 2048)? as usize;
+        Ok(ExportSettings {
+            queue,
+            batch: (env_number(var("MAX_EXPORT_BATCH_SIZE"), 512)? as usize).min(queue),
+            delay: Duration::from_millis(env_number(var("SCHEDULE_DELAY"), self.default_delay_ms)?),
+            timeout: Duration::from_millis(env_number(var("EXPORT_TIMEOUT"), 30000)?),
+        })
+    }
 }
 
 /// Checks the settings without starting anything (a bad one stops the process before it listens).
 pub fn check_settings() -> Result<(), TelemetryError> {
-    if !export_requested() {
-        return Ok(());
-    }
-    for name in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
-        if let Some(p) = env(name) {
-            if p != "http/protobuf" {
-                return Err(TelemetryError::Protocol(name, p));
-            }
-            break;
-        }
-    }
-    export_settings().map(|_| ())
-}
-
-fn export_settings() -> Result<ExportSettings, TelemetryError> {
-    let queue = env_number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)? as usize;
-    Ok(ExportSettings {
-        queue,
-        batch: (env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)? as usize).min(queue),
-        delay: Duration::from_millis(env_number("OTEL_BSP_SCHEDULE_DELAY", 5000)?),
-        timeout: Duration::from_millis(env_number("OTEL_BSP_EXPORT_TIMEOUT", 30000)?),
-    })
+    TRACES.check()?;
+    LOGS.check()
 }
 
 /// The resource: `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME`, with the gateway's own default name.
@@ -141,61 +202,105 @@ fn resource() -> Resource {
     if named { builder.build() } else { builder.with_service_name(DEFAULT_SERVICE_NAME).build() }
 }
 
-/// Running trace export; [`Telemetry::shutdown`] sends what is queued.
+/// Running OTLP export; [`Telemetry::shutdown`] sends what is queued.
 pub struct Telemetry {
-    provider: SdkTracerProvider,
+    tracer: Option<SdkTracerProvider>,
+    logger: Option<SdkLoggerProvider>,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Telemetry {
-    /// Starts trace export if the environment asks for it (inside a Tokio runtime).
+    /// Starts trace and audit-log export as the environment asks (inside a Tokio runtime); `None`
+    /// when it asks for neither.
     pub fn start() -> Result<Option<Telemetry>, TelemetryError> {
         check_settings()?;
-        if !export_requested() || TRACER.get().is_some() {
+        let (traces, logs) = (TRACES.requested() && TRACER.get().is_none(), LOGS.requested() && AUDIT.get().is_none());
+        if !traces && !logs {
             return Ok(None);
         }
-        let settings = export_settings()?;
         let resource = resource();
-        // The exporter's HTTPS client uses rustls with ring, as the rest of the gateway.
+        // The exporters' HTTPS client uses rustls with ring, as the rest of the gateway.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()
-            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-        exporter.set_resource(&resource);
-        let (queue, spans) = mpsc::channel(settings.queue);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(export_loop(spans, exporter, settings, stop.clone()));
-        // The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent
-        // based, always on).
-        let provider =
-            SdkTracerProvider::builder().with_span_processor(Queue { queue }).with_resource(resource).build();
-        let _ = TRACER.set(provider.tracer("mcpgw"));
-        tracing::info!("exporting traces over OTLP/HTTP");
-        Ok(Some(Telemetry { provider, stop, task }))
+        let mut telemetry = Telemetry { tracer: None, logger: None, stop: stop.clone(), tasks: Vec::new() };
+        if traces {
+            let settings = TRACES.settings()?;
+            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build()
+                .map_err(|e| TelemetryError::Exporter("trace", e.to_string()))?;
+            exporter.set_resource(&resource);
+            let (queue, spans) = mpsc::channel(settings.queue);
+            telemetry.tasks.push(tokio::spawn(async move {
+                let send = |batch: Vec<SpanData>| {
+                    let exporter = &exporter;
+                    async move { exporter.export(batch).await.map_err(|e| e.to_string()) }
+                };
+                export_loop(spans, settings, stop, TRACES, &SPANS, send).await
+            }));
+            // The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent
+            // based, always on).
+            let provider = SdkTracerProvider::builder()
+                .with_span_processor(SpanQueue(queue))
+                .with_resource(resource.clone())
+                .build();
+            let _ = TRACER.set(provider.tracer("mcpgw"));
+            telemetry.tracer = Some(provider);
+            tracing::info!("exporting traces over OTLP/HTTP");
+        }
+        if logs {
+            let settings = LOGS.settings()?;
+            let mut exporter = opentelemetry_otlp::LogExporter::builder()
+                .with_http()
+                .build()
+                .map_err(|e| TelemetryError::Exporter("log", e.to_string()))?;
+            exporter.set_resource(&resource);
+            let (queue, records) = mpsc::channel(settings.queue);
+            let stop = telemetry.stop.clone();
+            telemetry.tasks.push(tokio::spawn(async move {
+                let send = |batch: Vec<(SdkLogRecord, InstrumentationScope)>| {
+                    let exporter = &exporter;
+                    async move {
+                        let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
+                            batch.iter().map(|(r, s)| (r, s)).collect();
+                        exporter.export(LogBatch::new(&refs)).await.map_err(|e| e.to_string())
+                    }
+                };
+                export_loop(records, settings, stop, LOGS, &LOG_RECORDS, send).await
+            }));
+            let provider =
+                SdkLoggerProvider::builder().with_log_processor(LogQueue(queue)).with_resource(resource).build();
+            let _ = AUDIT.set(provider.logger("mcpgw.audit"));
+            telemetry.logger = Some(provider);
+            tracing::info!("exporting tool-call audit records as OTLP logs");
+        }
+        Ok(Some(telemetry))
     }
 
     /// Sends what is queued (for at most a few seconds), then stops.
     pub async fn shutdown(self) {
         self.stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
-        let _ = self.provider.shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(self.tasks)).await;
+        if let Some(p) = self.tracer {
+            let _ = p.shutdown();
+        }
+        if let Some(p) = self.logger {
+            let _ = p.shutdown();
+        }
     }
 }
 
 /// The span processor: finished spans go into the bounded queue, never waiting for room.
 #[derive(Debug)]
-struct Queue {
-    queue: mpsc::Sender<SpanData>,
-}
+struct SpanQueue(mpsc::Sender<SpanData>);
 
-impl SpanProcessor for Queue {
+impl SpanProcessor for SpanQueue {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        if self.queue.try_send(span).is_err() {
-            DROPPED_QUEUE_FULL.fetch_add(1, Relaxed);
+        if self.0.try_send(span).is_err() {
+            SPANS.queue_full.fetch_add(1, Relaxed);
         }
     }
 
@@ -208,36 +313,53 @@ impl SpanProcessor for Queue {
     }
 }
 
-/// Sends queued spans in batches: when a batch is full or `delay` after its first span.
-async fn export_loop(
-    mut spans: mpsc::Receiver<SpanData>,
-    exporter: opentelemetry_otlp::SpanExporter,
+/// The log processor: the same bounded queue for audit records.
+#[derive(Debug)]
+struct LogQueue(mpsc::Sender<(SdkLogRecord, InstrumentationScope)>);
+
+impl LogProcessor for LogQueue {
+    fn emit(&self, record: &mut SdkLogRecord, scope: &InstrumentationScope) {
+        if self.0.try_send((record.clone(), scope.clone())).is_err() {
+            LOG_RECORDS.queue_full.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// Sends queued items in batches: when a batch is full or `delay` after its first item.
+async fn export_loop<T, F, Fut>(
+    mut items: mpsc::Receiver<T>,
     settings: ExportSettings,
     stop: CancellationToken,
-) {
+    signal: Signal,
+    counters: &'static Counters,
+    export: F,
+) where
+    F: Fn(Vec<T>) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
     let failing = AtomicBool::new(false);
-    let send = |batch: Vec<SpanData>| {
+    let send = async |batch: Vec<T>| {
         let n = batch.len() as u64;
-        let exporter = &exporter;
-        let failing = &failing;
-        async move {
-            match tokio::time::timeout(settings.timeout, exporter.export(batch)).await {
-                Ok(Ok(())) => {
-                    EXPORTED.fetch_add(n, Relaxed);
-                    if failing.swap(false, Relaxed) {
-                        tracing::info!("trace export works again");
-                    }
+        match tokio::time::timeout(settings.timeout, export(batch)).await {
+            Ok(Ok(())) => {
+                counters.exported.fetch_add(n, Relaxed);
+                if failing.swap(false, Relaxed) {
+                    tracing::info!(signal = signal.name, "OTLP export works again");
                 }
-                failed => {
-                    DROPPED_EXPORT_FAILED.fetch_add(n, Relaxed);
-                    // Once per failing streak, not once per batch.
-                    if !failing.swap(true, Relaxed) {
-                        let error = match failed {
-                            Ok(Err(e)) => e.to_string(),
-                            _ => format!("no answer within {} ms", settings.timeout.as_millis()),
-                        };
-                        tracing::warn!(%error, "trace export failed; spans are dropped (and counted) until it works");
-                    }
+            }
+            failed => {
+                counters.export_failed.fetch_add(n, Relaxed);
+                // Once per failing streak, not once per batch.
+                if !failing.swap(true, Relaxed) {
+                    let error = match failed {
+                        Ok(Err(e)) => e,
+                        _ => format!("no answer within {} ms", settings.timeout.as_millis()),
+                    };
+                    tracing::warn!(signal = signal.name, %error, "OTLP export failed; records are dropped (and counted) until it works");
                 }
             }
         }
@@ -246,7 +368,7 @@ async fn export_loop(
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            n = spans.recv_many(&mut batch, settings.batch) => if n == 0 { break },
+            n = items.recv_many(&mut batch, settings.batch) => if n == 0 { break },
         }
         let deadline = tokio::time::sleep(settings.delay);
         tokio::pin!(deadline);
@@ -255,14 +377,14 @@ async fn export_loop(
             tokio::select! {
                 _ = &mut deadline => break,
                 _ = stop.cancelled() => break,
-                n = spans.recv_many(&mut batch, room) => if n == 0 { break },
+                n = items.recv_many(&mut batch, room) => if n == 0 { break },
             }
         }
         send(std::mem::replace(&mut batch, Vec::with_capacity(settings.batch))).await;
     }
     // Stopping: what is queued now, once.
-    while let Ok(span) = spans.try_recv() {
-        batch.push(span);
+    while let Ok(item) = items.try_recv() {
+        batch.push(item);
         if batch.len() == settings.batch {
             send(std::mem::take(&mut batch)).await;
         }
@@ -274,21 +396,58 @@ async fn export_loop(
 
 /// The export counters, in the Prometheus text format.
 pub(crate) fn render_metrics(out: &mut String) {
-    let _ = writeln!(out, "# HELP mcpgw_otel_spans_exported_total Spans sent to the OTLP endpoint.");
-    let _ = writeln!(out, "# TYPE mcpgw_otel_spans_exported_total counter");
-    let _ = writeln!(out, "mcpgw_otel_spans_exported_total {}", EXPORTED.load(Relaxed));
-    let _ = writeln!(
-        out,
-        "# HELP mcpgw_otel_spans_dropped_total Spans dropped: the export queue was full, or the endpoint failed."
-    );
-    let _ = writeln!(out, "# TYPE mcpgw_otel_spans_dropped_total counter");
-    let _ =
-        writeln!(out, "mcpgw_otel_spans_dropped_total{{reason=\"queue_full\"}} {}", DROPPED_QUEUE_FULL.load(Relaxed));
-    let _ = writeln!(
-        out,
-        "mcpgw_otel_spans_dropped_total{{reason=\"export_failed\"}} {}",
-        DROPPED_EXPORT_FAILED.load(Relaxed)
-    );
+    for (name, what, counters) in
+        [("mcpgw_otel_spans", "Spans", &SPANS), ("mcpgw_otel_log_records", "Audit log records", &LOG_RECORDS)]
+    {
+        let _ = writeln!(out, "# HELP {name}_exported_total {what} sent to the OTLP endpoint.");
+        let _ = writeln!(out, "# TYPE {name}_exported_total counter");
+        let _ = writeln!(out, "{name}_exported_total {}", counters.exported.load(Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP {name}_dropped_total {what} dropped: the export queue was full, or the endpoint failed."
+        );
+        let _ = writeln!(out, "# TYPE {name}_dropped_total counter");
+        let _ = writeln!(out, "{name}_dropped_total{{reason=\"queue_full\"}} {}", counters.queue_full.load(Relaxed));
+        let _ =
+            writeln!(out, "{name}_dropped_total{{reason=\"export_failed\"}} {}", counters.export_failed.load(Relaxed));
+    }
+}
+
+/// A tool call's audit record as an OTLP log record (with the trace it belongs to, when there is
+/// one); nothing when audit export is off.
+pub(crate) fn export_audit(record: &crate::audit::AuditRecord) {
+    let Some(logger) = AUDIT.get() else { return };
+    let mut log = logger.create_log_record();
+    log.set_event_name("mcpgw.tool_call");
+    log.set_timestamp(record.time.into());
+    log.set_observed_timestamp(SystemTime::now());
+    let (severity, text) = match record.outcome {
+        "success" => (Severity::Info, "INFO"),
+        _ => (Severity::Warn, "WARN"),
+    };
+    log.set_severity_number(severity);
+    log.set_severity_text(text);
+    log.set_body(AnyValue::from(format!("tools/call {}/{}: {}", record.server, record.tool, record.outcome)));
+    log.add_attribute("mcpgw.key_id", record.key_id.clone());
+    log.add_attribute("mcpgw.project", record.project.clone());
+    log.add_attribute("mcpgw.user_id", record.user_id.clone());
+    log.add_attribute("mcpgw.server", record.server.clone());
+    log.add_attribute("gen_ai.tool.name", record.tool.clone());
+    log.add_attribute("mcpgw.outcome", record.outcome);
+    log.add_attribute("mcpgw.duration_ms", record.duration_ms);
+    log.add_attribute("mcpgw.request_bytes", record.request_bytes as i64);
+    log.add_attribute("mcpgw.response_bytes", record.response_bytes as i64);
+    // Present only with MCPGW_AUDIT_ARGUMENTS on.
+    if let Some(arguments) = &record.arguments {
+        log.add_attribute("mcpgw.arguments", arguments.to_string());
+    }
+    let cx = Context::current();
+    let span = cx.span();
+    let sc = span.span_context();
+    if sc.is_valid() {
+        log.set_trace_context(sc.trace_id(), sc.span_id(), Some(sc.trace_flags()));
+    }
+    logger.emit(log);
 }
 
 /// W3C trace context read from two optional values.

@@ -466,6 +466,8 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                 ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
                 ("OTEL_TRACES_SAMPLER_ARG", ratio),
                 ("OTEL_BSP_SCHEDULE_DELAY", "1000"),
+                // Traces alone: the audit log goes to its file as in the other scenarios.
+                ("OTEL_LOGS_EXPORTER", "none"),
                 ("MCPGW_AUDIT_LOG", audit),
             ];
             data_plane_with(&dir, &snapshot, &env)
@@ -527,8 +529,8 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                 Ok::<_, anyhow::Error>((run, server.cpu_us() - server_before, cpu_us(std::process::id()) - own_before))
             };
             let (d1, up1, cl1) = measured(&direct, "echo", &upstream).await?;
-            let (g1, gw1, _) = measured(&via, tool, &gateway).await?;
-            let (g2, gw2, _) = measured(&via, tool, &gateway).await?;
+            let (g1, gw1, _) = measured(&via, tool, gateway).await?;
+            let (g2, gw2, _) = measured(&via, tool, gateway).await?;
             let (d2, up2, cl2) = measured(&direct, "echo", &upstream).await?;
             let (gateway_cpu, upstream_cpu, client_cpu) = (gw1 + gw2, up1 + up2, cl1 + cl2);
             let (direct_run, gateway_run) = (Run::merge(&d1, &d2), Run::merge(&g1, &g2));
