@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::control_plane::ControlPlane;
 use common::control_plane::tempdir::TempDir;
+use common::control_plane::{ADMIN_KEY, ControlPlane};
 use common::data_plane::*;
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
@@ -525,4 +525,71 @@ fn without_an_endpoint_nothing_is_exported_and_a_bad_protocol_stops_the_start() 
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not supported"), "{err}");
     assert!(!err.contains("listening"), "{err}");
+}
+
+#[test]
+fn admin_requests_and_snapshot_publishing_are_traced() {
+    let receiver = Receiver::start();
+    let cp = ControlPlane::start_with_env(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ]);
+    let send = |method: reqwest::Method, path: &str, tp: &str, key: Option<&str>| {
+        common::blocking(|| {
+            let mut r = cp.client.request(method, cp.url(path)).header("traceparent", tp);
+            if let Some(key) = key {
+                r = r.bearer_auth(key);
+            }
+            if path == "/api/v1/users" {
+                r = r.json(&json!({"email": "traced@example.com"}));
+            }
+            r.send().unwrap().status().as_u16()
+        })
+    };
+    // A change, with the caller's context: one server span, its child.
+    let (tp, trace, parent) = traceparent(0x33);
+    assert_eq!(send(reqwest::Method::POST, "/api/v1/users", &tp, Some(ADMIN_KEY)), 201);
+    let spans = receiver.trace(&trace, 1);
+    let server = named(&spans, "POST /api/v1/users");
+    assert_eq!(server.kind, SpanKind::Server as i32);
+    assert_eq!(server.parent_span_id, parent);
+    let a = attrs(server);
+    assert_eq!(a["http.request.method"], "POST");
+    assert_eq!(a["http.route"], "/api/v1/users");
+    assert_eq!(a["http.response.status_code"], 201);
+    assert_eq!(span_status(server), 0);
+    // A path with an e-mail in it is recorded by its route; a refusal is not a server error.
+    let (tp, trace, _) = traceparent(0x34);
+    assert_eq!(send(reqwest::Method::GET, "/api/v1/users/traced@example.com", &tp, Some(ADMIN_KEY)), 200);
+    assert_eq!(
+        attrs(named(&receiver.trace(&trace, 1), "GET /api/v1/users/{user}"))["http.route"],
+        "/api/v1/users/{user}"
+    );
+    let (tp, trace, _) = traceparent(0x35);
+    assert_eq!(send(reqwest::Method::GET, "/api/v1/audit", &tp, None), 401);
+    let refused = receiver.trace(&trace, 1);
+    let refused = named(&refused, "GET /api/v1/audit");
+    assert_eq!(attrs(refused)["http.response.status_code"], 401);
+    assert_eq!(span_status(refused), 0);
+    // Publishing the snapshot the change made.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let published = loop {
+        let found = receiver.spans().into_iter().find(|s| {
+            s.name == "publish snapshot" && attrs(s).get("mcpgw.revision").and_then(Value::as_i64) >= Some(1)
+        });
+        if let Some(span) = found {
+            break span;
+        }
+        assert!(Instant::now() < deadline, "no publish span: {:#?}", receiver.spans());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(span_status(&published), 0);
+    let requests = receiver.requests.lock().unwrap();
+    let resource = requests[0].0.resource_spans[0].resource.as_ref().map(|r| r.attributes.clone()).unwrap_or_default();
+    assert_eq!(attrs(&Span { attributes: resource, ..Default::default() })["service.name"], "mcpgw-control-plane");
+    for (_, raw) in requests.iter() {
+        for forbidden in ["traced@example.com", ADMIN_KEY] {
+            assert!(!raw.windows(forbidden.len()).any(|w| w == forbidden.as_bytes()), "`{forbidden}` was exported");
+        }
+    }
 }

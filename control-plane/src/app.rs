@@ -148,6 +148,7 @@ impl Settings {
 /// Runs the control plane until `shutdown` completes.
 pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     settings.validate()?;
+    let telemetry = crate::telemetry::Telemetry::start()?;
     create_private_dir(&settings.data_dir)?;
     let secrets =
         SecretBox::load(settings.secrets_key.as_deref(), &settings.data_dir.join(names::SECRETS_KEY_FILE_NAME))?;
@@ -202,6 +203,8 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
                     .add((header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"))
                     .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")),
             )
+            // Outermost: the span covers everything a request goes through.
+            .wrap(from_fn(crate::telemetry::trace_request))
             .service(system::health)
             .service(oauth::callback)
             // Data planes present their own token, not the admin key.
@@ -263,6 +266,9 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
     following.inspect(|t| t.abort());
     pruning.inspect(|t| t.abort());
     admin_following.inspect(|t| t.abort());
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
     result.map_err(Into::into)
 }
 
@@ -382,6 +388,7 @@ impl Settings {
         DataPlaneTokens::parse(self.data_plane_token.as_deref())?;
         shared::tls::server_config(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
         AllowedOrigins::parse(&self.admin_allowed_origins)?;
+        crate::telemetry::check_settings()?;
         self.server_rules().map(|_| ())
     }
 }

@@ -17,24 +17,18 @@
 #![allow(deprecated)]
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use futures::stream::BoxStream;
 use opentelemetry::context::FutureExt as _;
-use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
+use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, Severity};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{
-    Span as _, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
-};
-use opentelemetry::{Context, InstrumentationScope, KeyValue, StringValue, Value};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::logs::{LogBatch, LogExporter as _, LogProcessor, SdkLogRecord, SdkLogger, SdkLoggerProvider};
+use opentelemetry::trace::{Span as _, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer as _};
+use opentelemetry::{Context, KeyValue, StringValue, Value};
+use opentelemetry_sdk::logs::SdkLogger;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanExporter as _, SpanProcessor};
+use opentelemetry_sdk::trace::SdkTracer;
 use reqwest::header::{HeaderName, HeaderValue};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ClientJsonRpcMessage, ClientRequest, CompleteRequestParams,
@@ -48,9 +42,8 @@ use rmcp::transport::streamable_http_client::{
     SseError, StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse, StreamableHttpResponseLimits,
 };
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use shared::otel::{Counters, Otel, OtelError, Wanted};
 use std::sync::Arc;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
 use crate::gateway::GatewayService;
@@ -62,19 +55,6 @@ const TRACESTATE: &str = "tracestate";
 
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 static AUDIT: OnceLock<SdkLogger> = OnceLock::new();
-
-/// What one signal's export did: sent, or dropped and why.
-struct Counters {
-    exported: AtomicU64,
-    queue_full: AtomicU64,
-    export_failed: AtomicU64,
-}
-
-impl Counters {
-    const fn new() -> Self {
-        Counters { exported: AtomicU64::new(0), queue_full: AtomicU64::new(0), export_failed: AtomicU64::new(0) }
-    }
-}
 
 static SPANS: Counters = Counters::new();
 static LOG_RECORDS: Counters = Counters::new();
@@ -89,328 +69,46 @@ pub(crate) fn audit_exported() -> bool {
     AUDIT.get().is_some()
 }
 
-/// Why export cannot start as configured.
-#[derive(Debug, thiserror::Error)]
-pub enum TelemetryError {
-    #[error("{0}={1} is not supported: the gateway exports OTLP over HTTP (`http/protobuf`, a collector's port 4318)")]
-    Protocol(&'static str, String),
-    #[error("{0} must be a positive integer")]
-    Number(&'static str),
-    #[error("the OTLP {0} exporter: {1}")]
-    Exporter(&'static str, String),
+/// Checks the OTLP settings without starting anything.
+pub fn check_settings() -> Result<(), OtelError> {
+    shared::otel::check_settings(true)
 }
 
-/// One OTLP signal and the standard variables that configure it.
-#[derive(Clone, Copy)]
-struct Signal {
-    name: &'static str,
-    endpoint: &'static str,
-    protocol: &'static str,
-    exporter: &'static str,
-    /// Prefix of the batch processor's settings (`OTEL_BSP_`, `OTEL_BLRP_`).
-    batch: &'static str,
-    default_delay_ms: u64,
-}
-
-const TRACES: Signal = Signal {
-    name: "trace",
-    endpoint: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    protocol: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-    exporter: "OTEL_TRACES_EXPORTER",
-    batch: "OTEL_BSP_",
-    default_delay_ms: 5000,
-};
-
-const LOGS: Signal = Signal {
-    name: "log",
-    endpoint: "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
-    protocol: "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
-    exporter: "OTEL_LOGS_EXPORTER",
-    batch: "OTEL_BLRP_",
-    default_delay_ms: 1000,
-};
-
-/// A signal's batching: the bounded queue, batch size, delay and export timeout.
-#[derive(Clone, Copy)]
-struct ExportSettings {
-    queue: usize,
-    batch: usize,
-    delay: Duration,
-    timeout: Duration,
-}
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
-}
-
-fn env_number(name: &'static str, default: u64) -> Result<u64, TelemetryError> {
-    match env(name) {
-        None => Ok(default),
-        Some(v) => v.parse().ok().filter(|n| *n > 0).ok_or(TelemetryError::Number(name)),
-    }
-}
-
-impl Signal {
-    /// Whether the environment asks for this signal to be exported.
-    fn requested(&self) -> bool {
-        let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
-            || env(self.exporter).is_some_and(|v| v.eq_ignore_ascii_case("none"));
-        !disabled && (env("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() || env(self.endpoint).is_some())
-    }
-
-    fn check(&self) -> Result<(), TelemetryError> {
-        if !self.requested() {
-            return Ok(());
-        }
-        for name in [self.protocol, "OTEL_EXPORTER_OTLP_PROTOCOL"] {
-            if let Some(p) = env(name) {
-                if p != "http/protobuf" {
-                    return Err(TelemetryError::Protocol(name, p));
-                }
-                break;
-            }
-        }
-        self.settings().map(|_| ())
-    }
-
-    fn settings(&self) -> Result<ExportSettings, TelemetryError> {
-        let var = |suffix: &str| -> &'static str { Box::leak(format!("{}{suffix}", self.batch).into_boxed_str()) };
-        let queue = env_number(var("MAX_QUEUE_SIZE"), 2048)? as usize;
-        Ok(ExportSettings {
-            queue,
-            batch: (env_number(var("MAX_EXPORT_BATCH_SIZE"), 512)? as usize).min(queue),
-            delay: Duration::from_millis(env_number(var("SCHEDULE_DELAY"), self.default_delay_ms)?),
-            timeout: Duration::from_millis(env_number(var("EXPORT_TIMEOUT"), 30000)?),
-        })
-    }
-}
-
-/// Checks the settings without starting anything (a bad one stops the process before it listens).
-pub fn check_settings() -> Result<(), TelemetryError> {
-    TRACES.check()?;
-    LOGS.check()
-}
-
-/// The resource: `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME`, with the gateway's own default name.
-fn resource() -> Resource {
-    let named = env("OTEL_SERVICE_NAME").is_some()
-        || env("OTEL_RESOURCE_ATTRIBUTES")
-            .is_some_and(|a| a.split(',').any(|kv| kv.trim().starts_with("service.name=")));
-    let builder = Resource::builder()
-        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
-        .with_attribute(KeyValue::new("service.namespace", "mcpgw"));
-    if named { builder.build() } else { builder.with_service_name(DEFAULT_SERVICE_NAME).build() }
-}
-
-/// Running OTLP export; [`Telemetry::shutdown`] sends what is queued.
-pub struct Telemetry {
-    tracer: Option<SdkTracerProvider>,
-    logger: Option<SdkLoggerProvider>,
-    stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
+/// Running OTLP export of the data plane's traces and audit records.
+pub struct Telemetry(Otel);
 
 impl Telemetry {
-    /// Starts trace and audit-log export as the environment asks (inside a Tokio runtime); `None`
-    /// when it asks for neither.
-    pub fn start() -> Result<Option<Telemetry>, TelemetryError> {
-        check_settings()?;
-        let (traces, logs) = (TRACES.requested() && TRACER.get().is_none(), LOGS.requested() && AUDIT.get().is_none());
-        if !traces && !logs {
+    /// Starts export as the environment asks (inside a Tokio runtime); `None` when it asks for none.
+    pub fn start() -> Result<Option<Telemetry>, OtelError> {
+        if TRACER.get().is_some() || AUDIT.get().is_some() {
             return Ok(None);
         }
-        let resource = resource();
-        // The exporters' HTTPS client uses rustls with ring, as the rest of the gateway.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let stop = CancellationToken::new();
-        let mut telemetry = Telemetry { tracer: None, logger: None, stop: stop.clone(), tasks: Vec::new() };
-        if traces {
-            let settings = TRACES.settings()?;
-            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .build()
-                .map_err(|e| TelemetryError::Exporter("trace", e.to_string()))?;
-            exporter.set_resource(&resource);
-            let (queue, spans) = mpsc::channel(settings.queue);
-            telemetry.tasks.push(tokio::spawn(async move {
-                let send = |batch: Vec<SpanData>| {
-                    let exporter = &exporter;
-                    async move { exporter.export(batch).await.map_err(|e| e.to_string()) }
-                };
-                export_loop(spans, settings, stop, TRACES, &SPANS, send).await
-            }));
-            // The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG (default: parent
-            // based, always on).
-            let provider = SdkTracerProvider::builder()
-                .with_span_processor(SpanQueue(queue))
-                .with_resource(resource.clone())
-                .build();
-            let _ = TRACER.set(provider.tracer("mcpgw"));
-            telemetry.tracer = Some(provider);
-            tracing::info!("exporting traces over OTLP/HTTP");
+        let wanted = Wanted {
+            service: DEFAULT_SERVICE_NAME,
+            scope: "mcpgw",
+            spans: &SPANS,
+            logs: Some(("mcpgw.audit", &LOG_RECORDS)),
+        };
+        let Some(mut otel) = Otel::start(wanted)? else { return Ok(None) };
+        if let Some(tracer) = otel.tracer.take() {
+            let _ = TRACER.set(tracer);
         }
-        if logs {
-            let settings = LOGS.settings()?;
-            let mut exporter = opentelemetry_otlp::LogExporter::builder()
-                .with_http()
-                .build()
-                .map_err(|e| TelemetryError::Exporter("log", e.to_string()))?;
-            exporter.set_resource(&resource);
-            let (queue, records) = mpsc::channel(settings.queue);
-            let stop = telemetry.stop.clone();
-            telemetry.tasks.push(tokio::spawn(async move {
-                let send = |batch: Vec<(SdkLogRecord, InstrumentationScope)>| {
-                    let exporter = &exporter;
-                    async move {
-                        let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
-                            batch.iter().map(|(r, s)| (r, s)).collect();
-                        exporter.export(LogBatch::new(&refs)).await.map_err(|e| e.to_string())
-                    }
-                };
-                export_loop(records, settings, stop, LOGS, &LOG_RECORDS, send).await
-            }));
-            let provider =
-                SdkLoggerProvider::builder().with_log_processor(LogQueue(queue)).with_resource(resource).build();
-            let _ = AUDIT.set(provider.logger("mcpgw.audit"));
-            telemetry.logger = Some(provider);
-            tracing::info!("exporting tool-call audit records as OTLP logs");
+        if let Some(logger) = otel.logger.take() {
+            let _ = AUDIT.set(logger);
         }
-        Ok(Some(telemetry))
+        Ok(Some(Telemetry(otel)))
     }
 
     /// Sends what is queued (for at most a few seconds), then stops.
     pub async fn shutdown(self) {
-        self.stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(self.tasks)).await;
-        if let Some(p) = self.tracer {
-            let _ = p.shutdown();
-        }
-        if let Some(p) = self.logger {
-            let _ = p.shutdown();
-        }
-    }
-}
-
-/// The span processor: finished spans go into the bounded queue, never waiting for room.
-#[derive(Debug)]
-struct SpanQueue(mpsc::Sender<SpanData>);
-
-impl SpanProcessor for SpanQueue {
-    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        if self.0.try_send(span).is_err() {
-            SPANS.queue_full.fetch_add(1, Relaxed);
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-}
-
-/// The log processor: the same bounded queue for audit records.
-#[derive(Debug)]
-struct LogQueue(mpsc::Sender<(SdkLogRecord, InstrumentationScope)>);
-
-impl LogProcessor for LogQueue {
-    fn emit(&self, record: &mut SdkLogRecord, scope: &InstrumentationScope) {
-        if self.0.try_send((record.clone(), scope.clone())).is_err() {
-            LOG_RECORDS.queue_full.fetch_add(1, Relaxed);
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-}
-
-/// Sends queued items in batches: when a batch is full or `delay` after its first item.
-async fn export_loop<T, F, Fut>(
-    mut items: mpsc::Receiver<T>,
-    settings: ExportSettings,
-    stop: CancellationToken,
-    signal: Signal,
-    counters: &'static Counters,
-    export: F,
-) where
-    F: Fn(Vec<T>) -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
-    let failing = AtomicBool::new(false);
-    let send = async |batch: Vec<T>| {
-        let n = batch.len() as u64;
-        match tokio::time::timeout(settings.timeout, export(batch)).await {
-            Ok(Ok(())) => {
-                counters.exported.fetch_add(n, Relaxed);
-                if failing.swap(false, Relaxed) {
-                    tracing::info!(signal = signal.name, "OTLP export works again");
-                }
-            }
-            failed => {
-                counters.export_failed.fetch_add(n, Relaxed);
-                // Once per failing streak, not once per batch.
-                if !failing.swap(true, Relaxed) {
-                    let error = match failed {
-                        Ok(Err(e)) => e,
-                        _ => format!("no answer within {} ms", settings.timeout.as_millis()),
-                    };
-                    tracing::warn!(signal = signal.name, %error, "OTLP export failed; records are dropped (and counted) until it works");
-                }
-            }
-        }
-    };
-    let mut batch = Vec::with_capacity(settings.batch);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            n = items.recv_many(&mut batch, settings.batch) => if n == 0 { break },
-        }
-        let deadline = tokio::time::sleep(settings.delay);
-        tokio::pin!(deadline);
-        while batch.len() < settings.batch {
-            let room = settings.batch - batch.len();
-            tokio::select! {
-                _ = &mut deadline => break,
-                _ = stop.cancelled() => break,
-                n = items.recv_many(&mut batch, room) => if n == 0 { break },
-            }
-        }
-        send(std::mem::replace(&mut batch, Vec::with_capacity(settings.batch))).await;
-    }
-    // Stopping: what is queued now, once.
-    while let Ok(item) = items.try_recv() {
-        batch.push(item);
-        if batch.len() == settings.batch {
-            send(std::mem::take(&mut batch)).await;
-        }
-    }
-    if !batch.is_empty() {
-        send(batch).await;
+        self.0.shutdown().await
     }
 }
 
 /// The export counters, in the Prometheus text format.
 pub(crate) fn render_metrics(out: &mut String) {
-    for (name, what, counters) in
-        [("mcpgw_otel_spans", "Spans", &SPANS), ("mcpgw_otel_log_records", "Audit log records", &LOG_RECORDS)]
-    {
-        let _ = writeln!(out, "# HELP {name}_exported_total {what} sent to the OTLP endpoint.");
-        let _ = writeln!(out, "# TYPE {name}_exported_total counter");
-        let _ = writeln!(out, "{name}_exported_total {}", counters.exported.load(Relaxed));
-        let _ = writeln!(
-            out,
-            "# HELP {name}_dropped_total {what} dropped: the export queue was full, or the endpoint failed."
-        );
-        let _ = writeln!(out, "# TYPE {name}_dropped_total counter");
-        let _ = writeln!(out, "{name}_dropped_total{{reason=\"queue_full\"}} {}", counters.queue_full.load(Relaxed));
-        let _ =
-            writeln!(out, "{name}_dropped_total{{reason=\"export_failed\"}} {}", counters.export_failed.load(Relaxed));
-    }
+    SPANS.render(out, "mcpgw_otel_spans", "Spans");
+    LOG_RECORDS.render(out, "mcpgw_otel_log_records", "Audit log records");
 }
 
 /// A tool call's audit record as an OTLP log record (with the trace it belongs to, when there is
