@@ -593,3 +593,36 @@ fn admin_requests_and_snapshot_publishing_are_traced() {
         }
     }
 }
+
+#[test]
+fn a_trace_the_sampler_drops_is_not_exported_but_still_reaches_the_upstream() {
+    let receiver = Receiver::start();
+    let dir = TempDir::new("mcpgw-otel-off");
+    let calls = dir.path().join("calls.jsonl");
+    let cp = ControlPlane::start();
+    let mut fx = fixture_server("fx");
+    fx["config"]["env"] = json!({"FIXTURE_CALL_LOG": calls.to_str().unwrap()});
+    let key = provision(&cp, "sampled", json!([fx]));
+    let dp = DataPlane::start(
+        &cp,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+            ("OTEL_LOGS_EXPORTER", "none"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    );
+    dp.sync(&cp);
+    let session = RawSession::open(&dp.mcp_url(), &key);
+    let (tp, trace, _) = traceparent(0x66);
+    let body = call_body(5, "fx__echo", json!({"message": "m"}), Some(json!({"traceparent": tp})));
+    assert_eq!(session.send(&body).1["result"]["content"][0]["text"], "m");
+    // A stdio upstream gets the context in `_meta`, marked not sampled, in the client's trace.
+    let line: Value = serde_json::from_str(std::fs::read_to_string(&calls).unwrap().lines().next().unwrap()).unwrap();
+    let sent = line["traceparent_meta"].as_str().unwrap_or_default();
+    assert!(sent.starts_with(&format!("00-{}-", hex::encode(&trace))) && sent.ends_with("-00"), "{line}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(receiver.spans().is_empty(), "{:#?}", receiver.spans());
+    assert_eq!(metric(&dp, "mcpgw_otel_spans_exported_total"), 0.0);
+    assert!(receiver.logs.lock().unwrap().is_empty(), "OTEL_LOGS_EXPORTER=none");
+}

@@ -224,12 +224,13 @@ struct Open {
 }
 
 impl Traced {
-    /// Starts the server span of a request (nothing when spans are not recorded).
+    /// Starts the server span of a request (nothing when spans are not recorded). Attributes are
+    /// built only for spans the sampler keeps.
     fn begin(
         &self,
         method: &'static str,
         target: Option<(&'static str, &str)>,
-        extra: Vec<KeyValue>,
+        extra: impl FnOnce() -> Vec<KeyValue>,
         context: &RequestContext<RoleServer>,
     ) -> Option<Open> {
         let tracer = TRACER.get()?;
@@ -245,40 +246,45 @@ impl Traced {
             Some((_, target)) => format!("{method} {target}"),
             None => method.to_string(),
         };
-        let mut attributes = extra;
-        attributes.push(KeyValue::new("mcp.method.name", method));
-        attributes.push(KeyValue::new("jsonrpc.request.id", context.id.to_string()));
-        match self.transport {
-            Transport::Http => {
-                attributes.push(KeyValue::new("network.transport", "tcp"));
-                attributes.push(KeyValue::new("network.protocol.name", "http"));
-            }
-            Transport::Stdio => attributes.push(KeyValue::new("network.transport", "pipe")),
-        }
-        if let Some((key, target)) = target {
-            attributes.push(KeyValue::new(key, target.to_string()));
-        }
-        if method == "tools/call" {
-            attributes.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
-        }
-        if let Some(version) = context.protocol_version() {
-            attributes.push(KeyValue::new("mcp.protocol.version", version.to_string()));
-        }
-        // Session ids are never exported whole: the same short form as the logs.
-        if let Some(session) = header("mcp-session-id") {
-            attributes.push(KeyValue::new("mcp.session.id", short_id(session)));
-        }
-        if let Some(p) = parts.and_then(|p| p.extensions.get::<Principal>()) {
-            attributes.push(KeyValue::new("mcpgw.project", p.project_name.to_string()));
-            attributes.push(KeyValue::new("mcpgw.key_id", p.key_id.to_string()));
-        }
-        let mut builder = SpanBuilder::from_name(name).with_kind(SpanKind::Server).with_attributes(attributes);
+        let mut builder = SpanBuilder::from_name(name).with_kind(SpanKind::Server);
         if let Some(auth) = auth {
             builder = builder.with_start_time(auth.start);
         }
+        let mut span = tracer.build_with_context(builder, &parent);
+        let recording = span.is_recording();
+        if recording {
+            let mut attributes = extra();
+            attributes.push(KeyValue::new("mcp.method.name", method));
+            attributes.push(KeyValue::new("jsonrpc.request.id", context.id.to_string()));
+            match self.transport {
+                Transport::Http => {
+                    attributes.push(KeyValue::new("network.transport", "tcp"));
+                    attributes.push(KeyValue::new("network.protocol.name", "http"));
+                }
+                Transport::Stdio => attributes.push(KeyValue::new("network.transport", "pipe")),
+            }
+            if let Some((key, target)) = target {
+                attributes.push(KeyValue::new(key, target.to_string()));
+            }
+            if method == "tools/call" {
+                attributes.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
+            }
+            if let Some(version) = context.protocol_version() {
+                attributes.push(KeyValue::new("mcp.protocol.version", version.to_string()));
+            }
+            // Session ids are never exported whole: the same short form as the logs.
+            if let Some(session) = header("mcp-session-id") {
+                attributes.push(KeyValue::new("mcp.session.id", short_id(session)));
+            }
+            if let Some(p) = parts.and_then(|p| p.extensions.get::<Principal>()) {
+                attributes.push(KeyValue::new("mcpgw.project", p.project_name.to_string()));
+                attributes.push(KeyValue::new("mcpgw.key_id", p.key_id.to_string()));
+            }
+            span.set_attributes(attributes);
+        }
         let note = Arc::new(CallNote::default());
-        let cx = parent.with_span(tracer.build_with_context(builder, &parent)).with_value(note.clone());
-        if let Some(auth) = auth {
+        let cx = parent.with_span(span).with_value(note.clone());
+        if let Some(auth) = auth.filter(|_| recording) {
             let span = SpanBuilder::from_name("authenticate")
                 .with_kind(SpanKind::Internal)
                 .with_start_time(auth.start)
@@ -302,7 +308,7 @@ impl Traced {
         F: Future<Output = Result<T, McpError>>,
     {
         let started = Instant::now();
-        let open = if enabled() { self.begin(method, target, extra(), &context) } else { None };
+        let open = if enabled() { self.begin(method, target, extra, &context) } else { None };
         let Some(Open { cx, note }) = open else {
             let result = call(context).await;
             self.inner.gateway.metrics.record_operation(method, started.elapsed());
@@ -311,6 +317,7 @@ impl Traced {
         let result = call(context).with_context(cx.clone()).await;
         let span = cx.span();
         match &result {
+            _ if !span.is_recording() => {}
             Err(e) => {
                 let code = e.code.0.to_string();
                 span.set_attribute(KeyValue::new("rpc.response.status_code", code.clone()));
@@ -480,6 +487,9 @@ pub(crate) fn record_call(principal: &Principal, server: &str, outcome: &'static
     }
     let cx = Context::current();
     let span = cx.span();
+    if !span.is_recording() {
+        return;
+    }
     span.set_attribute(KeyValue::new("mcpgw.server", server.to_string()));
     span.set_attribute(KeyValue::new("mcpgw.outcome", outcome));
     span.set_attribute(KeyValue::new("mcpgw.project", principal.project_name.to_string()));
@@ -499,8 +509,13 @@ pub(crate) struct Stage {
 impl Stage {
     pub(crate) fn start(name: &'static str, attributes: impl FnOnce() -> Vec<KeyValue>) -> Stage {
         let Some(tracer) = TRACER.get() else { return Stage { span: None } };
-        let builder = SpanBuilder::from_name(name).with_kind(SpanKind::Internal).with_attributes(attributes());
-        Stage { span: Some(tracer.build_with_context(builder, &Context::current())) }
+        let mut span =
+            tracer.build_with_context(SpanBuilder::from_name(name).with_kind(SpanKind::Internal), &Context::current());
+        if !span.is_recording() {
+            return Stage { span: None };
+        }
+        span.set_attributes(attributes());
+        Stage { span: Some(span) }
     }
 
     /// Ends the span with the detectors that found something (names only, never what they
@@ -543,7 +558,8 @@ pub(crate) struct UpstreamCall {
 }
 
 impl UpstreamCall {
-    /// Starts the span and writes its context into `meta`.
+    /// Starts the span and writes its context into `meta` (also when the sampler drops it: the
+    /// upstream then learns the trace is not sampled).
     pub(crate) fn start(
         server: &str,
         tool: &str,
@@ -551,6 +567,14 @@ impl UpstreamCall {
         meta: &mut Option<RequestMetaObject>,
     ) -> UpstreamCall {
         let Some(tracer) = TRACER.get() else { return UpstreamCall { span: None } };
+        let builder = SpanBuilder::from_name(format!("tools/call {tool}")).with_kind(SpanKind::Client);
+        let parent = Context::current();
+        let mut span = tracer.build_with_context(builder, &parent);
+        let cx = parent.with_remote_span_context(span.span_context().clone());
+        TraceContextPropagator::new().inject_context(&cx, &mut MetaInjector(meta.get_or_insert_with(Default::default)));
+        if !span.is_recording() {
+            return UpstreamCall { span: None };
+        }
         let mut attributes = vec![
             KeyValue::new("mcp.method.name", "tools/call"),
             KeyValue::new("gen_ai.tool.name", tool.to_string()),
@@ -572,13 +596,7 @@ impl UpstreamCall {
             }
             shared::server::Transport::Stdio { .. } => attributes.push(KeyValue::new("network.transport", "pipe")),
         }
-        let builder = SpanBuilder::from_name(format!("tools/call {tool}"))
-            .with_kind(SpanKind::Client)
-            .with_attributes(attributes);
-        let parent = Context::current();
-        let span = tracer.build_with_context(builder, &parent);
-        let cx = parent.with_remote_span_context(span.span_context().clone());
-        TraceContextPropagator::new().inject_context(&cx, &mut MetaInjector(meta.get_or_insert_with(Default::default)));
+        span.set_attributes(attributes);
         UpstreamCall { span: Some(span) }
     }
 
