@@ -8,7 +8,8 @@
 //! (tools/list_changed), `mutate` (changes `echo`'s description: a rug pull), `whoami` (this process's
 //! pid) and `exit` (the process dies). One resource, one resource template and one prompt.
 //!
-//! With `FIXTURE_CALL_LOG=<file>`, each call received is appended to that file as a JSON line; with
+//! With `FIXTURE_CALL_LOG=<file>`, each call received (with the trace context it carried) is appended
+//! to that file as a JSON line; with
 //! `FIXTURE_MUTATED_IF=<file>`, `echo` starts changed when that file exists.
 //! `--poisoned-tool` adds a tool whose description hides instructions to the model;
 //! `--poisoned-server` makes the server's own instructions poisoned.
@@ -36,10 +37,24 @@ static MUTATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 
 /// With `FIXTURE_CALL_LOG` set, every call this server receives is appended to that file as a JSON
 /// line, so a test can compare what the gateway let through with what it decided.
-fn record_call(tool: &str, args: &JsonObject) {
+/// Each line also carries the W3C trace context the call came with, in `_meta` and (over HTTP) in
+/// the `traceparent` header.
+fn record_call(tool: &str, args: &JsonObject, context: &RequestContext<RoleServer>) {
     use std::io::Write;
     let Ok(path) = std::env::var("FIXTURE_CALL_LOG") else { return };
-    let line = json!({"tool": tool, "arguments": args}).to_string();
+    let header = context
+        .extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|p| p.headers.get("traceparent"))
+        .and_then(|v| v.to_str().ok());
+    let mut line = json!({"tool": tool, "arguments": args});
+    if let Some(tp) = context.meta.get_traceparent() {
+        line["traceparent_meta"] = json!(tp);
+    }
+    if let Some(tp) = header {
+        line["traceparent_header"] = json!(tp);
+    }
+    let line = line.to_string();
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = writeln!(f, "{line}");
     }
@@ -158,7 +173,7 @@ impl ServerHandler for Fixture {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let args = request.arguments.unwrap_or_default();
-        record_call(&request.name, &args);
+        record_call(&request.name, &args, &context);
         let result = match request.name.as_ref() {
             "echo" => CallToolResult::success(vec![ContentBlock::text(string_arg(&args, "message")?)]),
             "add" => {

@@ -21,7 +21,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::admin_key::{self, AdminKeyFile};
 use crate::api::configs::ServerRules;
 use crate::api::data_plane::{self, DataPlaneTokens};
-use crate::api::{api_keys, configs, import, oauth, pins, projects, state, system, users};
+use crate::api::{api_keys, audit, configs, import, oauth, pins, projects, state, system, users};
 use crate::auth::require_admin;
 use crate::browser::AllowedOrigins;
 use crate::error::ApiError;
@@ -85,6 +85,9 @@ pub struct Settings {
     /// paths, or names looked up in PATH); unset, any. Servers with another command are refused.
     #[arg(long, env = names::ENV_STDIO_COMMANDS)]
     pub stdio_commands: Option<String>,
+    /// Days the audit log of changes keeps a row (at least 1); unset, rows are kept.
+    #[arg(long, env = "MCPGW_AUDIT_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub audit_retention_days: Option<u32>,
 }
 
 impl Settings {
@@ -145,11 +148,14 @@ impl Settings {
 /// Runs the control plane until `shutdown` completes.
 pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     settings.validate()?;
+    let telemetry = crate::telemetry::Telemetry::start()?;
     create_private_dir(&settings.data_dir)?;
     let secrets =
         SecretBox::load(settings.secrets_key.as_deref(), &settings.data_dir.join(names::SECRETS_KEY_FILE_NAME))?;
-    let store = Arc::new(Store::open(settings.database()?, secrets).await?);
+    let store =
+        Arc::new(Store::open(settings.database()?, secrets).await?.with_audit_retention(settings.audit_retention_days));
     let following = store.spawn_follower();
+    let pruning = store.spawn_audit_pruner();
     let key_file = AdminKeyFile {
         path: settings.data_dir.join(names::ADMIN_KEY_FILE_NAME),
         from_env: settings.admin_api_key.is_some(),
@@ -197,6 +203,8 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
                     .add((header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"))
                     .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff")),
             )
+            // Outermost: the span covers everything a request goes through.
+            .wrap(from_fn(crate::telemetry::trace_request))
             .service(system::health)
             .service(oauth::callback)
             // Data planes present their own token, not the admin key.
@@ -222,6 +230,7 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
                             .configure(import::routes)
                             .configure(oauth::routes)
                             .configure(state::routes)
+                            .configure(audit::routes)
                             .default_service(web::to(not_found)),
                     )
                     .route(
@@ -255,7 +264,11 @@ pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send
     publishing.abort();
     renewing.abort();
     following.inspect(|t| t.abort());
+    pruning.inspect(|t| t.abort());
     admin_following.inspect(|t| t.abort());
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
     result.map_err(Into::into)
 }
 
@@ -375,6 +388,7 @@ impl Settings {
         DataPlaneTokens::parse(self.data_plane_token.as_deref())?;
         shared::tls::server_config(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
         AllowedOrigins::parse(&self.admin_allowed_origins)?;
+        crate::telemetry::check_settings()?;
         self.server_rules().map(|_| ())
     }
 }

@@ -4,7 +4,7 @@
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::api::{api_keys, configs, data_plane, import, oauth, pins, projects, state, system, users};
+use crate::api::{api_keys, audit, configs, data_plane, import, oauth, pins, projects, state, system, users};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::publish::PublishStatus;
 
@@ -22,7 +22,7 @@ use crate::publish::PublishStatus;
         license(name = "Apache-2.0")
     ),
     paths(
-        system::health, system::system_health, system::snapshot_status, system::rotate_admin_key,
+        system::health, system::system_health, system::snapshot_status, system::rotate_admin_key, audit::list_audit,
         users::create_user, users::list_users, users::get_user, users::update_user, users::delete_user, users::user_projects,
         projects::create_project, projects::list_projects, projects::get_project, projects::update_project,
         projects::delete_project, projects::list_members, projects::add_member, projects::remove_member,
@@ -47,7 +47,7 @@ use crate::publish::PublishStatus;
         (name = "servers", description = "Upstream MCP servers inside a config"),
         (name = "pins", description = "Approved tool definitions (rug-pull protection) and changes awaiting review"),
         (name = "api-keys", description = "Client keys for the MCP gateway (secrets shown once)"),
-        (name = "system", description = "Health, snapshot publishing, admin key, import of a Python gateway config"),
+        (name = "system", description = "Health, snapshot publishing, admin key, the audit log of changes, import of a Python gateway config"),
         (name = "state", description = "Declarative state: plan and apply one document of users, configs, projects, members and keys"),
         (name = "data-plane", description = "What data planes on other hosts use, with a data-plane token: the snapshot, their reports"),
     )

@@ -102,6 +102,7 @@ impl Publisher {
     }
 
     async fn publish_once(&self, store: &Store) -> bool {
+        let span = crate::telemetry::Publishing::start();
         let result = async {
             let mut tx = store.begin_consistent_read().await?;
             let snapshot = build(&mut tx, &store.secrets, &self.settings).await?;
@@ -115,6 +116,7 @@ impl Publisher {
             Ok::<_, anyhow::Error>((snapshot.revision, hex::encode(Sha256::digest(&built.bytes))))
         }
         .await;
+        span.end(result.as_ref().map(|(revision, _)| *revision));
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok((revision, sha)) => {

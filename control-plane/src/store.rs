@@ -96,6 +96,18 @@ pub struct Store {
     committed: watch::Sender<u64>,
     /// Encrypts the secrets kept in the database.
     pub secrets: SecretBox,
+    /// Audit rows older than this are deleted (`MCPGW_AUDIT_RETENTION_DAYS`); `None` keeps them all.
+    audit_retention: Option<chrono::Duration>,
+}
+
+/// Who made a change, as the audit log records it.
+pub mod actor {
+    /// A request with the admin key.
+    pub const ADMIN: &str = "admin";
+    /// An authorization server's redirect completing an authorization an admin started.
+    pub const OAUTH_CALLBACK: &str = "oauth_callback";
+    /// The control plane on its own (renewing upstream OAuth tokens).
+    pub const CONTROL_PLANE: &str = "control_plane";
 }
 
 /// A write transaction. Dropping it without [`WriteTx::commit`] rolls everything back.
@@ -141,7 +153,41 @@ impl Store {
         secrets.seal_stored(&pool, dialect).await?;
         let revision = current_revision(&mut *pool.acquire().await?).await?;
         let (committed, _) = watch::channel(revision);
-        Ok(Self { pool, dialect, database, writer: Mutex::new(()), committed, secrets })
+        Ok(Self { pool, dialect, database, writer: Mutex::new(()), committed, secrets, audit_retention: None })
+    }
+
+    /// Deletes audit rows older than `days` at every change and every hour.
+    pub fn with_audit_retention(mut self, days: Option<u32>) -> Self {
+        self.audit_retention = days.map(|d| chrono::Duration::days(i64::from(d)));
+        self
+    }
+
+    /// The oldest time an audit row may have, when there is a retention.
+    fn audit_cutoff(&self) -> Option<String> {
+        self.audit_retention.map(|r| format_time(Utc::now() - r))
+    }
+
+    /// Deletes the audit rows past the retention every hour (changes also delete them as they commit,
+    /// but a control plane nobody changes must not keep them either). Harmless on several instances.
+    pub fn spawn_audit_pruner(self: &std::sync::Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        self.audit_retention?;
+        let store = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                if let Some(cutoff) = store.audit_cutoff() {
+                    let deleted =
+                        sqlx::query("DELETE FROM audit_log WHERE at < $1").bind(&cutoff).execute(&store.pool).await;
+                    match deleted {
+                        Ok(r) if r.rows_affected() > 0 => {
+                            tracing::info!(rows = r.rows_affected(), "deleted audit rows past the retention")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "could not delete audit rows past the retention"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        }))
     }
 
     pub async fn begin_write(&self) -> Result<WriteTx<'_>, ApiError> {
@@ -288,22 +334,39 @@ impl WriteTx<'_> {
         Ok(())
     }
 
-    /// Bumps the revision, records the audit row, commits, and tells the publisher (and, on
-    /// PostgreSQL, every other instance).
-    pub async fn commit(mut self, action: &str, resource: &str, resource_id: &str) -> Result<u64, ApiError> {
+    /// [`WriteTx::commit_by`] for a change made with the admin key.
+    pub async fn commit(self, action: &str, resource: &str, resource_id: &str) -> Result<u64, ApiError> {
+        self.commit_by(actor::ADMIN, action, resource, resource_id).await
+    }
+
+    /// Bumps the revision, records the audit row (deleting rows past the retention), commits, and
+    /// tells the publisher (and, on PostgreSQL, every other instance).
+    pub async fn commit_by(
+        mut self,
+        actor: &str,
+        action: &str,
+        resource: &str,
+        resource_id: &str,
+    ) -> Result<u64, ApiError> {
         let revision: i64 = sqlx::query_scalar(
             "UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT) WHERE key = 'revision' RETURNING CAST(value AS BIGINT)",
         )
         .fetch_one(&mut *self.tx)
         .await?;
-        sqlx::query("INSERT INTO audit_log (at, action, resource, resource_id, revision) VALUES ($1, $2, $3, $4, $5)")
-            .bind(now())
-            .bind(action)
-            .bind(resource)
-            .bind(resource_id)
-            .bind(revision)
-            .execute(&mut *self.tx)
-            .await?;
+        if let Some(cutoff) = self.store.audit_cutoff() {
+            sqlx::query("DELETE FROM audit_log WHERE at < $1").bind(cutoff).execute(&mut *self.tx).await?;
+        }
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, action, resource, resource_id, revision) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(now())
+        .bind(actor)
+        .bind(action)
+        .bind(resource)
+        .bind(resource_id)
+        .bind(revision)
+        .execute(&mut *self.tx)
+        .await?;
         if self.store.dialect == Dialect::Postgres {
             // Delivered when (and only if) the transaction commits.
             sqlx::query("SELECT pg_notify($1, $2)")
@@ -315,7 +378,7 @@ impl WriteTx<'_> {
         self.tx.commit().await?;
         let revision = revision as u64;
         self.store.saw_revision(revision);
-        tracing::info!(action, resource, resource_id, revision, "committed");
+        tracing::info!(actor, action, resource, resource_id, revision, "committed");
         Ok(revision)
     }
 }

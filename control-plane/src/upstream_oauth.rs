@@ -239,7 +239,7 @@ pub async fn complete(store: &Store, http: &reqwest::Client, state: &str, code: 
     .bind(crate::store::format_time(obtained))
     .execute(&mut *w.tx)
     .await?;
-    w.commit("oauth_authorize", "mcp_config", &target.config_id).await?;
+    w.commit_by(crate::store::actor::OAUTH_CALLBACK, "oauth_authorize", "mcp_config", &target.config_id).await?;
     tracing::info!(config = %target.config_name, server = %target.server, "OAuth authorization completed");
     Ok(Authorized {
         config: target.config_name,
@@ -470,7 +470,7 @@ async fn save_renewed(store: &Store, target: &Target, answer: &TokenAnswer) -> R
     .bind(&target.server)
     .execute(&mut *w.tx)
     .await?;
-    w.commit("oauth_renew", "mcp_config", &target.config_id).await?;
+    w.commit_by(crate::store::actor::CONTROL_PLANE, "oauth_renew", "mcp_config", &target.config_id).await?;
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! Audit trail of tool calls: one JSON line per call, written by a background task so the request
-//! path never waits on the disk.
+//! path never waits on the disk (and, with an OTLP endpoint, one log record per call).
 
 use std::io::Write;
 
@@ -102,12 +102,14 @@ impl AuditLog {
         Ok(AuditLog { tx: Some(tx), include_arguments })
     }
 
-    /// Whether records are kept at all (callers skip preparing them otherwise).
+    /// Whether records are kept at all, in the file or as OTLP logs (callers skip preparing them
+    /// otherwise).
     pub fn is_enabled(&self) -> bool {
-        self.tx.is_some()
+        self.tx.is_some() || crate::telemetry::audit_exported()
     }
 
     pub fn record(&self, record: AuditRecord) {
+        crate::telemetry::export_audit(&record);
         self.send(Entry::Call(record));
     }
 

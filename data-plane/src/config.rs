@@ -139,6 +139,7 @@ impl Config {
     /// Checks every setting that can be checked before starting (see the control plane's twin).
     pub fn validate(&self) -> anyhow::Result<()> {
         names::check_listen_address(names::ENV_GATEWAY_LISTEN, &self.listen)?;
+        crate::telemetry::check_settings()?;
         let positive = [
             ("MCPGW_MAX_REQUEST_BYTES", self.max_request_bytes),
             ("MCPGW_MAX_RESPONSE_BYTES", self.max_response_bytes),

@@ -29,6 +29,7 @@ use crate::guard::remote::Stage;
 use crate::guard::screen_remote;
 use crate::meta_tools;
 use crate::state::Gateway;
+use crate::telemetry;
 use crate::upstream::callers::ClientLink;
 use crate::upstream::relay::{ChangeEvent, ListKind, ProgressRoute};
 use crate::upstream::{Upstream, UpstreamError};
@@ -190,7 +191,11 @@ impl GatewayService {
             return self.forward_call(config, spec, request, tool, origin, cancel).await;
         };
         let sent = request.arguments.take();
-        let screened = crate::guard::screen_input(&guards, sent.clone()).map_err(|b| self.blocked(spec, "input", b))?;
+        let mut input_stage = telemetry::Stage::start("guardrails input", || guard_attributes("input", spec));
+        let screened = crate::guard::screen_input(&guards, sent.clone()).map_err(|b| {
+            input_stage.guardrail(&b.findings, true);
+            self.blocked(spec, "input", b)
+        })?;
         let catalog = self.gateway.catalog();
         let provider = catalog.remote.as_ref().map(|r| r.provider.as_ref());
         let mut input_warnings = screened.warnings;
@@ -199,22 +204,34 @@ impl GatewayService {
             let text = serde_json::to_string(&screened.arguments).unwrap_or_default();
             let server = &spec.server_name;
             let remote = screen_remote(provider, &guards.input_remote, Stage::Input, server, tool, &text).await;
-            input_warnings.extend(remote.map_err(|b| self.blocked(spec, "input", b))?);
+            input_warnings.extend(remote.map_err(|b| {
+                input_stage.guardrail(&b.findings, true);
+                self.blocked(spec, "input", b)
+            })?);
         }
+        input_stage.guardrail(&input_warnings, false);
         self.record_findings(spec, "input", &input_warnings, "warned");
         request.arguments = screened.arguments;
         let response = self.forward_call(config, spec, request, tool, origin, cancel).await?;
         let CallToolResponse::Complete(mut result) = response else { return Ok(response) };
+        let mut output_stage = telemetry::Stage::start("guardrails output", || guard_attributes("output", spec));
         let mut output_warnings = Vec::new();
         if !guards.output_remote.is_empty() {
             let text = crate::guard::result_text(&mut result);
             let server = &spec.server_name;
             let remote = screen_remote(provider, &guards.output_remote, Stage::Output, server, tool, &text).await;
-            output_warnings.extend(remote.map_err(|b| self.blocked(spec, "output", b))?);
+            output_warnings.extend(remote.map_err(|b| {
+                output_stage.guardrail(&b.findings, true);
+                self.blocked(spec, "output", b)
+            })?);
         }
-        let output = crate::guard::screen_output(&guards, sent.as_ref(), &mut result, &screened.redactions)
-            .map_err(|b| self.blocked(spec, "output", b))?;
+        let output =
+            crate::guard::screen_output(&guards, sent.as_ref(), &mut result, &screened.redactions).map_err(|b| {
+                output_stage.guardrail(&b.findings, true);
+                self.blocked(spec, "output", b)
+            })?;
         output_warnings.extend(output);
+        output_stage.guardrail(&output_warnings, false);
         self.record_findings(spec, "output", &output_warnings, "warned");
         crate::guard::attach_warnings(&mut result, &input_warnings, &output_warnings);
         Ok(CallToolResponse::Complete(result))
@@ -243,8 +260,28 @@ impl GatewayService {
         }
     }
 
-    /// Forwards one tool call to its upstream, with timeout, cancellation and progress relay.
+    /// Forwards one tool call to its upstream (a client span, whose context the upstream gets).
     pub(crate) async fn forward_call(
+        &self,
+        config: &ConfigView,
+        spec: &Arc<ServerSpec>,
+        mut request: CallToolRequestParams,
+        tool: &str,
+        origin: Option<&CallOrigin<'_>>,
+        cancel: &CancellationToken,
+    ) -> Result<CallToolResponse, CallFailure> {
+        let span = telemetry::UpstreamCall::start(&spec.server_name, tool, spec, &mut request.meta);
+        let result = self.forward_untraced(config, spec, request, tool, origin, cancel).await;
+        span.end(match &result {
+            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => Some("tool_error"),
+            Ok(_) => None,
+            Err(failure) => Some(failure.outcome()),
+        });
+        result
+    }
+
+    /// Forwards one tool call to its upstream, with timeout, cancellation and progress relay.
+    async fn forward_untraced(
         &self,
         config: &ConfigView,
         spec: &Arc<ServerSpec>,
@@ -449,6 +486,14 @@ impl CallFailure {
     }
 }
 
+/// What a guardrail stage's span says before it ends: the stage and the server.
+fn guard_attributes(stage: &'static str, spec: &ServerSpec) -> Vec<opentelemetry::KeyValue> {
+    vec![
+        opentelemetry::KeyValue::new("mcpgw.guardrail.stage", stage),
+        opentelemetry::KeyValue::new("mcpgw.server", spec.server_name.clone()),
+    ]
+}
+
 /// `_meta` for the upstream request: the client's own keys, minus protocol bookkeeping that
 /// describes the client's connection and its progress token (rmcp sets the gateway's own).
 fn upstream_meta(client: Option<RequestMetaObject>) -> Option<RequestMetaObject> {
@@ -583,10 +628,16 @@ impl ServerHandler for GatewayService {
             self.audit(&p, summary);
             return Ok(CallToolResponse::Complete(result));
         }
-        let Some((spec, tool)) = config.route_tool(&name) else { return Err(unknown_tool(&name)) };
+        let mut policy = telemetry::Stage::start("policy", Vec::new);
+        let Some((spec, tool)) = config.route_tool(&name) else {
+            policy.decision("denied");
+            return Err(unknown_tool(&name));
+        };
         if !tool_allowed(spec, tool) {
+            policy.decision("denied");
             return Err(unknown_tool(&name));
         }
+        policy.decision("allowed");
         let (spec, tool) = (spec.clone(), tool.to_string());
         // Over HTTP the listener counted the call before MCP (to answer 429); stdio counts here.
         if matches!(self.identity, Identity::Key(_)) {
@@ -612,6 +663,7 @@ impl ServerHandler for GatewayService {
             Ok(r) => ("success", response_size(r)),
             Err(failure) => (failure.outcome(), 0),
         };
+        telemetry::record_call(&p, &spec.server_name, outcome);
         let summary = CallSummary {
             server: &spec.server_name,
             tool: &tool,

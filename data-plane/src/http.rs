@@ -25,6 +25,7 @@ use crate::rate_limit::{self, Limited};
 use crate::sealed_session::SealedStore;
 use crate::session::{LimitReached, Owner, Refused, short_id};
 use crate::state::Gateway;
+use crate::telemetry::{self, Traced, Transport};
 
 const SESSION_HEADER: &str = "mcp-session-id";
 /// JSON-RPC error codes of the answers the gateway gives before MCP: the key, the session, the body.
@@ -49,7 +50,7 @@ pub fn router(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Router {
     mcp_config.session_store = Some(Arc::new(SealedStore(gateway.sessions.sealer().clone())));
     let factory_gateway = gateway.clone();
     let mcp = StreamableHttpService::new(
-        move || Ok(GatewayService::new(factory_gateway.clone(), Identity::Http)),
+        move || Ok(Traced::new(GatewayService::new(factory_gateway.clone(), Identity::Http), Transport::Http)),
         gateway.sessions.clone(),
         mcp_config,
     );
@@ -72,6 +73,7 @@ pub fn router(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Router {
 /// In front of rmcp: resolves the caller, admits a session only to the credential that opened it,
 /// binds new sessions (within the limits), and turns rmcp's plain-text refusals into JSON-RPC errors.
 async fn authenticate(State(gateway): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+    let auth_started = telemetry::authentication_started();
     let principal = match crate::oauth::caller(&gateway, request.uri(), request.headers()).await {
         Ok(principal) => principal,
         Err(refusal) => return refusal,
@@ -114,6 +116,7 @@ async fn authenticate(State(gateway): State<Arc<Gateway>>, request: Request, nex
         return rate_limited(&gateway, &principal, id.clone(), limited);
     }
     request.extensions_mut().insert(principal.clone());
+    telemetry::authenticated(request.extensions_mut(), auth_started);
     let opening = match (&session, &message, &body) {
         (None, Some(Peek { method: Some(m), .. }), Some(body)) if m == "initialize" => initialize_params(body),
         _ => None,

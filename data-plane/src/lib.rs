@@ -23,6 +23,7 @@ pub mod reload;
 pub mod sealed_session;
 pub mod session;
 pub mod state;
+pub mod telemetry;
 mod tls;
 pub mod upstream;
 
@@ -137,6 +138,7 @@ pub fn in_process(mut config: Config, snapshot: shared::Snapshot) -> anyhow::Res
 /// Serves streamable HTTP until `shutdown` completes, then closes every upstream.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     config.validate()?;
+    let telemetry = telemetry::Telemetry::start()?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -165,18 +167,26 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         }
     }
     gateway.pool.shutdown().await;
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
     Ok(())
 }
 
 /// Serves one MCP client over stdin/stdout with the key in `MCPGW_API_KEY`; returns when the client
 /// disconnects.
 pub async fn serve_stdio(config: Config, key: String) -> anyhow::Result<()> {
+    let telemetry = telemetry::Telemetry::start()?;
     let gateway = start(config, None).await?;
     gateway.authenticate(Some(&key)).await.map_err(|e| anyhow::anyhow!("{}: {e}", shared::settings::ENV_API_KEY))?;
     let service = gateway::GatewayService::new(gateway.clone(), gateway::Identity::Key(key.into()));
+    let service = telemetry::Traced::new(service, telemetry::Transport::Stdio);
     let running = service.serve(rmcp::transport::io::stdio()).await.context("starting the stdio session")?;
     let _ = running.waiting().await;
     gateway.pool.shutdown().await;
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
     Ok(())
 }
 

@@ -11,6 +11,18 @@ use std::time::Duration;
 /// Upper bounds (seconds) of the call latency histogram.
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];
 
+/// Upper bounds (seconds) of `mcp_server_operation_duration_seconds`, as the MCP semantic
+/// conventions recommend.
+const OPERATION_BUCKETS: [f64; 14] = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+/// One histogram of `mcp_server_operation_duration_seconds` (cumulative buckets).
+#[derive(Default)]
+struct Histogram {
+    buckets: [u64; OPERATION_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
 /// (project, server, tool, outcome)
 type CallLabels = (String, String, String, &'static str);
 /// (server, stage, detector, action)
@@ -29,6 +41,8 @@ pub struct Metrics {
     rate_limited: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Calls counted by this replica alone because Redis did not answer.
     pub rate_limit_fallbacks: AtomicU64,
+    /// By MCP method (a small, fixed set of names).
+    operations: Mutex<BTreeMap<String, Histogram>>,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
     pub snapshot_revision: AtomicU64,
@@ -58,6 +72,23 @@ impl Metrics {
     pub fn record_guardrail(&self, server: &str, stage: &'static str, detector: &str, action: &'static str) {
         let mut map = self.guardrails.lock().unwrap_or_else(|e| e.into_inner());
         *map.entry((server.to_string(), stage, detector.to_string(), action)).or_default() += 1;
+    }
+
+    /// One MCP request served (any method), for `mcp_server_operation_duration_seconds`.
+    pub fn record_operation(&self, method: &str, took: Duration) {
+        let secs = took.as_secs_f64();
+        let mut map = self.operations.lock().unwrap_or_else(|e| e.into_inner());
+        let h = match map.get_mut(method) {
+            Some(h) => h,
+            None => map.entry(method.to_string()).or_default(),
+        };
+        for (i, bound) in OPERATION_BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                h.buckets[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
     }
 
     pub fn record_auth_failure(&self, reason: &'static str) {
@@ -105,6 +136,30 @@ impl Metrics {
         let sum = self.latency_sum_micros.load(Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "mcpgw_tool_call_duration_seconds_sum {sum}");
         let _ = writeln!(out, "mcpgw_tool_call_duration_seconds_count {count}");
+        let _ = writeln!(
+            out,
+            "# HELP mcp_server_operation_duration_seconds MCP requests served, by method (OpenTelemetry's mcp.server.operation.duration)."
+        );
+        let _ = writeln!(out, "# TYPE mcp_server_operation_duration_seconds histogram");
+        for (method, h) in self.operations.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let method = escape(method);
+            for (i, bound) in OPERATION_BUCKETS.iter().enumerate() {
+                let n = h.buckets[i];
+                let _ = writeln!(
+                    out,
+                    "mcp_server_operation_duration_seconds_bucket{{mcp_method_name=\"{method}\",le=\"{bound}\"}} {n}"
+                );
+            }
+            let count = h.count;
+            let _ = writeln!(
+                out,
+                "mcp_server_operation_duration_seconds_bucket{{mcp_method_name=\"{method}\",le=\"+Inf\"}} {count}"
+            );
+            let _ =
+                writeln!(out, "mcp_server_operation_duration_seconds_sum{{mcp_method_name=\"{method}\"}} {}", h.sum);
+            let _ =
+                writeln!(out, "mcp_server_operation_duration_seconds_count{{mcp_method_name=\"{method}\"}} {count}");
+        }
         let _ = writeln!(out, "# HELP mcpgw_auth_failures_total Refused client requests by reason.");
         let _ = writeln!(out, "# TYPE mcpgw_auth_failures_total counter");
         for (reason, n) in self.auth_failures.lock().unwrap_or_else(|e| e.into_inner()).iter() {
@@ -165,6 +220,7 @@ impl Metrics {
         for (name, kind, help, value) in scalars {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         }
+        crate::telemetry::render_metrics(&mut out);
         out
     }
 }
@@ -185,5 +241,24 @@ mod tests {
         assert!(text.contains(r#"mcpgw_tool_call_duration_seconds_bucket{le="0.005"} 1"#));
         assert!(text.contains(r#"mcpgw_tool_call_duration_seconds_bucket{le="0.0025"} 0"#));
         assert!(text.contains(r#"mcpgw_auth_failures_total{reason="invalid"} 1"#));
+    }
+
+    #[test]
+    fn renders_the_operation_duration_by_method() {
+        let m = super::Metrics::default();
+        m.record_operation("tools/call", std::time::Duration::from_millis(30));
+        m.record_operation("tools/call", std::time::Duration::from_millis(3));
+        m.record_operation("initialize", std::time::Duration::from_secs(2));
+        let text = m.render();
+        let line = |l: &str| text.lines().any(|x| x == l);
+        assert!(
+            line(r#"mcp_server_operation_duration_seconds_bucket{mcp_method_name="tools/call",le="0.01"} 1"#),
+            "{text}"
+        );
+        assert!(line(r#"mcp_server_operation_duration_seconds_bucket{mcp_method_name="tools/call",le="0.05"} 2"#));
+        assert!(line(r#"mcp_server_operation_duration_seconds_bucket{mcp_method_name="tools/call",le="+Inf"} 2"#));
+        assert!(line(r#"mcp_server_operation_duration_seconds_count{mcp_method_name="initialize"} 1"#));
+        assert!(line(r#"mcp_server_operation_duration_seconds_bucket{mcp_method_name="initialize",le="1"} 0"#));
+        assert!(line(r#"mcpgw_otel_spans_dropped_total{reason="queue_full"} 0"#));
     }
 }

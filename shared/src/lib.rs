@@ -6,10 +6,12 @@
 //! and hashing ([`api_key`]), and the settings both planes apply alike ([`settings`],
 //! [`stdio_commands`]). It must not know about SQL or MCP, and knows HTTP only behind the
 //! `token-endpoint` feature: the one request both planes make, to upstreams' OAuth token endpoints.
-//! Behind `tls`, the listeners' certificate loading ([`tls`]).
+//! Behind `tls`, the listeners' certificate loading ([`tls`]); behind `otel`, OTLP export ([`otel`]).
 
 pub mod api_key;
 pub mod oauth;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod pins;
 pub mod rate_limit;
 #[cfg(feature = "runtime")]

@@ -3,8 +3,9 @@
 //! Starts an rmcp echo upstream (streamable HTTP, and stdio), the `control-plane` and `data-plane`
 //! binaries found next to this one, provisions a config through the admin API, then drives MCP
 //! client sessions calling a tool with distinct arguments, alternating direct and gateway runs so
-//! drift affects both. Also measures reload latency, key verification, a 100,000-key snapshot and
-//! memory. Build everything first: `cargo build --release && target/release/mcpgw-bench`.
+//! drift affects both; the http scenario also through data planes exporting every trace, and 1%
+//! of them, to an OTLP endpoint that accepts everything. Also measures reload latency, key
+//! verification, a 100,000-key snapshot and memory. Build everything first: `cargo build --release && target/release/mcpgw-bench`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ fn main() -> anyhow::Result<()> {
     match args.get(1).map(String::as_str) {
         Some("upstream-http") => return upstream(true),
         Some("upstream-stdio") => return upstream(false),
+        Some("otlp-sink") => return otlp_sink(),
         _ => {}
     }
     let opts = Options::parse(&args[1..])?;
@@ -58,7 +60,7 @@ impl Options {
                 "--scenarios" => {
                     o.scenarios = it
                         .next()
-                        .context("--scenarios http,stdio,guardrails-1KiB")?
+                        .context("--scenarios http,http-traced-100%,http-traced-1%,stdio,guardrails-1KiB")?
                         .split(',')
                         .map(String::from)
                         .collect()
@@ -67,7 +69,7 @@ impl Options {
                 "--no-large" => o.large = false,
                 "-h" | "--help" => {
                     println!(
-                        "mcpgw-bench [--seconds 3] [--levels 1,16,64] [--scenarios http,stdio,guardrails-1KiB,replicas] [--json] [--no-large]"
+                        "mcpgw-bench [--seconds 3] [--levels 1,16,64] [--scenarios http,http-traced-100%,http-traced-1%,stdio,guardrails-1KiB,replicas] [--json] [--no-large]"
                     );
                     std::process::exit(0);
                 }
@@ -134,6 +136,21 @@ fn upstream(http: bool) -> anyhow::Result<()> {
         } else {
             Echo.serve(rmcp::transport::io::stdio()).await?.waiting().await?;
         }
+        Ok(())
+    })
+}
+
+/// An OTLP/HTTP endpoint that accepts every export (answers an empty `ExportTraceServiceResponse`)
+/// and keeps nothing: what a collector costs the data plane, without a collector.
+fn otlp_sink() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        eprintln!("listening on http://{}", listener.local_addr()?);
+        let accept = axum::routing::post(|_body: axum::body::Bytes| async {
+            ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
+        });
+        axum::serve(listener, axum::Router::new().route("/v1/traces", accept)).await?;
         Ok(())
     })
 }
@@ -214,7 +231,13 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
 const SESSION_SECRET: &str = "mcpgw-bench-session-secret-0123456789abcdef";
 
 fn data_plane(data_dir: &Path, snapshot: &Path) -> anyhow::Result<Proc> {
+    data_plane_with(data_dir, snapshot, &[])
+}
+
+/// A data plane with extra environment (trace export).
+fn data_plane_with(data_dir: &Path, snapshot: &Path, env: &[(&str, &str)]) -> anyhow::Result<Proc> {
     let mut cmd = Command::new(sibling("data-plane")?);
+    cmd.envs(env.iter().copied());
     cmd.env("MCPGW_DATA_DIR", data_dir)
         .env("MCPGW_SESSION_SECRET", SESSION_SECRET)
         .env("MCPGW_SNAPSHOT_PATH", snapshot)
@@ -429,13 +452,56 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     let gateway_url = format!("{}/mcp", gateway.addr);
     wait_ready(&gateway.addr, None).await?;
 
+    // The http scenario again through data planes exporting every trace, and 1% of them, to an
+    // OTLP endpoint that accepts everything.
+    let wanted = |scenario: &str| opts.scenarios.is_empty() || opts.scenarios.iter().any(|s| s == scenario);
+    let traced = if wanted("http-traced-100%") || wanted("http-traced-1%") {
+        let sink = Proc::start(
+            {
+                let mut c = Command::new(&me);
+                c.arg("otlp-sink");
+                c
+            },
+            "listening on ",
+        )?;
+        let traced = |ratio: &str, audit: &str| {
+            let env = [
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", sink.addr.as_str()),
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", ratio),
+                ("OTEL_BSP_SCHEDULE_DELAY", "1000"),
+                // Traces alone: the audit log goes to its file as in the other scenarios.
+                ("OTEL_LOGS_EXPORTER", "none"),
+                ("MCPGW_AUDIT_LOG", audit),
+            ];
+            data_plane_with(&dir, &snapshot, &env)
+        };
+        let all = traced("1.0", &dir.join("audit-traced-all.jsonl").to_string_lossy())?;
+        let some = traced("0.01", &dir.join("audit-traced-some.jsonl").to_string_lossy())?;
+        wait_ready(&all.addr, None).await?;
+        wait_ready(&some.addr, None).await?;
+        Some((sink, all, some))
+    } else {
+        None
+    };
     let mut comparisons = Vec::new();
-    let scenarios: [(&str, &str, usize); 3] =
-        [("http", "http__echo", 16), ("stdio", "stdio__echo", 16), ("guardrails-1KiB", "guarded__echo", 1024)];
+    let scenarios: [(&str, &str, usize); 5] = [
+        ("http", "http__echo", 16),
+        ("http-traced-100%", "http__echo", 16),
+        ("http-traced-1%", "http__echo", 16),
+        ("stdio", "stdio__echo", 16),
+        ("guardrails-1KiB", "guarded__echo", 1024),
+    ];
     for (scenario, tool, payload) in scenarios {
-        if !opts.scenarios.is_empty() && !opts.scenarios.iter().any(|s| s == scenario) {
+        if !wanted(scenario) {
             continue;
         }
+        let gateway = match (scenario, &traced) {
+            ("http-traced-100%", Some((_, all, _))) => all,
+            ("http-traced-1%", Some((_, _, some))) => some,
+            _ => &gateway,
+        };
+        let gateway_url = format!("{}/mcp", gateway.addr);
         for &n in &opts.levels {
             let direct: Vec<Arc<Client>> = if scenario == "stdio" {
                 futures::future::try_join_all((0..n).map(|_| connect_stdio(&me)))
@@ -467,8 +533,8 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                 Ok::<_, anyhow::Error>((run, server.cpu_us() - server_before, cpu_us(std::process::id()) - own_before))
             };
             let (d1, up1, cl1) = measured(&direct, "echo", &upstream).await?;
-            let (g1, gw1, _) = measured(&via, tool, &gateway).await?;
-            let (g2, gw2, _) = measured(&via, tool, &gateway).await?;
+            let (g1, gw1, _) = measured(&via, tool, gateway).await?;
+            let (g2, gw2, _) = measured(&via, tool, gateway).await?;
             let (d2, up2, cl2) = measured(&direct, "echo", &upstream).await?;
             let (gateway_cpu, upstream_cpu, client_cpu) = (gw1 + gw2, up1 + up2, cl1 + cl2);
             let (direct_run, gateway_run) = (Run::merge(&d1, &d2), Run::merge(&g1, &g2));
@@ -492,6 +558,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
     }
+    drop(traced);
     let (peak_rss_kib, _) = gateway.memory_kib();
     let replicas = if opts.scenarios.is_empty() || opts.scenarios.iter().any(|s| s == "replicas") {
         replica_rows(&opts, &dir, &snapshot, &gateway, &key).await?

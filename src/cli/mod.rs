@@ -78,6 +78,36 @@ pub enum Command {
     Export(state::ExportArgs),
     /// Print ready-to-paste MCP client configuration for a key.
     ClientConfig(client_config::ClientConfigArgs),
+    /// The audit log of changes, newest first.
+    Audit(AuditArgs),
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// Only changes to this kind of resource (user, project, mcp_config, api_key, ...).
+    #[arg(long)]
+    resource: Option<String>,
+    /// Only changes to the resource with this id.
+    #[arg(long)]
+    resource_id: Option<String>,
+    /// Only changes by this actor (admin, oauth_callback, control_plane).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Only this action (create, update, delete, ...).
+    #[arg(long)]
+    action: Option<String>,
+    /// Only changes at or after this time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only changes before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    /// How many of the newest rows to show (1-1000).
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    /// Every row that matches, following every page (`--limit` is then ignored).
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Subcommand)]
@@ -322,6 +352,21 @@ async fn execute(command: Command, global: &Global) -> Result<(), Failure> {
             View::Import,
         ),
         Command::Snapshot => (Request::get(&["snapshot", "status"]), View::Object),
+        Command::Audit(a) => {
+            let request = Request::get(&["audit"])
+                .query("resource", a.resource)
+                .query("resource_id", a.resource_id)
+                .query("actor", a.actor)
+                .query("action", a.action)
+                .query("since", a.since)
+                .query("until", a.until);
+            if a.all {
+                (request, View::Table(AUDIT_COLUMNS))
+            } else {
+                // One page of the newest rows: the log can be long.
+                (request.query("limit", Some(a.limit)), View::Items(AUDIT_COLUMNS))
+            }
+        }
     };
     let body = if matches!(view, View::Table(_)) { api.list_all(request).await? } else { api.send(&request).await? };
     show::print(&view, &body, global.json);
@@ -332,6 +377,7 @@ const USER_COLUMNS: &[&str] = &["email", "id", "created_at"];
 const PROJECT_COLUMNS: &[&str] = &["name", "id", "mcp_config/name", "member_count", "api_key_count"];
 const CONFIG_COLUMNS: &[&str] = &["name", "id", "tool_naming", "server_count", "project_count"];
 const SERVER_COLUMNS: &[&str] = &["server_name", "description"];
+const AUDIT_COLUMNS: &[&str] = &["at", "actor", "action", "resource", "resource_id", "revision"];
 const KEY_COLUMNS: &[&str] = &["id", "project_name", "user_email", "name", "disabled", "expires_at"];
 
 fn users(c: Users) -> (Request, View) {

@@ -228,7 +228,8 @@ impl ControlPlane {
         } else {
             let script = "import sqlite3, sys\n\
                 db = sqlite3.connect(sys.argv[1])\n\
-                for row in db.execute(sys.argv[2]): print('|'.join(str(c) for c in row))\n";
+                for row in db.execute(sys.argv[2]): print('|'.join(str(c) for c in row))\n\
+                db.commit()\n";
             let out = Command::new("python3")
                 .args(["-c", script, self.dir.path().join("mcpgw.db").to_str().unwrap(), query])
                 .output()

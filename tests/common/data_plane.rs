@@ -291,6 +291,10 @@ impl RawSession {
     }
 
     fn request(&self, body: &str) -> reqwest::blocking::Response {
+        self.request_with(body, &[])
+    }
+
+    fn request_with(&self, body: &str, headers: &[(&str, &str)]) -> reqwest::blocking::Response {
         let mut req = self
             .client
             .post(&self.url)
@@ -300,7 +304,32 @@ impl RawSession {
         if let Some(id) = &self.session {
             req = req.header("Mcp-Session-Id", id).header("MCP-Protocol-Version", "2025-06-18");
         }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         req.body(body.to_string()).send().expect("request")
+    }
+
+    /// The session id (for checking that it appears nowhere).
+    pub fn session_id(&self) -> Option<&str> {
+        self.session.as_deref()
+    }
+
+    /// Sends `body` with extra HTTP headers; the HTTP status and the JSON-RPC answer (if any).
+    pub fn send_with(&self, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        super::blocking(|| {
+            let resp = self.request_with(body, headers);
+            let status = resp.status().as_u16();
+            let text = resp.text().unwrap_or_default();
+            let answer = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+                .chain(serde_json::from_str::<Value>(&text).ok())
+                .find(|m| m.get("id").is_some())
+                .unwrap_or(Value::Null);
+            (status, answer)
+        })
     }
 
     /// Sends `body` verbatim; the HTTP status and the JSON-RPC answer (if any).

@@ -1,6 +1,7 @@
 //! Admin API resources, one module each: DTOs, validation, SQL and handlers.
 
 pub mod api_keys;
+pub mod audit;
 pub mod configs;
 pub mod data_plane;
 pub mod import;

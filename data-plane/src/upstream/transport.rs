@@ -13,6 +13,7 @@ use super::oauth::{AuthorizedHttp, Token};
 use super::relay::{NotificationTap, UpstreamClient};
 use super::stdio::ChildTransport;
 use super::{Session, UpstreamSettings};
+use crate::telemetry::TraceHeaders;
 
 /// The upstream's OAuth settings and the token fetched for this connection.
 pub(super) struct UpstreamAuth<'a> {
@@ -116,12 +117,13 @@ pub(super) async fn open(
                         server: spec.server_name.clone(),
                         oauth: auth.oauth.clone(),
                     };
-                    let transport = StreamableHttpClientTransport::with_client(http, config);
+                    let transport = StreamableHttpClientTransport::with_client(TraceHeaders(http), config);
                     let recorder = NotificationTap { inner: transport, targets: client.targets.clone() };
                     client.serve(recorder).await
                 }
                 None => {
-                    let transport = StreamableHttpClientTransport::with_client(settings.http.clone(), config);
+                    let transport =
+                        StreamableHttpClientTransport::with_client(TraceHeaders(settings.http.clone()), config);
                     let recorder = NotificationTap { inner: transport, targets: client.targets.clone() };
                     client.serve(recorder).await
                 }
