@@ -28,7 +28,8 @@ fn schemathesis_finds_no_server_errors_or_undocumented_responses() {
         .expect("run schemathesis (pip install -r tests/requirements.txt; bash .ci/run does)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "schemathesis found failures:\n{stdout}\n{stderr}");
+    let errors = || cp.log_text().lines().filter(|l| l.contains("ERROR")).collect::<Vec<_>>().join("\n");
+    assert!(output.status.success(), "schemathesis found failures:\n{stdout}\n{stderr}\ncontrol plane errors:\n{}", errors());
     assert!(stdout.contains(" passed") && !stdout.contains("❌"), "{stdout}");
     // The process survived the whole run and still answers.
     cp.ok("GET", "/api/v1/system/health", None, 200);
