@@ -220,6 +220,43 @@ impl GatewayService {
         Ok(CallToolResponse::Complete(result))
     }
 
+    /// [`Self::guarded_call`] for a call admitted by policy and rate limits, counted in the metrics and
+    /// written to the audit log. Direct and batched calls both come through here, so they are recorded
+    /// alike.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn recorded_call(
+        &self,
+        p: &Principal,
+        config: &ConfigView,
+        spec: &Arc<ServerSpec>,
+        request: CallToolRequestParams,
+        tool: &str,
+        origin: Option<&CallOrigin<'_>>,
+        cancel: &CancellationToken,
+        started: Instant,
+    ) -> Result<CallToolResponse, CallFailure> {
+        let audit = &self.gateway.audit;
+        let request_bytes = if audit.is_enabled() { request.arguments.as_ref().map_or(0, json_size) } else { 0 };
+        let arguments = if audit.is_enabled() && audit.include_arguments { request.arguments.clone() } else { None };
+        let result = self.guarded_call(config, spec, request, tool, origin, cancel).await;
+        let (outcome, bytes) = match &result {
+            Ok(r @ CallToolResponse::Complete(c)) if c.is_error == Some(true) => ("error", response_size(r)),
+            Ok(r) => ("success", response_size(r)),
+            Err(failure) => (failure.outcome(), 0),
+        };
+        let summary = CallSummary {
+            server: &spec.server_name,
+            tool,
+            outcome,
+            started,
+            request_bytes,
+            arguments,
+            response_bytes: bytes,
+        };
+        self.audit(p, summary);
+        result
+    }
+
     fn blocked(&self, spec: &ServerSpec, stage: &'static str, blocked: crate::guard::Blocked) -> CallFailure {
         self.record_findings(spec, stage, &blocked.findings, "blocked");
         CallFailure::Blocked(blocked)
@@ -569,7 +606,10 @@ impl ServerHandler for GatewayService {
         let name = request.name.to_string();
         let Some(config) = p.config.clone() else { return Err(unknown_tool(&name)) };
         if config.naming == ToolNaming::Prefixed && meta_tools::is_meta_tool(&name) {
-            let result = meta_tools::call(self, &p, &config, &name, request.arguments.unwrap_or_default()).await;
+            self.session.link.attach(&context.peer);
+            let origin = CallOrigin { peer: &context.peer, request: context.id.clone(), progress: None };
+            let arguments = request.arguments.unwrap_or_default();
+            let result = meta_tools::call(self, &p, &config, &name, arguments, &origin, &context.ct).await;
             let outcome = if result.is_error == Some(true) { "error" } else { "success" };
             let summary = CallSummary {
                 server: "gateway",
@@ -601,27 +641,9 @@ impl ServerHandler for GatewayService {
         }
         let progress =
             context.meta.get_progress_token().or_else(|| request.meta.as_ref().and_then(|m| m.get_progress_token()));
-        let audit = &self.gateway.audit;
-        let request_bytes = if audit.is_enabled() { request.arguments.as_ref().map_or(0, json_size) } else { 0 };
-        let arguments = if audit.is_enabled() && audit.include_arguments { request.arguments.clone() } else { None };
         self.session.link.attach(&context.peer);
         let origin = CallOrigin { peer: &context.peer, request: context.id.clone(), progress };
-        let result = self.guarded_call(&config, &spec, request, &tool, Some(&origin), &context.ct).await;
-        let (outcome, bytes) = match &result {
-            Ok(r @ CallToolResponse::Complete(c)) if c.is_error == Some(true) => ("error", response_size(r)),
-            Ok(r) => ("success", response_size(r)),
-            Err(failure) => (failure.outcome(), 0),
-        };
-        let summary = CallSummary {
-            server: &spec.server_name,
-            tool: &tool,
-            outcome,
-            started,
-            request_bytes,
-            arguments,
-            response_bytes: bytes,
-        };
-        self.audit(&p, summary);
+        let result = self.recorded_call(&p, &config, &spec, request, &tool, Some(&origin), &context.ct, started).await;
         match result {
             Ok(response) => Ok(response),
             Err(CallFailure::Protocol(e)) => Err(e),
