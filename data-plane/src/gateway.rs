@@ -2,7 +2,7 @@
 //! caller's project may see, forwarding to upstreams and passing results through whole.
 //!
 //! Every request resolves the caller against the current catalog first; the allow/deny decision is
-//! `catalog::tool_allowed`, shared by `tools/list` and `tools/call`.
+//! `ConfigView::tool_allowed`, shared by `tools/list` and `tools/call`.
 
 // Logging, sampling and resource subscriptions: rmcp marks them deprecated for a future protocol
 // version; clients speak today's, and the gateway relays them.
@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::audit::AuditRecord;
 use crate::auth::Principal;
-use crate::catalog::{ConfigView, tool_allowed};
+use crate::catalog::ConfigView;
 use crate::guard::remote::Stage;
 use crate::guard::screen_remote;
 use crate::meta_tools;
@@ -145,7 +145,7 @@ impl GatewayService {
         spec: &Arc<ServerSpec>,
     ) -> Result<Vec<Tool>, UpstreamError> {
         let found = self.discovery(config, spec).await?;
-        Ok(found.tools.iter().filter(|t| tool_allowed(spec, &t.name)).cloned().collect())
+        Ok(found.tools.iter().filter(|t| config.tool_allowed(&spec.server_name, &t.name)).cloned().collect())
     }
 
     /// `spec`'s tools after the integrity checks (before the allow/deny lists).
@@ -159,7 +159,7 @@ impl GatewayService {
     }
 
     /// A tool call with every check: integrity (the tool is listed, clean and matches its pin),
-    /// input guardrails, the upstream call, output guardrails. `tool` has passed `tool_allowed`.
+    /// input guardrails, the upstream call, output guardrails. `tool` has passed `ConfigView::tool_allowed`.
     pub(crate) async fn guarded_call(
         &self,
         config: &ConfigView,
@@ -624,7 +624,7 @@ impl ServerHandler for GatewayService {
             return Ok(CallToolResponse::Complete(result));
         }
         let Some((spec, tool)) = config.route_tool(&name) else { return Err(unknown_tool(&name)) };
-        if !tool_allowed(spec, tool) {
+        if !config.tool_allowed(&spec.server_name, tool) {
             return Err(unknown_tool(&name));
         }
         let (spec, tool) = (spec.clone(), tool.to_string());

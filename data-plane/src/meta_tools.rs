@@ -11,7 +11,7 @@ use shared::server::{ServerSpec, Transport};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
-use crate::catalog::{ConfigView, tool_allowed};
+use crate::catalog::ConfigView;
 use crate::gateway::{CallFailure, CallOrigin, GatewayService};
 
 const LIST_SERVERS: &str = "gateway_list_servers";
@@ -183,7 +183,7 @@ pub(crate) async fn call(
                         "error": format!("the server's description looks poisoned ({})", found.server_blocked.as_deref().unwrap_or_default()),
                     }),
                     Ok(found) => {
-                        let allowed = |name: &str| crate::catalog::tool_allowed(spec, name);
+                        let allowed = |name: &str| config.tool_allowed(&spec.server_name, name);
                         json!({
                             "server_name": spec.server_name, "status": "success",
                             "tools": found.tools.iter().filter(|t| allowed(&t.name)).map(|t| json!({
@@ -273,7 +273,7 @@ async fn call_batch(
         let tool =
             ["name", "tool_name", "tool"].iter().find_map(|k| item.get(*k).and_then(Value::as_str)).unwrap_or("");
         let arguments = ["args", "arguments"].iter().find_map(|k| item.get(*k).and_then(Value::as_object)).cloned();
-        if tool.is_empty() || !tool_allowed(&spec, tool) {
+        if tool.is_empty() || !config.tool_allowed(&spec.server_name, tool) {
             results.push(
                 json!({"index": index, "name": tool, "status": "denied", "message": format!("unknown tool: {tool}")}),
             );

@@ -103,7 +103,7 @@ type ToolCache = Mutex<Option<CachedTools>>;
 #[derive(Debug, Default)]
 pub struct Discovery {
     /// Tools that passed the poisoning scan and match their pins (the allowlist is applied later,
-    /// per config, by `catalog::tool_allowed`).
+    /// per config, by `ConfigView::tool_allowed`).
     pub tools: Vec<Tool>,
     visible: HashSet<String>,
     /// Tools held back, with the reason (kinds of findings, or a pin mismatch).
