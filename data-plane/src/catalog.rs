@@ -414,6 +414,31 @@ impl Glob {
         Glob { pieces }
     }
 
+    /// A URI template (RFC 6570) as a glob: each `{...}` expression matches any run of characters,
+    /// everything else literally (`*` and `?` included, as URIs may hold them).
+    pub fn uri_template(template: &str) -> Self {
+        let mut pieces = Vec::new();
+        let mut piece = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            piece.extend(rest[..open].chars().map(Some));
+            match rest[open..].find('}') {
+                Some(close) => {
+                    pieces.push(std::mem::take(&mut piece).into_boxed_slice());
+                    rest = &rest[open + close + 1..];
+                }
+                // An unclosed brace is literal text.
+                None => {
+                    rest = &rest[open..];
+                    break;
+                }
+            }
+        }
+        piece.extend(rest.chars().map(Some));
+        pieces.push(piece.into_boxed_slice());
+        Glob { pieces }
+    }
+
     pub fn matches(&self, text: &str) -> bool {
         let (first, rest) = match self.pieces.split_first() {
             Some(split) => split,
@@ -545,6 +570,22 @@ mod tests {
         assert!(glob_matches("*?", "é"));
         assert!(!glob_matches("*??", "é"));
         assert!(glob_matches("**x**", "x"));
+    }
+
+    #[test]
+    fn uri_templates_match_their_uris() {
+        let t = Glob::uri_template("test://template/{id}/data");
+        assert!(t.matches("test://template/42/data"));
+        assert!(!t.matches("test://template/42/other"));
+        assert!(!t.matches("fixture://items/42"));
+        // `?` and `*` in a template are literal.
+        let q = Glob::uri_template("file:///{path}?v={v}");
+        assert!(q.matches("file:///a/b?v=1"));
+        assert!(!q.matches("file:///a/bXv=1"));
+        assert!(Glob::uri_template("a*b").matches("a*b") && !Glob::uri_template("a*b").matches("axb"));
+        assert!(Glob::uri_template("x://{a}{b}").matches("x://"));
+        assert!(Glob::uri_template("x://{open").matches("x://{open"));
+        assert!(!Glob::uri_template("x://{open").matches("x://y"));
     }
 
     proptest! {

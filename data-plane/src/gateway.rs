@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use rmcp::model::*;
 use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext};
-use rmcp::{ErrorData as McpError, Peer, RoleServer, ServerHandler, ServiceError};
+use rmcp::{ErrorData as McpError, Peer, RoleClient, RoleServer, ServerHandler, ServiceError};
 use shared::server::ServerSpec;
 use shared::snapshot::ToolNaming;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -98,7 +98,7 @@ impl GatewayService {
         let p = self.principal(extensions).await?;
         let unknown = || McpError::resource_not_found(format!("unknown resource: {exposed}"), None);
         let config = p.config.ok_or_else(unknown)?;
-        let (spec, uri) = route_resource(&config, exposed).ok_or_else(unknown)?;
+        let (spec, uri) = self.route_resource(&config, exposed).await.ok_or_else(unknown)?;
         let upstream = self.upstream(config.id, &spec);
         Ok(ResourceRoute { config, spec, upstream, uri })
     }
@@ -355,6 +355,85 @@ impl GatewayService {
             return Err(CallFailure::TooLarge { size, limit: self.gateway.config.max_response_bytes });
         }
         Ok(response)
+    }
+
+    /// Each server's complete listing of one kind, in config order: `None` where the server does not
+    /// offer that capability, cannot be reached or does not answer within its discovery timeout.
+    async fn list_each<T, Fut>(
+        &self,
+        config: &ConfigView,
+        offers: fn(&ServerCapabilities) -> bool,
+        list: impl Fn(Peer<RoleClient>) -> Fut,
+    ) -> Vec<Option<Vec<T>>>
+    where
+        Fut: Future<Output = Result<Vec<T>, ServiceError>>,
+    {
+        let list = &list;
+        join_all(config.servers.iter().map(|spec| async move {
+            let upstream = self.upstream(config.id, spec);
+            let conn = upstream.acquire().await.ok()?;
+            if conn.peer.peer_info().is_some_and(|i| !offers(&i.capabilities)) {
+                return None;
+            }
+            let ms = Duration::from_millis(spec.timeouts.discovery_ms);
+            tokio::time::timeout(ms, list(conn.peer.clone())).await.ok()?.ok()
+        }))
+        .await
+    }
+
+    async fn list_prompts_of(&self, config: &ConfigView) -> Vec<Option<Vec<Prompt>>> {
+        self.list_each(config, |c| c.prompts.is_some(), |peer| async move { peer.list_all_prompts().await }).await
+    }
+
+    async fn list_resources_of(&self, config: &ConfigView) -> Vec<Option<Vec<Resource>>> {
+        self.list_each(config, |c| c.resources.is_some(), |peer| async move { peer.list_all_resources().await }).await
+    }
+
+    async fn list_templates_of(&self, config: &ConfigView) -> Vec<Option<Vec<ResourceTemplate>>> {
+        let list = |peer: Peer<RoleClient>| async move { peer.list_all_resource_templates().await };
+        self.list_each(config, |c| c.resources.is_some(), list).await
+    }
+
+    /// A prompt's server and upstream name, from the name the client knows it by. With bare names
+    /// and several servers, the first server that lists it (as `prompts/list` shows them all).
+    async fn route_prompt(&self, config: &ConfigView, name: &str) -> Option<(Arc<ServerSpec>, String)> {
+        let spec = match (config.naming, config.servers.as_slice()) {
+            (ToolNaming::Prefixed, _) => {
+                return config.split_prefixed(name).map(|(s, n)| (s.clone(), n.to_string()));
+            }
+            (ToolNaming::Bare, [only]) => only.clone(),
+            (ToolNaming::Bare, servers) => {
+                let lists = self.list_prompts_of(config).await;
+                let lists_it = |l: &Option<Vec<Prompt>>| l.iter().flatten().any(|p| p.name == name);
+                servers.iter().zip(&lists).find(|(_, l)| lists_it(l))?.0.clone()
+            }
+        };
+        Some((spec, name.to_string()))
+    }
+
+    /// A resource's server and upstream URI, from the URI the client knows it by. With bare names
+    /// and several servers, the first server that lists the URI, else the first whose resource
+    /// templates name or match it.
+    async fn route_resource(&self, config: &ConfigView, uri: &str) -> Option<(Arc<ServerSpec>, String)> {
+        let spec = match (config.naming, config.servers.as_slice()) {
+            (ToolNaming::Prefixed, _) => {
+                return config.split_uri(uri).map(|(s, u)| (s.clone(), u.to_string()));
+            }
+            (ToolNaming::Bare, [only]) => only.clone(),
+            (ToolNaming::Bare, servers) => {
+                let (resources, templates) =
+                    futures::join!(self.list_resources_of(config), self.list_templates_of(config));
+                let listed = |l: &Option<Vec<Resource>>| l.iter().flatten().any(|r| r.uri == uri);
+                let named = |l: &Option<Vec<ResourceTemplate>>| l.iter().flatten().any(|t| t.uri_template == uri);
+                let matched = |l: &Option<Vec<ResourceTemplate>>| {
+                    l.iter().flatten().any(|t| crate::catalog::Glob::uri_template(&t.uri_template).matches(uri))
+                };
+                let found = servers.iter().zip(&resources).find(|(_, l)| listed(l)).map(|(s, _)| s);
+                let found = found.or_else(|| servers.iter().zip(&templates).find(|(_, l)| named(l)).map(|(s, _)| s));
+                found.or_else(|| servers.iter().zip(&templates).find(|(_, l)| matched(l)).map(|(s, _)| s))?.clone()
+            }
+        };
+        Some((spec, uri.to_string()))
     }
 
     fn start_relay(&self, peer: Peer<RoleServer>, project_id: Uuid) {
@@ -660,17 +739,7 @@ impl ServerHandler for GatewayService {
     ) -> Result<ListPromptsResult, McpError> {
         let p = self.principal(&context.extensions).await?;
         let Some(config) = p.config else { return Ok(ListPromptsResult::with_all_items(vec![])) };
-        let config = &config;
-        let lists = join_all(config.servers.iter().map(|spec| async move {
-            let upstream = self.upstream(config.id, spec);
-            let conn = upstream.acquire().await.ok()?;
-            if conn.peer.peer_info().is_some_and(|i| i.capabilities.prompts.is_none()) {
-                return None;
-            }
-            let ms = Duration::from_millis(spec.timeouts.discovery_ms);
-            tokio::time::timeout(ms, conn.peer.list_all_prompts()).await.ok()?.ok()
-        }))
-        .await;
+        let lists = self.list_prompts_of(&config).await;
         let mut prompts = Vec::new();
         for (spec, list) in config.servers.iter().zip(lists) {
             for mut prompt in list.unwrap_or_default() {
@@ -689,7 +758,7 @@ impl ServerHandler for GatewayService {
         let p = self.principal(&context.extensions).await?;
         let unknown = || McpError::invalid_params(format!("unknown prompt: {}", request.name), None);
         let Some(config) = p.config else { return Err(unknown()) };
-        let (spec, name) = route_prompt(&config, &request.name).ok_or_else(unknown)?;
+        let (spec, name) = self.route_prompt(&config, &request.name).await.ok_or_else(unknown)?;
         let upstream = self.upstream(config.id, &spec);
         let conn = upstream.acquire().await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
         request.name = name;
@@ -706,17 +775,7 @@ impl ServerHandler for GatewayService {
     ) -> Result<ListResourcesResult, McpError> {
         let p = self.principal(&context.extensions).await?;
         let Some(config) = p.config else { return Ok(ListResourcesResult::with_all_items(vec![])) };
-        let config = &config;
-        let lists = join_all(config.servers.iter().map(|spec| async move {
-            let upstream = self.upstream(config.id, spec);
-            let conn = upstream.acquire().await.ok()?;
-            if conn.peer.peer_info().is_some_and(|i| i.capabilities.resources.is_none()) {
-                return None;
-            }
-            let ms = Duration::from_millis(spec.timeouts.discovery_ms);
-            tokio::time::timeout(ms, conn.peer.list_all_resources()).await.ok()?.ok()
-        }))
-        .await;
+        let lists = self.list_resources_of(&config).await;
         let mut resources = Vec::new();
         for (spec, list) in config.servers.iter().zip(lists) {
             for mut resource in list.unwrap_or_default() {
@@ -734,17 +793,7 @@ impl ServerHandler for GatewayService {
     ) -> Result<ListResourceTemplatesResult, McpError> {
         let p = self.principal(&context.extensions).await?;
         let Some(config) = p.config else { return Ok(ListResourceTemplatesResult::with_all_items(vec![])) };
-        let config = &config;
-        let lists = join_all(config.servers.iter().map(|spec| async move {
-            let upstream = self.upstream(config.id, spec);
-            let conn = upstream.acquire().await.ok()?;
-            if conn.peer.peer_info().is_some_and(|i| i.capabilities.resources.is_none()) {
-                return None;
-            }
-            let ms = Duration::from_millis(spec.timeouts.discovery_ms);
-            tokio::time::timeout(ms, conn.peer.list_all_resource_templates()).await.ok()?.ok()
-        }))
-        .await;
+        let lists = self.list_templates_of(&config).await;
         let mut templates = Vec::new();
         for (spec, list) in config.servers.iter().zip(lists) {
             for mut template in list.unwrap_or_default() {
@@ -816,12 +865,14 @@ impl ServerHandler for GatewayService {
         let p = self.principal(&context.extensions).await?;
         let Some(config) = p.config else { return Ok(CompleteResult::default()) };
         let (spec, upstream_ref) = match &request.r#ref {
-            Reference::Prompt(prompt) => route_prompt(&config, &prompt.name).map(|(spec, name)| {
+            Reference::Prompt(prompt) => self.route_prompt(&config, &prompt.name).await.map(|(spec, name)| {
                 let mut prompt = prompt.clone();
                 prompt.name = name;
                 (spec, Reference::Prompt(prompt))
             }),
-            Reference::Resource(template) => route_resource(&config, &template.uri)
+            Reference::Resource(template) => self
+                .route_resource(&config, &template.uri)
+                .await
                 .map(|(spec, uri)| (spec, Reference::Resource(ResourceTemplateReference::new(uri)))),
             _ => None,
         }
@@ -888,22 +939,6 @@ struct ResourceRoute {
     spec: Arc<ServerSpec>,
     upstream: Arc<Upstream>,
     uri: String,
-}
-
-/// A prompt's server and upstream name, from the name the client knows it by.
-fn route_prompt(config: &ConfigView, name: &str) -> Option<(Arc<ServerSpec>, String)> {
-    match config.naming {
-        ToolNaming::Prefixed => config.split_prefixed(name).map(|(s, n)| (s.clone(), n.to_string())),
-        ToolNaming::Bare => config.servers.first().map(|s| (s.clone(), name.to_string())),
-    }
-}
-
-/// A resource's server and upstream URI, from the URI the client knows it by.
-fn route_resource(config: &ConfigView, uri: &str) -> Option<(Arc<ServerSpec>, String)> {
-    match config.naming {
-        ToolNaming::Prefixed => config.split_uri(uri).map(|(s, u)| (s.clone(), u.to_string())),
-        ToolNaming::Bare => config.servers.first().map(|s| (s.clone(), uri.to_string())),
-    }
 }
 
 /// An upstream's answer to a request passed on, with a timeout turned into a clear error.
