@@ -143,7 +143,6 @@ pub struct Catalog {
     keys: HashMap<Arc<str>, KeyRecord>,
     projects: HashMap<Uuid, Arc<ProjectRecord>>,
     configs: HashMap<Uuid, Arc<ConfigView>>,
-    user_emails: HashMap<Uuid, Arc<str>>,
     /// For OAuth sign-in: users by lower-case e-mail, and the projects each user is a member of.
     users_by_email: HashMap<String, Uuid>,
     memberships: HashMap<Uuid, Vec<Uuid>>,
@@ -165,7 +164,6 @@ impl Catalog {
             keys: HashMap::new(),
             projects: HashMap::new(),
             configs: HashMap::new(),
-            user_emails: HashMap::new(),
             users_by_email: HashMap::new(),
             memberships: HashMap::new(),
             group_projects: HashMap::new(),
@@ -243,7 +241,6 @@ impl Catalog {
             })
             .collect();
         let users_by_email = snapshot.users.iter().map(|u| (u.email.to_lowercase(), u.id)).collect();
-        let user_emails = snapshot.users.into_iter().map(|u| (u.id, u.email.into())).collect();
         Catalog {
             revision: snapshot.revision,
             generated_at: Some(snapshot.generated_at),
@@ -253,7 +250,6 @@ impl Catalog {
             keys,
             projects,
             configs,
-            user_emails,
             users_by_email,
             memberships,
             group_projects,
@@ -271,14 +267,6 @@ impl Catalog {
 
     pub fn config(&self, id: Uuid) -> Option<&Arc<ConfigView>> {
         self.configs.get(&id)
-    }
-
-    pub fn configs(&self) -> impl Iterator<Item = &Arc<ConfigView>> {
-        self.configs.values()
-    }
-
-    pub fn user_email(&self, id: Uuid) -> Option<&Arc<str>> {
-        self.user_emails.get(&id)
     }
 
     /// The user with this e-mail, compared case-insensitively (as the control plane stores them).
