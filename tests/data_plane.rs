@@ -812,6 +812,68 @@ fn bare_names_make_the_gateway_transparent() {
 }
 
 #[test]
+#[allow(deprecated)] // resource subscriptions, as clients speak them today
+fn bare_names_route_prompts_and_resources_to_the_server_that_lists_them() {
+    use rmcp::model::*;
+    let cp = ControlPlane::start();
+    let key = provision_with(
+        &cp,
+        "bare-two",
+        json!({"name": "cfg-bare-two", "tool_naming": "bare", "servers": [
+            {"server_name": "fx", "config": {"command": fixture()}, "tools": ["echo"]},
+            {"server_name": "cs", "config": {"command": example("conformance_server")}, "tools": ["test_simple_text"]}
+        ]}),
+    );
+    let dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    runtime().block_on(async {
+        let gw = connect(&dp.mcp_url(), &key).await.unwrap();
+        let prompts: Vec<String> = gw.list_all_prompts().await.unwrap().into_iter().map(|p| p.name).collect();
+        assert!(prompts.contains(&"greet".into()) && prompts.contains(&"test_simple_prompt".into()), "{prompts:?}");
+        // Each prompt from its own server: the fixture's and the second server's.
+        let mut greet = GetPromptRequestParams::new("greet");
+        greet.arguments = json!({"topic": "rust"}).as_object().cloned();
+        let got = serde_json::to_value(gw.get_prompt(greet).await.unwrap()).unwrap();
+        assert!(got.to_string().contains("Let's talk about rust"), "{got}");
+        let got = gw.get_prompt(GetPromptRequestParams::new("test_simple_prompt")).await;
+        let got = serde_json::to_value(got.unwrap()).unwrap();
+        assert!(got.to_string().contains("This is a simple prompt for testing."), "{got}");
+        let unknown = gw.get_prompt(GetPromptRequestParams::new("nowhere")).await.unwrap_err().to_string();
+        assert!(unknown.contains("unknown prompt"), "{unknown}");
+        // Listed resources and templated URIs, from their own servers.
+        let read = |uri: &str| {
+            let gw = &gw;
+            let uri = uri.to_string();
+            async move {
+                serde_json::to_value(gw.read_resource(ReadResourceRequestParams::new(uri)).await.unwrap()).unwrap()
+            }
+        };
+        assert_eq!(read("fixture://docs/readme").await["contents"][0]["text"], "the fixture readme");
+        assert_eq!(read("fixture://items/7").await["contents"][0]["text"], "item 7");
+        let text = read("test://static-text").await;
+        assert_eq!(text["contents"][0]["text"], "This is the content of the static text resource.", "{text}");
+        let templated = read("test://template/42/data").await;
+        assert!(templated["contents"][0]["text"].as_str().unwrap().contains("Data for ID: 42"), "{templated}");
+        let missing = gw.read_resource(ReadResourceRequestParams::new("nowhere://x")).await.unwrap_err().to_string();
+        assert!(missing.contains("unknown resource"), "{missing}");
+        // Subscriptions and completion reach the server that offers them (the fixture offers neither).
+        gw.subscribe(SubscribeRequestParams::new("test://watched-resource")).await.unwrap();
+        gw.unsubscribe(UnsubscribeRequestParams::new("test://watched-resource")).await.unwrap();
+        let complete = |r#ref: Reference| {
+            let gw = &gw;
+            async move {
+                let request = CompleteRequestParams::new(r#ref, ArgumentInfo::new("arg1", "par"));
+                gw.complete(request).await.unwrap().completion.values
+            }
+        };
+        let by_prompt = complete(Reference::for_prompt("test_prompt_with_arguments")).await;
+        assert_eq!(by_prompt, ["paris", "park", "party"]);
+        let by_template = complete(Reference::for_resource("test://template/{id}/data")).await;
+        assert_eq!(by_template, ["paris", "park", "party"]);
+    });
+}
+
+#[test]
 fn an_imported_python_gateway_config_keeps_its_clients_working() {
     // The shape of the Python gateway's enkrypt_mcp_config.json: plaintext keys, 2.1 field names on
     // one server and 2.2 names on the other.

@@ -26,7 +26,6 @@ pub struct Principal {
     pub project_name: Arc<str>,
     /// The project's MCP config; `None` when the project has none assigned (no tools at all).
     pub config: Option<Arc<ConfigView>>,
-    pub revision: u64,
     /// Limits on the calls of this key, and of its whole project.
     pub key_rate_limit: Option<RateLimit>,
     pub project_rate_limit: Option<RateLimit>,
@@ -116,7 +115,6 @@ impl Authenticator {
             project_id: project.id,
             project_name: project.name.clone(),
             config: project.config.clone(),
-            revision: catalog.revision,
             key_rate_limit: record.rate_limit,
             project_rate_limit: project.rate_limit,
             oauth: false,
@@ -143,8 +141,9 @@ impl Authenticator {
         tokio::task::spawn_blocking(move || api_key::verify(&key, &hash)).await.unwrap_or(false)
     }
 
-    /// Number of remembered verdicts (for tests and metrics).
-    pub fn cached_verdicts(&self) -> usize {
+    /// Number of remembered verdicts.
+    #[cfg(test)]
+    fn cached_verdicts(&self) -> usize {
         self.verdicts.lock().map(|v| v.len()).unwrap_or(0)
     }
 }

@@ -50,6 +50,8 @@ pub struct ConfigView {
     guards: HashMap<String, Arc<ServerGuards>>,
     /// Approved tool definitions, by server name.
     pins: HashMap<String, Arc<ServerPins>>,
+    /// Allow and deny lists, compiled once per revision, by server name.
+    tool_policies: HashMap<String, ToolPolicy>,
 }
 
 /// Approved tool definitions of one server: tool name -> fingerprint.
@@ -141,7 +143,6 @@ pub struct Catalog {
     keys: HashMap<Arc<str>, KeyRecord>,
     projects: HashMap<Uuid, Arc<ProjectRecord>>,
     configs: HashMap<Uuid, Arc<ConfigView>>,
-    user_emails: HashMap<Uuid, Arc<str>>,
     /// For OAuth sign-in: users by lower-case e-mail, and the projects each user is a member of.
     users_by_email: HashMap<String, Uuid>,
     memberships: HashMap<Uuid, Vec<Uuid>>,
@@ -163,7 +164,6 @@ impl Catalog {
             keys: HashMap::new(),
             projects: HashMap::new(),
             configs: HashMap::new(),
-            user_emails: HashMap::new(),
             users_by_email: HashMap::new(),
             memberships: HashMap::new(),
             group_projects: HashMap::new(),
@@ -191,6 +191,7 @@ impl Catalog {
                 for pin in c.pins {
                     pins.entry(pin.server).or_default().insert(pin.tool, pin.fingerprint);
                 }
+                let tool_policies = c.servers.iter().map(|s| (s.server_name.clone(), ToolPolicy::compile(s))).collect();
                 let view = ConfigView {
                     id: c.id,
                     name: c.name,
@@ -198,6 +199,7 @@ impl Catalog {
                     servers: c.servers.into_iter().map(Arc::new).collect(),
                     guards,
                     pins: pins.into_iter().map(|(server, p)| (server, Arc::new(p))).collect(),
+                    tool_policies,
                 };
                 (c.id, Arc::new(view))
             })
@@ -239,7 +241,6 @@ impl Catalog {
             })
             .collect();
         let users_by_email = snapshot.users.iter().map(|u| (u.email.to_lowercase(), u.id)).collect();
-        let user_emails = snapshot.users.into_iter().map(|u| (u.id, u.email.into())).collect();
         Catalog {
             revision: snapshot.revision,
             generated_at: Some(snapshot.generated_at),
@@ -249,7 +250,6 @@ impl Catalog {
             keys,
             projects,
             configs,
-            user_emails,
             users_by_email,
             memberships,
             group_projects,
@@ -267,14 +267,6 @@ impl Catalog {
 
     pub fn config(&self, id: Uuid) -> Option<&Arc<ConfigView>> {
         self.configs.get(&id)
-    }
-
-    pub fn configs(&self) -> impl Iterator<Item = &Arc<ConfigView>> {
-        self.configs.values()
-    }
-
-    pub fn user_email(&self, id: Uuid) -> Option<&Arc<str>> {
-        self.user_emails.get(&id)
     }
 
     /// The user with this e-mail, compared case-insensitively (as the control plane stores them).
@@ -308,6 +300,14 @@ impl Catalog {
 impl ConfigView {
     pub fn server(&self, name: &str) -> Option<&Arc<ServerSpec>> {
         self.servers.iter().find(|s| s.server_name == name)
+    }
+
+    /// THE tool policy: whether `server` exposes its upstream tool `tool`. `tools/list` filters with
+    /// it and `tools/call` admits with it, so the two never disagree. Names compare exactly (no case
+    /// folding, no normalisation): a look-alike name is a different name, and it only passes if it is
+    /// itself allowed. A server this config does not have exposes nothing.
+    pub fn tool_allowed(&self, server: &str, tool: &str) -> bool {
+        self.tool_policies.get(server).is_some_and(|p| p.allows(tool))
     }
 
     pub fn guards(&self, server: &str) -> Option<&Arc<ServerGuards>> {
@@ -367,41 +367,124 @@ impl ConfigView {
     }
 }
 
-/// THE tool policy: whether `server` exposes its upstream tool `tool`. `tools/list` filters with it and
-/// `tools/call` admits with it, so the two never disagree. Names compare exactly (no case folding, no
-/// normalisation): a look-alike name is a different name, and it only passes if it is itself allowed.
-pub fn tool_allowed(server: &ServerSpec, tool: &str) -> bool {
-    let listed = server.tools.0.is_empty() || server.tools.0.iter().any(|t| t == tool);
-    listed && !server.denied_tools.iter().any(|pattern| glob_matches(pattern, tool))
+/// A server's `tools` allowlist and `denied_tools` globs, ready to match.
+#[derive(Debug)]
+struct ToolPolicy {
+    /// Empty: every tool.
+    allow: std::collections::HashSet<String>,
+    deny: Vec<Glob>,
 }
 
-/// `*` matches any run of characters, `?` exactly one; everything else literally.
-pub fn glob_matches(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let mut backtrack: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) && p[pi] != '*' {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            backtrack = Some((pi, ti));
-            pi += 1;
-        } else if let Some((bp, bt)) = backtrack {
-            pi = bp + 1;
-            ti = bt + 1;
-            backtrack = Some((bp, bt + 1));
-        } else {
-            return false;
+impl ToolPolicy {
+    fn compile(spec: &ServerSpec) -> Self {
+        ToolPolicy {
+            allow: spec.tools.0.iter().cloned().collect(),
+            deny: spec.denied_tools.iter().map(|p| Glob::new(p)).collect(),
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+
+    fn allows(&self, tool: &str) -> bool {
+        (self.allow.is_empty() || self.allow.contains(tool)) && !self.deny.iter().any(|g| g.matches(tool))
+    }
+}
+
+/// A compiled glob: `*` matches any run of characters, `?` exactly one; everything else literally
+/// (case included). Stored as the pieces between the stars, so matching allocates nothing.
+#[derive(Debug)]
+pub struct Glob {
+    /// The pattern split at `*`; one piece when it has no star. `None` stands for `?`.
+    pieces: Vec<Box<[Option<char>]>>,
+}
+
+impl Glob {
+    pub fn new(pattern: &str) -> Self {
+        let pieces = pattern.split('*').map(|p| p.chars().map(|c| (c != '?').then_some(c)).collect()).collect();
+        Glob { pieces }
+    }
+
+    /// A URI template (RFC 6570) as a glob: each `{...}` expression matches any run of characters,
+    /// everything else literally (`*` and `?` included, as URIs may hold them).
+    pub fn uri_template(template: &str) -> Self {
+        let mut pieces = Vec::new();
+        let mut piece = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            piece.extend(rest[..open].chars().map(Some));
+            match rest[open..].find('}') {
+                Some(close) => {
+                    pieces.push(std::mem::take(&mut piece).into_boxed_slice());
+                    rest = &rest[open + close + 1..];
+                }
+                // An unclosed brace is literal text.
+                None => {
+                    rest = &rest[open..];
+                    break;
+                }
+            }
+        }
+        piece.extend(rest.chars().map(Some));
+        pieces.push(piece.into_boxed_slice());
+        Glob { pieces }
+    }
+
+    pub fn matches(&self, text: &str) -> bool {
+        let (first, rest) = match self.pieces.split_first() {
+            Some(split) => split,
+            None => return text.is_empty(),
+        };
+        let Some((last, middle)) = rest.split_last() else {
+            // No star: the one piece is the whole text.
+            return strip_piece(first, text).is_some_and(str::is_empty);
+        };
+        let Some(mut text) = strip_piece(first, text) else { return false };
+        // Each middle piece at its leftmost place leaves the most room for the rest.
+        for piece in middle {
+            match find_piece(piece, text) {
+                Some(after) => text = after,
+                None => return false,
+            }
+        }
+        // The last piece must end the text, after everything matched so far.
+        let start = match last.len() {
+            0 => text.len(),
+            n => match text.char_indices().rev().nth(n - 1) {
+                Some((i, _)) => i,
+                None => return false,
+            },
+        };
+        strip_piece(last, &text[start..]).is_some_and(str::is_empty)
+    }
+}
+
+/// What follows `piece` when `text` starts with it.
+fn strip_piece<'a>(piece: &[Option<char>], text: &'a str) -> Option<&'a str> {
+    let mut chars = text.chars();
+    for want in piece {
+        let c = chars.next()?;
+        if want.is_some_and(|w| w != c) {
+            return None;
+        }
+    }
+    Some(chars.as_str())
+}
+
+/// What follows the leftmost occurrence of `piece` in `text`.
+fn find_piece<'a>(piece: &[Option<char>], text: &'a str) -> Option<&'a str> {
+    let mut rest = text;
+    loop {
+        if let Some(after) = strip_piece(piece, rest) {
+            return Some(after);
+        }
+        let mut chars = rest.chars();
+        chars.next()?;
+        rest = chars.as_str();
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use shared::server::{ServerSpec, ToolList};
 
     fn spec(allow: &[&str], deny: &[&str]) -> ServerSpec {
@@ -412,6 +495,47 @@ mod tests {
         s.tools = ToolList(allow.iter().map(|t| t.to_string()).collect());
         s.denied_tools = deny.iter().map(|t| t.to_string()).collect();
         s
+    }
+
+    fn view(servers: Vec<ServerSpec>) -> ConfigView {
+        let tool_policies = servers.iter().map(|s| (s.server_name.clone(), ToolPolicy::compile(s))).collect();
+        ConfigView {
+            id: Uuid::nil(),
+            name: "c".into(),
+            naming: ToolNaming::Prefixed,
+            servers: servers.into_iter().map(Arc::new).collect(),
+            guards: HashMap::new(),
+            pins: HashMap::new(),
+            tool_policies,
+        }
+    }
+
+    fn glob_matches(pattern: &str, text: &str) -> bool {
+        Glob::new(pattern).matches(text)
+    }
+
+    /// The matcher the compiled one replaced (backtracking over characters): the reference.
+    fn reference(pattern: &str, text: &str) -> bool {
+        let p: Vec<char> = pattern.chars().collect();
+        let t: Vec<char> = text.chars().collect();
+        let (mut pi, mut ti) = (0, 0);
+        let mut backtrack: Option<(usize, usize)> = None;
+        while ti < t.len() {
+            if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) && p[pi] != '*' {
+                pi += 1;
+                ti += 1;
+            } else if pi < p.len() && p[pi] == '*' {
+                backtrack = Some((pi, ti));
+                pi += 1;
+            } else if let Some((bp, bt)) = backtrack {
+                pi = bp + 1;
+                ti = bt + 1;
+                backtrack = Some((bp, bt + 1));
+            } else {
+                return false;
+            }
+        }
+        p[pi..].iter().all(|c| *c == '*')
     }
 
     #[test]
@@ -426,34 +550,70 @@ mod tests {
         assert!(!glob_matches("a*b*c", "aXXbYY"));
         assert!(glob_matches("exact", "exact"));
         assert!(!glob_matches("exact", "Exact"));
+        assert!(glob_matches("", ""));
+        assert!(!glob_matches("", "a"));
+        assert!(glob_matches("a*a", "aa"));
+        assert!(!glob_matches("a*a", "a"));
+        assert!(glob_matches("?é*", "xé"));
+        assert!(glob_matches("*?", "é"));
+        assert!(!glob_matches("*??", "é"));
+        assert!(glob_matches("**x**", "x"));
+    }
+
+    #[test]
+    fn uri_templates_match_their_uris() {
+        let t = Glob::uri_template("test://template/{id}/data");
+        assert!(t.matches("test://template/42/data"));
+        assert!(!t.matches("test://template/42/other"));
+        assert!(!t.matches("fixture://items/42"));
+        // `?` and `*` in a template are literal.
+        let q = Glob::uri_template("file:///{path}?v={v}");
+        assert!(q.matches("file:///a/b?v=1"));
+        assert!(!q.matches("file:///a/bXv=1"));
+        assert!(Glob::uri_template("a*b").matches("a*b") && !Glob::uri_template("a*b").matches("axb"));
+        assert!(Glob::uri_template("x://{a}{b}").matches("x://"));
+        assert!(Glob::uri_template("x://{open").matches("x://{open"));
+        assert!(!Glob::uri_template("x://{open").matches("x://y"));
+    }
+
+    proptest! {
+        // Small alphabets, so stars, marks and letters meet often.
+        #[test]
+        fn compiled_globs_match_like_the_reference(pattern in "[ab*?é]{0,8}", text in "[abé]{0,10}") {
+            prop_assert_eq!(glob_matches(&pattern, &text), reference(&pattern, &text));
+        }
     }
 
     #[test]
     fn allowlist_then_denylist_exact_names() {
-        let all = spec(&[], &["rm*"]);
-        assert!(all.tools.0.is_empty());
-        assert!(tool_allowed(&all, "echo"));
-        assert!(!tool_allowed(&all, "rmdir"));
-        let some = spec(&["echo", "add"], &["add"]);
-        assert!(tool_allowed(&some, "echo"));
-        assert!(!tool_allowed(&some, "add"));
-        assert!(!tool_allowed(&some, "Echo"));
-        assert!(!tool_allowed(&some, "echo "));
+        let config = view(vec![spec(&[], &["rm*"])]);
+        assert!(config.tool_allowed("s", "echo"));
+        assert!(!config.tool_allowed("s", "rmdir"));
+        let config = view(vec![spec(&["echo", "add"], &["add"])]);
+        assert!(config.tool_allowed("s", "echo"));
+        assert!(!config.tool_allowed("s", "add"));
+        assert!(!config.tool_allowed("s", "Echo"));
+        assert!(!config.tool_allowed("s", "echo "));
         // Cyrillic "е" in place of Latin "e".
-        assert!(!tool_allowed(&some, "\u{0435}cho"));
-        assert!(!tool_allowed(&some, "other"));
+        assert!(!config.tool_allowed("s", "\u{0435}cho"));
+        assert!(!config.tool_allowed("s", "other"));
+        // A server the config does not have exposes nothing.
+        assert!(!config.tool_allowed("t", "echo"));
+    }
+
+    #[test]
+    fn the_policy_is_compiled_once_not_per_call() {
+        let config = view(vec![spec(&[], &["delete_*", "*_admin_*", "e?ho", "rm*", "drop"])]);
+        let before = alloc_count::allocations();
+        for tool in ["echo", "delete_all", "x_admin_y", "list_files", "rmdir", "drop", "undrop"] {
+            std::hint::black_box(config.tool_allowed("s", tool));
+        }
+        assert_eq!(alloc_count::allocations() - before, 0, "deciding a call allocated");
     }
 
     #[test]
     fn names_split_at_the_first_separator() {
-        let view = ConfigView {
-            id: Uuid::nil(),
-            name: "c".into(),
-            naming: ToolNaming::Prefixed,
-            servers: vec![Arc::new(spec(&[], &[]))],
-            guards: HashMap::new(),
-            pins: HashMap::new(),
-        };
+        let view = view(vec![spec(&[], &[])]);
         assert_eq!(view.exposed_name("s", "a__b"), "s__a__b");
         let (server, tool) = view.split_prefixed("s__a__b").unwrap();
         assert_eq!((server.server_name.as_str(), tool), ("s", "a__b"));
@@ -462,5 +622,39 @@ mod tests {
         let uri = view.exposed_uri("s", "file:///x/y");
         assert_eq!(uri, "mcpgw://s/file:///x/y");
         assert_eq!(view.split_uri(&uri).unwrap().1, "file:///x/y");
+    }
+}
+
+/// Counts this thread's heap allocations, for tests that show a path allocates nothing.
+#[cfg(test)]
+mod alloc_count {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static COUNT: Cell<usize> = const { Cell::new(0) };
+    }
+
+    struct Counting;
+
+    // SAFETY: every call is passed to the system allocator unchanged; only a counter is added.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let _ = COUNT.try_with(|c| c.set(c.get() + 1));
+            // SAFETY: the caller's contract is passed on.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: the caller's contract is passed on.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    pub fn allocations() -> usize {
+        COUNT.with(Cell::get)
     }
 }

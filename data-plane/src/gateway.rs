@@ -2,7 +2,7 @@
 //! caller's project may see, forwarding to upstreams and passing results through whole.
 //!
 //! Every request resolves the caller against the current catalog first; the allow/deny decision is
-//! `catalog::tool_allowed`, shared by `tools/list` and `tools/call`.
+//! `ConfigView::tool_allowed`, shared by `tools/list` and `tools/call`.
 
 // Logging, sampling and resource subscriptions: rmcp marks them deprecated for a future protocol
 // version; clients speak today's, and the gateway relays them.
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use rmcp::model::*;
 use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext};
-use rmcp::{ErrorData as McpError, Peer, RoleServer, ServerHandler, ServiceError};
+use rmcp::{ErrorData as McpError, Peer, RoleClient, RoleServer, ServerHandler, ServiceError};
 use shared::server::ServerSpec;
 use shared::snapshot::ToolNaming;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::audit::AuditRecord;
 use crate::auth::Principal;
-use crate::catalog::{ConfigView, tool_allowed};
+use crate::catalog::ConfigView;
 use crate::guard::remote::Stage;
 use crate::guard::screen_remote;
 use crate::meta_tools;
@@ -99,7 +99,7 @@ impl GatewayService {
         let p = self.principal(extensions).await?;
         let unknown = || McpError::resource_not_found(format!("unknown resource: {exposed}"), None);
         let config = p.config.ok_or_else(unknown)?;
-        let (spec, uri) = route_resource(&config, exposed).ok_or_else(unknown)?;
+        let (spec, uri) = self.route_resource(&config, exposed).await.ok_or_else(unknown)?;
         let upstream = self.upstream(config.id, &spec);
         Ok(ResourceRoute { config, spec, upstream, uri })
     }
@@ -146,7 +146,7 @@ impl GatewayService {
         spec: &Arc<ServerSpec>,
     ) -> Result<Vec<Tool>, UpstreamError> {
         let found = self.discovery(config, spec).await?;
-        Ok(found.tools.iter().filter(|t| tool_allowed(spec, &t.name)).cloned().collect())
+        Ok(found.tools.iter().filter(|t| config.tool_allowed(&spec.server_name, &t.name)).cloned().collect())
     }
 
     /// `spec`'s tools after the integrity checks (before the allow/deny lists).
@@ -160,7 +160,7 @@ impl GatewayService {
     }
 
     /// A tool call with every check: integrity (the tool is listed, clean and matches its pin),
-    /// input guardrails, the upstream call, output guardrails. `tool` has passed `tool_allowed`.
+    /// input guardrails, the upstream call, output guardrails. `tool` has passed `ConfigView::tool_allowed`.
     pub(crate) async fn guarded_call(
         &self,
         config: &ConfigView,
@@ -235,6 +235,40 @@ impl GatewayService {
         self.record_findings(spec, "output", &output_warnings, "warned");
         crate::guard::attach_warnings(&mut result, &input_warnings, &output_warnings);
         Ok(CallToolResponse::Complete(result))
+    }
+
+    /// [`Self::guarded_call`] for a call admitted by policy and rate limits, counted in the metrics and
+    /// written to the audit log. Direct and batched calls both come through here, so they are recorded
+    /// alike.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn recorded_call(
+        &self,
+        p: &Principal,
+        config: &ConfigView,
+        spec: &Arc<ServerSpec>,
+        request: CallToolRequestParams,
+        tool: &str,
+        origin: Option<&CallOrigin<'_>>,
+        cancel: &CancellationToken,
+        started: Instant,
+    ) -> Result<CallToolResponse, CallFailure> {
+        let audit = &self.gateway.audit;
+        let request_bytes = if audit.is_enabled() { request.arguments.as_ref().map_or(0, json_size) } else { 0 };
+        let arguments = if audit.is_enabled() && audit.include_arguments { request.arguments.clone() } else { None };
+        let result = self.guarded_call(config, spec, request, tool, origin, cancel).await;
+        let outcome = call_outcome(&result);
+        let bytes = result.as_ref().map_or(0, response_size);
+        let summary = CallSummary {
+            server: &spec.server_name,
+            tool,
+            outcome,
+            started,
+            request_bytes,
+            arguments,
+            response_bytes: bytes,
+        };
+        self.audit(p, summary);
+        result
     }
 
     fn blocked(&self, spec: &ServerSpec, stage: &'static str, blocked: crate::guard::Blocked) -> CallFailure {
@@ -357,6 +391,85 @@ impl GatewayService {
         Ok(response)
     }
 
+    /// Each server's complete listing of one kind, in config order: `None` where the server does not
+    /// offer that capability, cannot be reached or does not answer within its discovery timeout.
+    async fn list_each<T, Fut>(
+        &self,
+        config: &ConfigView,
+        offers: fn(&ServerCapabilities) -> bool,
+        list: impl Fn(Peer<RoleClient>) -> Fut,
+    ) -> Vec<Option<Vec<T>>>
+    where
+        Fut: Future<Output = Result<Vec<T>, ServiceError>>,
+    {
+        let list = &list;
+        join_all(config.servers.iter().map(|spec| async move {
+            let upstream = self.upstream(config.id, spec);
+            let conn = upstream.acquire().await.ok()?;
+            if conn.peer.peer_info().is_some_and(|i| !offers(&i.capabilities)) {
+                return None;
+            }
+            let ms = Duration::from_millis(spec.timeouts.discovery_ms);
+            tokio::time::timeout(ms, list(conn.peer.clone())).await.ok()?.ok()
+        }))
+        .await
+    }
+
+    async fn list_prompts_of(&self, config: &ConfigView) -> Vec<Option<Vec<Prompt>>> {
+        self.list_each(config, |c| c.prompts.is_some(), |peer| async move { peer.list_all_prompts().await }).await
+    }
+
+    async fn list_resources_of(&self, config: &ConfigView) -> Vec<Option<Vec<Resource>>> {
+        self.list_each(config, |c| c.resources.is_some(), |peer| async move { peer.list_all_resources().await }).await
+    }
+
+    async fn list_templates_of(&self, config: &ConfigView) -> Vec<Option<Vec<ResourceTemplate>>> {
+        let list = |peer: Peer<RoleClient>| async move { peer.list_all_resource_templates().await };
+        self.list_each(config, |c| c.resources.is_some(), list).await
+    }
+
+    /// A prompt's server and upstream name, from the name the client knows it by. With bare names
+    /// and several servers, the first server that lists it (as `prompts/list` shows them all).
+    async fn route_prompt(&self, config: &ConfigView, name: &str) -> Option<(Arc<ServerSpec>, String)> {
+        let spec = match (config.naming, config.servers.as_slice()) {
+            (ToolNaming::Prefixed, _) => {
+                return config.split_prefixed(name).map(|(s, n)| (s.clone(), n.to_string()));
+            }
+            (ToolNaming::Bare, [only]) => only.clone(),
+            (ToolNaming::Bare, servers) => {
+                let lists = self.list_prompts_of(config).await;
+                let lists_it = |l: &Option<Vec<Prompt>>| l.iter().flatten().any(|p| p.name == name);
+                servers.iter().zip(&lists).find(|(_, l)| lists_it(l))?.0.clone()
+            }
+        };
+        Some((spec, name.to_string()))
+    }
+
+    /// A resource's server and upstream URI, from the URI the client knows it by. With bare names
+    /// and several servers, the first server that lists the URI, else the first whose resource
+    /// templates name or match it.
+    async fn route_resource(&self, config: &ConfigView, uri: &str) -> Option<(Arc<ServerSpec>, String)> {
+        let spec = match (config.naming, config.servers.as_slice()) {
+            (ToolNaming::Prefixed, _) => {
+                return config.split_uri(uri).map(|(s, u)| (s.clone(), u.to_string()));
+            }
+            (ToolNaming::Bare, [only]) => only.clone(),
+            (ToolNaming::Bare, servers) => {
+                let (resources, templates) =
+                    futures::join!(self.list_resources_of(config), self.list_templates_of(config));
+                let listed = |l: &Option<Vec<Resource>>| l.iter().flatten().any(|r| r.uri == uri);
+                let named = |l: &Option<Vec<ResourceTemplate>>| l.iter().flatten().any(|t| t.uri_template == uri);
+                let matched = |l: &Option<Vec<ResourceTemplate>>| {
+                    l.iter().flatten().any(|t| crate::catalog::Glob::uri_template(&t.uri_template).matches(uri))
+                };
+                let found = servers.iter().zip(&resources).find(|(_, l)| listed(l)).map(|(s, _)| s);
+                let found = found.or_else(|| servers.iter().zip(&templates).find(|(_, l)| named(l)).map(|(s, _)| s));
+                found.or_else(|| servers.iter().zip(&templates).find(|(_, l)| matched(l)).map(|(s, _)| s))?.clone()
+            }
+        };
+        Some((spec, uri.to_string()))
+    }
+
     fn start_relay(&self, peer: Peer<RoleServer>, project_id: Uuid) {
         let token = CancellationToken::new();
         let mut slot = self.session.relay.lock().unwrap_or_else(|e| e.into_inner());
@@ -425,6 +538,15 @@ impl GatewayService {
             response_bytes,
             arguments: arguments.map(serde_json::Value::Object),
         });
+    }
+}
+
+/// How a tool call ended, as metrics, audit and traces name it.
+fn call_outcome(result: &Result<CallToolResponse, CallFailure>) -> &'static str {
+    match result {
+        Ok(CallToolResponse::Complete(c)) if c.is_error == Some(true) => "error",
+        Ok(_) => "success",
+        Err(failure) => failure.outcome(),
     }
 }
 
@@ -614,7 +736,10 @@ impl ServerHandler for GatewayService {
         let name = request.name.to_string();
         let Some(config) = p.config.clone() else { return Err(unknown_tool(&name)) };
         if config.naming == ToolNaming::Prefixed && meta_tools::is_meta_tool(&name) {
-            let result = meta_tools::call(self, &p, &config, &name, request.arguments.unwrap_or_default()).await;
+            self.session.link.attach(&context.peer);
+            let origin = CallOrigin { peer: &context.peer, request: context.id.clone(), progress: None };
+            let arguments = request.arguments.unwrap_or_default();
+            let result = meta_tools::call(self, &p, &config, &name, arguments, &origin, &context.ct).await;
             let outcome = if result.is_error == Some(true) { "error" } else { "success" };
             let summary = CallSummary {
                 server: "gateway",
@@ -633,7 +758,7 @@ impl ServerHandler for GatewayService {
             policy.decision("denied");
             return Err(unknown_tool(&name));
         };
-        if !tool_allowed(spec, tool) {
+        if !config.tool_allowed(&spec.server_name, tool) {
             policy.decision("denied");
             return Err(unknown_tool(&name));
         }
@@ -652,28 +777,11 @@ impl ServerHandler for GatewayService {
         }
         let progress =
             context.meta.get_progress_token().or_else(|| request.meta.as_ref().and_then(|m| m.get_progress_token()));
-        let audit = &self.gateway.audit;
-        let request_bytes = if audit.is_enabled() { request.arguments.as_ref().map_or(0, json_size) } else { 0 };
-        let arguments = if audit.is_enabled() && audit.include_arguments { request.arguments.clone() } else { None };
         self.session.link.attach(&context.peer);
         let origin = CallOrigin { peer: &context.peer, request: context.id.clone(), progress };
-        let result = self.guarded_call(&config, &spec, request, &tool, Some(&origin), &context.ct).await;
-        let (outcome, bytes) = match &result {
-            Ok(r @ CallToolResponse::Complete(c)) if c.is_error == Some(true) => ("error", response_size(r)),
-            Ok(r) => ("success", response_size(r)),
-            Err(failure) => (failure.outcome(), 0),
-        };
-        telemetry::record_call(&p, &spec.server_name, outcome);
-        let summary = CallSummary {
-            server: &spec.server_name,
-            tool: &tool,
-            outcome,
-            started,
-            request_bytes,
-            arguments,
-            response_bytes: bytes,
-        };
-        self.audit(&p, summary);
+        let result = self.recorded_call(&p, &config, &spec, request, &tool, Some(&origin), &context.ct, started).await;
+        // The request's server span describes this call (a batch's span stays the batch's).
+        telemetry::record_call(&p, &spec.server_name, call_outcome(&result));
         match result {
             Ok(response) => Ok(response),
             Err(CallFailure::Protocol(e)) => Err(e),
@@ -690,17 +798,7 @@ impl ServerHandler for GatewayService {
     ) -> Result<ListPromptsResult, McpError> {
         let p = self.principal(&context.extensions).await?;
         let Some(config) = p.config else { return Ok(ListPromptsResult::with_all_items(vec![])) };
-        let config = &config;
-        let lists = join_all(config.servers.iter().map(|spec| async move {
-            let upstream = self.upstream(config.id, spec);
-            let conn = upstream.acquire().await.ok()?;
-            if conn.peer.peer_info().is_some_and(|i| i.capabilities.prompts.is_none()) {
-                return None;
-            }
-            let ms = Duration::from_millis(spec.timeouts.discovery_ms);
-            tokio::time::timeout(ms, conn.peer.list_all_prompts()).await.ok()?.ok()
-        }))
-        .await;
+        let lists = self.list_prompts_of(&config).await;
         let mut prompts = Vec::new();
         for (spec, list) in config.servers.iter().zip(lists) {
             for mut prompt in list.unwrap_or_default() {
@@ -719,7 +817,7 @@ impl ServerHandler for GatewayService {
         let p = self.principal(&context.extensions).await?;
         let unknown = || McpError::invalid_params(format!("unknown prompt: {}", request.name), None);
         let Some(config) = p.config else { return Err(unknown()) };
-        let (spec, name) = route_prompt(&config, &request.name).ok_or_else(unknown)?;
+        let (spec, name) = self.route_prompt(&config, &request.name).await.ok_or_else(unknown)?;
         let upstream = self.upstream(config.id, &spec);
         let conn = upstream.acquire().await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
         request.name = name;
@@ -736,17 +834,7 @@ impl ServerHandler for GatewayService {
     ) -> Result<ListResourcesResult, McpError> {
         let p = self.principal(&context.extensions).await?;
         let Some(config) = p.config else { return Ok(ListResourcesResult::with_all_items(vec![])) };
-        let config = &config;
-        let lists = join_all(config.servers.iter().map(|spec| async move {
-            let upstream = self.upstream(config.id, spec);
-            let conn = upstream.acquire().await.ok()?;
-            if conn.peer.peer_info().is_some_and(|i| i.capabilities.resources.is_none()) {
-                return None;
-            }
-            let ms = Duration::from_millis(spec.timeouts.discovery_ms);
-            tokio::time::timeout(ms, conn.peer.list_all_resources()).await.ok()?.ok()
-        }))
-        .await;
+        let lists = self.list_resources_of(&config).await;
         let mut resources = Vec::new();
         for (spec, list) in config.servers.iter().zip(lists) {
             for mut resource in list.unwrap_or_default() {
@@ -764,17 +852,7 @@ impl ServerHandler for GatewayService {
     ) -> Result<ListResourceTemplatesResult, McpError> {
         let p = self.principal(&context.extensions).await?;
         let Some(config) = p.config else { return Ok(ListResourceTemplatesResult::with_all_items(vec![])) };
-        let config = &config;
-        let lists = join_all(config.servers.iter().map(|spec| async move {
-            let upstream = self.upstream(config.id, spec);
-            let conn = upstream.acquire().await.ok()?;
-            if conn.peer.peer_info().is_some_and(|i| i.capabilities.resources.is_none()) {
-                return None;
-            }
-            let ms = Duration::from_millis(spec.timeouts.discovery_ms);
-            tokio::time::timeout(ms, conn.peer.list_all_resource_templates()).await.ok()?.ok()
-        }))
-        .await;
+        let lists = self.list_templates_of(&config).await;
         let mut templates = Vec::new();
         for (spec, list) in config.servers.iter().zip(lists) {
             for mut template in list.unwrap_or_default() {
@@ -846,12 +924,14 @@ impl ServerHandler for GatewayService {
         let p = self.principal(&context.extensions).await?;
         let Some(config) = p.config else { return Ok(CompleteResult::default()) };
         let (spec, upstream_ref) = match &request.r#ref {
-            Reference::Prompt(prompt) => route_prompt(&config, &prompt.name).map(|(spec, name)| {
+            Reference::Prompt(prompt) => self.route_prompt(&config, &prompt.name).await.map(|(spec, name)| {
                 let mut prompt = prompt.clone();
                 prompt.name = name;
                 (spec, Reference::Prompt(prompt))
             }),
-            Reference::Resource(template) => route_resource(&config, &template.uri)
+            Reference::Resource(template) => self
+                .route_resource(&config, &template.uri)
+                .await
                 .map(|(spec, uri)| (spec, Reference::Resource(ResourceTemplateReference::new(uri)))),
             _ => None,
         }
@@ -918,22 +998,6 @@ struct ResourceRoute {
     spec: Arc<ServerSpec>,
     upstream: Arc<Upstream>,
     uri: String,
-}
-
-/// A prompt's server and upstream name, from the name the client knows it by.
-fn route_prompt(config: &ConfigView, name: &str) -> Option<(Arc<ServerSpec>, String)> {
-    match config.naming {
-        ToolNaming::Prefixed => config.split_prefixed(name).map(|(s, n)| (s.clone(), n.to_string())),
-        ToolNaming::Bare => config.servers.first().map(|s| (s.clone(), name.to_string())),
-    }
-}
-
-/// A resource's server and upstream URI, from the URI the client knows it by.
-fn route_resource(config: &ConfigView, uri: &str) -> Option<(Arc<ServerSpec>, String)> {
-    match config.naming {
-        ToolNaming::Prefixed => config.split_uri(uri).map(|(s, u)| (s.clone(), u.to_string())),
-        ToolNaming::Bare => config.servers.first().map(|s| (s.clone(), uri.to_string())),
-    }
 }
 
 /// An upstream's answer to a request passed on, with a timeout turned into a clear error.

@@ -19,7 +19,6 @@ use std::borrow::Cow;
 use rmcp::model::InitializeRequestParams;
 
 use crate::auth::{AuthError, Principal};
-use crate::catalog::tool_allowed;
 use crate::gateway::{GatewayService, Identity};
 use crate::rate_limit::{self, Limited};
 use crate::sealed_session::SealedStore;
@@ -183,7 +182,7 @@ async fn admit_call(gateway: &Gateway, principal: &Principal, params: Option<&Pe
         return Ok(());
     };
     let Some((spec, tool)) = config.route_tool(name) else { return Ok(()) };
-    if !tool_allowed(spec, tool) {
+    if !config.tool_allowed(&spec.server_name, tool) {
         return Ok(());
     }
     let limits = rate_limit::applicable(principal, config, spec, tool);

@@ -7,25 +7,26 @@
 //! connections) -> back to the client whole. `reload` swaps in new snapshots; `metrics` and `audit`
 //! record what happened.
 
-pub mod audit;
-pub mod auth;
-pub mod catalog;
-pub mod config;
-pub mod gateway;
-pub mod guard;
-pub mod http;
-pub mod meta_tools;
-pub mod metrics;
+mod audit;
+mod auth;
+mod catalog;
+mod config;
+mod gateway;
+mod guard;
+mod http;
+mod meta_tools;
+mod metrics;
+// Public for the access-token fuzz target.
 pub mod oauth;
-pub mod pull;
-pub mod rate_limit;
-pub mod reload;
-pub mod sealed_session;
-pub mod session;
-pub mod state;
-pub mod telemetry;
+mod pull;
+mod rate_limit;
+mod reload;
+mod sealed_session;
+mod session;
+mod state;
+mod telemetry;
 mod tls;
-pub mod upstream;
+mod upstream;
 
 use std::sync::Arc;
 
@@ -126,13 +127,12 @@ async fn start(config: Config, local_port: Option<u16>) -> anyhow::Result<Arc<Ga
 
 /// The gateway as an in-process HTTP service serving `snapshot`, with no listener, no file watching
 /// and no audit file: for embedding it, property tests and fuzzing. Call inside a Tokio runtime.
-pub fn in_process(mut config: Config, snapshot: shared::Snapshot) -> anyhow::Result<(axum::Router, Arc<Gateway>)> {
+pub fn in_process(mut config: Config, snapshot: shared::Snapshot) -> anyhow::Result<axum::Router> {
     snapshot.validate()?;
     config.audit_log = Some("off".into());
     let gateway = assemble(config, "in-process".into(), None, None)?;
     gateway.install(catalog::Catalog::build(snapshot))?;
-    let router = http::router(gateway.clone(), CancellationToken::new());
-    Ok((router, gateway))
+    Ok(http::router(gateway, CancellationToken::new()))
 }
 
 /// Serves streamable HTTP until `shutdown` completes, then closes every upstream.

@@ -11,8 +11,8 @@ use shared::server::{ServerSpec, Transport};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
-use crate::catalog::{ConfigView, tool_allowed};
-use crate::gateway::{CallFailure, GatewayService};
+use crate::catalog::ConfigView;
+use crate::gateway::{CallFailure, CallOrigin, GatewayService};
 
 const LIST_SERVERS: &str = "gateway_list_servers";
 const SERVER_INFO: &str = "gateway_get_server_info";
@@ -140,12 +140,14 @@ fn server_name(args: &JsonObject) -> Option<&str> {
     args.get("server_name").and_then(Value::as_str).filter(|s| !s.is_empty() && *s != "null")
 }
 
-pub async fn call(
+pub(crate) async fn call(
     svc: &GatewayService,
     p: &Principal,
     config: &Arc<ConfigView>,
     name: &str,
     args: JsonObject,
+    origin: &CallOrigin<'_>,
+    cancel: &CancellationToken,
 ) -> CallToolResult {
     let find = |n: &str| config.server(n).cloned();
     match name {
@@ -181,7 +183,7 @@ pub async fn call(
                         "error": format!("the server's description looks poisoned ({})", found.server_blocked.as_deref().unwrap_or_default()),
                     }),
                     Ok(found) => {
-                        let allowed = |name: &str| crate::catalog::tool_allowed(spec, name);
+                        let allowed = |name: &str| config.tool_allowed(&spec.server_name, name);
                         json!({
                             "server_name": spec.server_name, "status": "success",
                             "tools": found.tools.iter().filter(|t| allowed(&t.name)).map(|t| json!({
@@ -205,7 +207,7 @@ pub async fn call(
                 "servers": results,
             }))
         }
-        CALL_TOOLS => call_batch(svc, p, config, &args).await,
+        CALL_TOOLS => call_batch(svc, p, config, &args, origin, cancel).await,
         CACHE_STATUS => {
             let ttl = svc.gateway.catalog().tool_cache_ttl;
             let servers: serde_json::Map<String, Value> = config
@@ -245,12 +247,15 @@ pub async fn call(
 /// Largest batch `gateway_call_tools` runs.
 const MAX_BATCH: usize = 100;
 
-/// Runs a batch of calls on one server, in order, each through the same policy as `tools/call`.
+/// Runs a batch of calls on one server, in order, each through the same policy, rate limits,
+/// metrics and audit log as `tools/call`. A cancelled batch stops before its next call.
 async fn call_batch(
     svc: &GatewayService,
     p: &Principal,
     config: &Arc<ConfigView>,
     args: &JsonObject,
+    origin: &CallOrigin<'_>,
+    cancel: &CancellationToken,
 ) -> CallToolResult {
     let Some(spec) = server_name(args).and_then(|n| config.server(n).cloned()) else {
         return fail(format!("server `{}` is not available", server_name(args).unwrap_or("")));
@@ -261,12 +266,14 @@ async fn call_batch(
     }
     let mut refused: Option<crate::rate_limit::Limited> = None;
     let mut results = Vec::with_capacity(calls.len());
-    let never = CancellationToken::new();
     for (index, item) in calls.iter().enumerate() {
+        if cancel.is_cancelled() {
+            break;
+        }
         let tool =
             ["name", "tool_name", "tool"].iter().find_map(|k| item.get(*k).and_then(Value::as_str)).unwrap_or("");
         let arguments = ["args", "arguments"].iter().find_map(|k| item.get(*k).and_then(Value::as_object)).cloned();
-        if tool.is_empty() || !tool_allowed(&spec, tool) {
+        if tool.is_empty() || !config.tool_allowed(&spec.server_name, tool) {
             results.push(
                 json!({"index": index, "name": tool, "status": "denied", "message": format!("unknown tool: {tool}")}),
             );
@@ -288,7 +295,8 @@ async fn call_batch(
         }
         let mut request = CallToolRequestParams::new(tool.to_string());
         request.arguments = arguments;
-        let entry = match svc.guarded_call(config, &spec, request, tool, None, &never).await {
+        let started = std::time::Instant::now();
+        let entry = match svc.recorded_call(p, config, &spec, request, tool, Some(origin), cancel, started).await {
             Ok(CallToolResponse::Complete(result)) => {
                 let status = if result.is_error == Some(true) { "error" } else { "success" };
                 json!({"index": index, "name": tool, "status": status, "result": result})
@@ -299,7 +307,14 @@ async fn call_batch(
             Err(CallFailure::Protocol(e)) => {
                 json!({"index": index, "name": tool, "status": "error", "message": e.message})
             }
-            Err(failure) => json!({"index": index, "name": tool, "status": "error", "message": failure.message()}),
+            Err(failure) => {
+                // The batch's own statuses: timeouts and cancellations are errors here.
+                let status = match failure.outcome() {
+                    s @ ("blocked" | "denied") => s,
+                    _ => "error",
+                };
+                json!({"index": index, "name": tool, "status": status, "message": failure.message()})
+            }
         };
         results.push(entry);
     }

@@ -36,7 +36,7 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
     }))
     .unwrap();
     let config = data_plane::Config::from_env();
-    let router = rt.block_on(async { data_plane::in_process(config, snapshot).unwrap().0 });
+    let router = rt.block_on(async { data_plane::in_process(config, snapshot).unwrap() });
     let mut h = Harness { rt, router, key: key.secret, session: String::new() };
     let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "p", "version": "1"}}});

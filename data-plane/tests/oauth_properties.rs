@@ -38,7 +38,7 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
     let mut config = data_plane::Config::from_env();
     config.oauth_issuers = vec![ISSUER.into()];
     config.public_url = Some("http://127.0.0.1:8000".into());
-    let router = rt.block_on(async { data_plane::in_process(config, snapshot).unwrap().0 });
+    let router = rt.block_on(async { data_plane::in_process(config, snapshot).unwrap() });
     Harness { rt, router, key: key.secret }
 });
 

@@ -31,7 +31,7 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
     );
     let snapshot = shared::Snapshot::from_json(snapshot.as_bytes()).expect("snapshot");
     let router = rt.block_on(async {
-        data_plane::in_process(data_plane::Config::from_env(), snapshot).expect("gateway").0
+        data_plane::in_process(data_plane::Config::from_env(), snapshot).expect("gateway")
     });
     Harness { rt, router, key: key.secret }
 });

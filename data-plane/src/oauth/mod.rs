@@ -28,7 +28,7 @@ use token::TokenError;
 pub(crate) use metadata::routes;
 
 /// The OAuth settings in force (`MCPGW_OAUTH_*`, `MCPGW_PUBLIC_URL`).
-pub struct OAuth {
+pub(crate) struct OAuth {
     /// The gateway's canonical external URL, without a trailing slash.
     public_url: String,
     issuers: Vec<Arc<jwks::Issuer>>,
@@ -408,7 +408,6 @@ impl OAuth {
             project_id: project.id,
             project_name: project.name.clone(),
             config: project.config.clone(),
-            revision: catalog.revision,
             oauth_group: group.map(Arc::from),
             oauth: true,
             // No key: only the project's limit applies to a signed-in user.

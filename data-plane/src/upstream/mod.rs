@@ -103,7 +103,7 @@ type ToolCache = Mutex<Option<CachedTools>>;
 #[derive(Debug, Default)]
 pub struct Discovery {
     /// Tools that passed the poisoning scan and match their pins (the allowlist is applied later,
-    /// per config, by `catalog::tool_allowed`).
+    /// per config, by `ConfigView::tool_allowed`).
     pub tools: Vec<Tool>,
     visible: HashSet<String>,
     /// Tools held back, with the reason (kinds of findings, or a pin mismatch).
@@ -439,8 +439,8 @@ impl Upstream {
                         None => "not approved yet (strict pinning); an admin can approve it".to_string(),
                         Some(pinned) => format!(
                             "definition changed since it was pinned (pinned {}, now {}); an admin can review and approve it",
-                            &pinned[..12.min(pinned.len())],
-                            &fingerprint[..12]
+                            short(pinned),
+                            short(&fingerprint)
                         ),
                     };
                     tracing::warn!(server = %spec.server_name, tool = %name, %reason, "tool hidden");
@@ -537,6 +537,12 @@ impl Upstream {
     }
 }
 
+/// The first 12 characters of a fingerprint, for messages. By characters: an approved pin is
+/// whatever the snapshot says, and a byte index could fall inside a character.
+fn short(fingerprint: &str) -> &str {
+    fingerprint.char_indices().nth(12).map_or(fingerprint, |(end, _)| &fingerprint[..end])
+}
+
 fn kinds(findings: &[guardrails::Finding]) -> String {
     let mut kinds: Vec<&str> = findings.iter().map(|f| f.kind).collect();
     kinds.sort_unstable();
@@ -552,4 +558,19 @@ async fn shut_down(session: Session) {
 /// The wait after `failures` consecutive failures: 0.25 s, 0.5 s, 1 s ... capped at 30 s.
 fn backoff(failures: u32) -> Duration {
     Duration::from_millis(250u64.saturating_mul(1 << failures.saturating_sub(1).min(7))).min(Duration::from_secs(30))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short;
+
+    #[test]
+    fn fingerprints_shorten_by_characters() {
+        assert_eq!(short("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short("abc"), "abc");
+        assert_eq!(short(""), "");
+        // Multibyte characters around the cut: byte 12 falls inside `é`.
+        assert_eq!(short("0123456789aé€xyz"), "0123456789aé");
+        assert_eq!(short("ééééééééééééé"), "éééééééééééé");
+    }
 }

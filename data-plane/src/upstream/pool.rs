@@ -75,11 +75,6 @@ impl UpstreamPool {
         self.upstreams.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
     }
 
-    pub fn of_config(&self, config_id: Uuid) -> Vec<Arc<Upstream>> {
-        let upstreams = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
-        upstreams.iter().filter(|((c, _), _)| *c == config_id).map(|(_, u)| u.clone()).collect()
-    }
-
     /// Closes connections that have been idle for `idle`, every `idle / 4` (at least once a second).
     pub async fn reap_idle(self: Arc<Self>, idle: Duration) {
         let period = (idle / 4).max(Duration::from_secs(1));
