@@ -323,6 +323,30 @@ fn a_call_is_one_trace_from_the_client_through_the_gateway_to_the_upstream() {
     let spans = receiver.trace(&trace, 6);
     assert_eq!(named(&spans, "tools/call fx__add").parent_span_id, client_span);
 
+    // Prompts and resources: a client span each for the upstream request, children of the server span.
+    let (tp, trace, _) = traceparent(0x51);
+    let body = json!({"jsonrpc": "2.0", "id": 20, "method": "prompts/get", "params": {
+        "name": "fx__greet", "arguments": {"topic": "otel"}, "_meta": {"traceparent": tp}}});
+    let (_, answer) = session.send(&body.to_string());
+    assert!(answer["result"]["messages"].is_array(), "{answer}");
+    let spans = receiver.trace(&trace, 3);
+    let server = named(&spans, "prompts/get fx__greet");
+    assert_eq!(attrs(server)["gen_ai.prompt.name"], "fx__greet");
+    let client = named(&spans, "prompts/get greet");
+    assert_eq!((client.kind, &client.parent_span_id), (SpanKind::Client as i32, &server.span_id));
+    assert_eq!(attrs(client)["gen_ai.prompt.name"], "greet");
+    let (tp, trace, _) = traceparent(0x52);
+    let body = json!({"jsonrpc": "2.0", "id": 21, "method": "resources/read", "params": {
+        "uri": "mcpgw://fx/fixture://items/7", "_meta": {"traceparent": tp}}});
+    let (_, answer) = session.send(&body.to_string());
+    assert_eq!(answer["result"]["contents"][0]["text"], "item 7", "{answer}");
+    let spans = receiver.trace(&trace, 3);
+    let of_kind = |kind: SpanKind| spans.iter().find(|s| s.name == "resources/read" && s.kind == kind as i32).unwrap();
+    let (server, client) = (of_kind(SpanKind::Server), of_kind(SpanKind::Client));
+    assert_eq!(client.parent_span_id, server.span_id);
+    assert_eq!(attrs(server)["mcp.resource.uri"], "mcpgw://fx/fixture://items/7");
+    assert_eq!(attrs(client)["mcp.resource.uri"], "fixture://items/7");
+
     // 3. A blocked call: an error span naming the detector, never the matched text, and nothing
     // reaches the upstream.
     let (tp, trace, _) = traceparent(0x77);

@@ -281,7 +281,7 @@ impl GatewayService {
         origin: Option<&CallOrigin<'_>>,
         cancel: &CancellationToken,
     ) -> Result<CallToolResponse, CallFailure> {
-        let span = telemetry::UpstreamCall::start(&spec.server_name, tool, spec, &mut request.meta);
+        let span = telemetry::UpstreamCall::start(spec, telemetry::Target::Tool(tool), &mut request.meta);
         let result = self.forward_untraced(config, spec, request, tool, origin, cancel).await;
         span.end(match &result {
             Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => Some("tool_error"),
@@ -724,9 +724,12 @@ impl ServerHandler for GatewayService {
         let conn = upstream.acquire().await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
         request.name = name;
         request.meta = upstream_meta(request.meta.take());
+        let span = telemetry::UpstreamCall::start(&spec, telemetry::Target::Prompt(&request.name), &mut request.meta);
         let ms = spec.timeouts.call_ms;
         let answer = tokio::time::timeout(Duration::from_millis(ms), conn.peer.get_prompt_once(request)).await;
-        upstream_answer(&spec, ms, answer)
+        let answer = upstream_answer(&spec, ms, answer);
+        span.end(answer.as_ref().err().map(|_| "error"));
+        answer
     }
 
     async fn list_resources(
@@ -795,9 +798,12 @@ impl ServerHandler for GatewayService {
         let conn = upstream.acquire().await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
         request.uri = uri;
         request.meta = upstream_meta(request.meta.take());
+        let span = telemetry::UpstreamCall::start(&spec, telemetry::Target::Resource(&request.uri), &mut request.meta);
         let ms = spec.timeouts.call_ms;
         let answer = tokio::time::timeout(Duration::from_millis(ms), conn.peer.read_resource_once(request)).await;
-        let response = upstream_answer(&spec, ms, answer)?;
+        let answer = upstream_answer(&spec, ms, answer);
+        span.end(answer.as_ref().err().map(|_| "error"));
+        let response = answer?;
         Ok(match response {
             ReadResourceResponse::Complete(mut result) => {
                 for contents in &mut result.contents {
