@@ -403,6 +403,28 @@ fn a_call_is_one_trace_from_the_client_through_the_gateway_to_the_upstream() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // OpenMetrics, when asked for: the latency buckets point to traces that were exported.
+    let openmetrics = common::blocking(|| {
+        let r = reqwest::blocking::Client::new()
+            .get(format!("{}/metrics", dp.base))
+            .header("Accept", "application/openmetrics-text; version=1.0.0")
+            .send()
+            .unwrap();
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+        r.text().unwrap()
+    });
+    assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+    let exported: std::collections::HashSet<String> =
+        receiver.spans().iter().map(|s| hex::encode(&s.trace_id)).collect();
+    let exemplars: Vec<&str> = openmetrics
+        .lines()
+        .filter(|l| l.starts_with("mcpgw_tool_call_duration_seconds_bucket") || l.starts_with("mcp_server_operation"))
+        .filter_map(|l| l.split("# {trace_id=\"").nth(1)?.split('"').next())
+        .collect();
+    assert!(exemplars.len() >= 2, "{openmetrics}");
+    assert!(exemplars.iter().all(|t| exported.contains(*t)), "{exemplars:?} not among {exported:?}");
+    assert!(!dp.get("/metrics").1.contains("trace_id"), "the classic format has no exemplars");
+
     // 4. The receiver goes away: calls are unaffected, and what cannot be sent is dropped and counted.
     receiver.stop();
     let before = metric(&dp, "mcpgw_otel_spans_exported_total");

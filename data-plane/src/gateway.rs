@@ -419,6 +419,9 @@ impl GatewayService {
         let CallSummary { server, tool, outcome, started, request_bytes, arguments, response_bytes } = call;
         let took = started.elapsed();
         self.gateway.metrics.record_call(&p.project_name, server, tool, outcome, took);
+        if let Some((trace, span)) = telemetry::sampled_ids() {
+            self.gateway.metrics.record_call_exemplar(took, trace, span);
+        }
         let audit = &self.gateway.audit;
         if !audit.is_enabled() {
             return;

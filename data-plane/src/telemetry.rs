@@ -332,6 +332,11 @@ impl Traced {
             }
             Ok(_) => {}
         }
+        let sc = span.span_context();
+        if sc.is_sampled() {
+            let (trace, id) = (sc.trace_id().to_string(), sc.span_id().to_string());
+            self.inner.gateway.metrics.record_operation_exemplar(method, started.elapsed(), trace, id);
+        }
         span.end();
         self.inner.gateway.metrics.record_operation(method, started.elapsed());
         result
@@ -479,6 +484,17 @@ impl ServerHandler for Traced {
 /// context: an SDK span cannot be read back).
 #[derive(Default)]
 struct CallNote(std::sync::Mutex<Option<&'static str>>);
+
+/// The trace and span ids of the current request, when its trace is sampled (for exemplars).
+pub(crate) fn sampled_ids() -> Option<(String, String)> {
+    if !enabled() {
+        return None;
+    }
+    let cx = Context::current();
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_sampled().then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+}
 
 /// Records who made a tool call and how it ended on the request's server span.
 pub(crate) fn record_call(principal: &Principal, server: &str, outcome: &'static str) {
