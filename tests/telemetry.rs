@@ -414,6 +414,23 @@ fn a_call_is_one_trace_from_the_client_through_the_gateway_to_the_upstream() {
         r.text().unwrap()
     });
     assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+    // The official client's strict OpenMetrics parser reads every family and the exemplars.
+    let parse = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as f\n\
+        families = list(f(sys.stdin.read()))\n\
+        print(len(families), sum(1 for m in families for s in m.samples if s.exemplar))\n";
+    let mut python = std::process::Command::new("python3")
+        .args(["-c", parse])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (with tests/requirements.txt installed)");
+    std::io::Write::write_all(&mut python.stdin.take().unwrap(), openmetrics.as_bytes()).unwrap();
+    let parsed = python.wait_with_output().unwrap();
+    assert!(parsed.status.success(), "{}\n{openmetrics}", String::from_utf8_lossy(&parsed.stderr));
+    let counts: Vec<usize> =
+        String::from_utf8_lossy(&parsed.stdout).split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert!(counts[0] >= 16 && counts[1] >= 2, "families and exemplars parsed: {counts:?}");
     let exported: std::collections::HashSet<String> =
         receiver.spans().iter().map(|s| hex::encode(&s.trace_id)).collect();
     let exemplars: Vec<&str> = openmetrics
