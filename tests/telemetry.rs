@@ -635,10 +635,14 @@ fn admin_requests_and_snapshot_publishing_are_traced() {
     assert_eq!(attrs(refused)["http.response.status_code"], 401);
     assert_eq!(span_status(refused), 0);
     // Publishing the snapshot the change made.
+    let (_, created, _) = traceparent(0x33);
     let deadline = Instant::now() + Duration::from_secs(15);
     let published = loop {
+        // The publication of the user's creation, linked to the request that made it.
         let found = receiver.spans().into_iter().find(|s| {
-            s.name == "publish snapshot" && attrs(s).get("mcpgw.revision").and_then(Value::as_i64) >= Some(1)
+            s.name == "publish snapshot"
+                && attrs(s).get("mcpgw.revision").and_then(Value::as_i64) >= Some(1)
+                && s.links.iter().any(|l| l.trace_id == created)
         });
         if let Some(span) = found {
             break span;
