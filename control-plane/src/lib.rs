@@ -16,7 +16,7 @@ pub mod openapi;
 pub mod publish;
 pub mod secrets;
 pub mod store;
-pub mod telemetry;
+mod telemetry;
 pub mod upstream_oauth;
 
 pub use app::{Settings, cli_main, serve};

@@ -20,7 +20,7 @@ pub mod pull;
 pub mod reload;
 pub mod session;
 pub mod state;
-pub mod telemetry;
+mod telemetry;
 mod tls;
 pub mod upstream;
 
