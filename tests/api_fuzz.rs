@@ -29,7 +29,11 @@ fn schemathesis_finds_no_server_errors_or_undocumented_responses() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let errors = || cp.log_text().lines().filter(|l| l.contains("ERROR")).collect::<Vec<_>>().join("\n");
-    assert!(output.status.success(), "schemathesis found failures:\n{stdout}\n{stderr}\ncontrol plane errors:\n{}", errors());
+    assert!(
+        output.status.success(),
+        "schemathesis found failures:\n{stdout}\n{stderr}\ncontrol plane errors:\n{}",
+        errors()
+    );
     assert!(stdout.contains(" passed") && !stdout.contains("❌"), "{stdout}");
     // The process survived the whole run and still answers.
     cp.ok("GET", "/api/v1/system/health", None, 200);

@@ -323,6 +323,30 @@ fn a_call_is_one_trace_from_the_client_through_the_gateway_to_the_upstream() {
     let spans = receiver.trace(&trace, 6);
     assert_eq!(named(&spans, "tools/call fx__add").parent_span_id, client_span);
 
+    // Prompts and resources: a client span each for the upstream request, children of the server span.
+    let (tp, trace, _) = traceparent(0x51);
+    let body = json!({"jsonrpc": "2.0", "id": 20, "method": "prompts/get", "params": {
+        "name": "fx__greet", "arguments": {"topic": "otel"}, "_meta": {"traceparent": tp}}});
+    let (_, answer) = session.send(&body.to_string());
+    assert!(answer["result"]["messages"].is_array(), "{answer}");
+    let spans = receiver.trace(&trace, 3);
+    let server = named(&spans, "prompts/get fx__greet");
+    assert_eq!(attrs(server)["gen_ai.prompt.name"], "fx__greet");
+    let client = named(&spans, "prompts/get greet");
+    assert_eq!((client.kind, &client.parent_span_id), (SpanKind::Client as i32, &server.span_id));
+    assert_eq!(attrs(client)["gen_ai.prompt.name"], "greet");
+    let (tp, trace, _) = traceparent(0x52);
+    let body = json!({"jsonrpc": "2.0", "id": 21, "method": "resources/read", "params": {
+        "uri": "mcpgw://fx/fixture://items/7", "_meta": {"traceparent": tp}}});
+    let (_, answer) = session.send(&body.to_string());
+    assert_eq!(answer["result"]["contents"][0]["text"], "item 7", "{answer}");
+    let spans = receiver.trace(&trace, 3);
+    let of_kind = |kind: SpanKind| spans.iter().find(|s| s.name == "resources/read" && s.kind == kind as i32).unwrap();
+    let (server, client) = (of_kind(SpanKind::Server), of_kind(SpanKind::Client));
+    assert_eq!(client.parent_span_id, server.span_id);
+    assert_eq!(attrs(server)["mcp.resource.uri"], "mcpgw://fx/fixture://items/7");
+    assert_eq!(attrs(client)["mcp.resource.uri"], "fixture://items/7");
+
     // 3. A blocked call: an error span naming the detector, never the matched text, and nothing
     // reaches the upstream.
     let (tp, trace, _) = traceparent(0x77);
@@ -378,6 +402,45 @@ fn a_call_is_one_trace_from_the_client_through_the_gateway_to_the_upstream() {
         assert!(Instant::now() < deadline, "the exporter did not count what the receiver got");
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // OpenMetrics, when asked for: the latency buckets point to traces that were exported.
+    let openmetrics = common::blocking(|| {
+        let r = reqwest::blocking::Client::new()
+            .get(format!("{}/metrics", dp.base))
+            .header("Accept", "application/openmetrics-text; version=1.0.0")
+            .send()
+            .unwrap();
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+        r.text().unwrap()
+    });
+    assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+    // The official client's strict OpenMetrics parser reads every family and the exemplars.
+    let parse = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as f\n\
+        families = list(f(sys.stdin.read()))\n\
+        print(len(families), sum(1 for m in families for s in m.samples if s.exemplar))\n";
+    let mut python = std::process::Command::new("python3")
+        .args(["-c", parse])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (with tests/requirements.txt installed)");
+    std::io::Write::write_all(&mut python.stdin.take().unwrap(), openmetrics.as_bytes()).unwrap();
+    let parsed = python.wait_with_output().unwrap();
+    assert!(parsed.status.success(), "{}\n{openmetrics}", String::from_utf8_lossy(&parsed.stderr));
+    let counts: Vec<usize> =
+        String::from_utf8_lossy(&parsed.stdout).split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert!(counts[0] >= 16 && counts[1] >= 2, "families and exemplars parsed: {counts:?}");
+    let exported: std::collections::HashSet<String> =
+        receiver.spans().iter().map(|s| hex::encode(&s.trace_id)).collect();
+    let exemplars: Vec<&str> = openmetrics
+        .lines()
+        .filter(|l| l.starts_with("mcpgw_tool_call_duration_seconds_bucket") || l.starts_with("mcp_server_operation"))
+        .filter_map(|l| l.split("# {trace_id=\"").nth(1)?.split('"').next())
+        .collect();
+    assert!(exemplars.len() >= 2, "{openmetrics}");
+    assert!(exemplars.iter().all(|t| exported.contains(*t)), "{exemplars:?} not among {exported:?}");
+    assert!(!dp.get("/metrics").1.contains("trace_id"), "the classic format has no exemplars");
 
     // 4. The receiver goes away: calls are unaffected, and what cannot be sent is dropped and counted.
     receiver.stop();
@@ -572,10 +635,14 @@ fn admin_requests_and_snapshot_publishing_are_traced() {
     assert_eq!(attrs(refused)["http.response.status_code"], 401);
     assert_eq!(span_status(refused), 0);
     // Publishing the snapshot the change made.
+    let (_, created, _) = traceparent(0x33);
     let deadline = Instant::now() + Duration::from_secs(15);
     let published = loop {
+        // The publication of the user's creation, linked to the request that made it.
         let found = receiver.spans().into_iter().find(|s| {
-            s.name == "publish snapshot" && attrs(s).get("mcpgw.revision").and_then(Value::as_i64) >= Some(1)
+            s.name == "publish snapshot"
+                && attrs(s).get("mcpgw.revision").and_then(Value::as_i64) >= Some(1)
+                && s.links.iter().any(|l| l.trace_id == created)
         });
         if let Some(span) = found {
             break span;

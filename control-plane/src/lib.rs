@@ -17,7 +17,7 @@ pub mod publish;
 pub(crate) mod rate_limits;
 pub mod secrets;
 pub mod store;
-pub mod telemetry;
+mod telemetry;
 pub mod upstream_oauth;
 
 pub use app::{Settings, cli_main, serve};

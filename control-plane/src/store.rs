@@ -376,6 +376,7 @@ impl WriteTx<'_> {
                 .await?;
         }
         self.tx.commit().await?;
+        crate::telemetry::committed();
         let revision = revision as u64;
         self.store.saw_revision(revision);
         tracing::info!(actor, action, resource, resource_id, revision, "committed");

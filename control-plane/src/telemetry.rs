@@ -96,13 +96,37 @@ pub async fn trace_request(
     result
 }
 
-/// The span of one snapshot publication; nothing when traces are off.
+/// The requests whose changes the next publication carries (bounded: a publication links to at
+/// most this many).
+static COMMITTED: std::sync::Mutex<Vec<opentelemetry::trace::SpanContext>> = std::sync::Mutex::new(Vec::new());
+const MAX_LINKS: usize = 32;
+
+/// Notes that the current request committed a change, so that the publication links to it.
+pub(crate) fn committed() {
+    if TRACER.get().is_none() {
+        return;
+    }
+    let cx = Context::current();
+    let span = cx.span();
+    let sc = span.span_context();
+    if sc.is_valid() {
+        let mut pending = COMMITTED.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.len() < MAX_LINKS {
+            pending.push(sc.clone());
+        }
+    }
+}
+
+/// The span of one snapshot publication (linked to the requests that made its changes); nothing
+/// when traces are off.
 pub(crate) struct Publishing(Option<opentelemetry_sdk::trace::Span>);
 
 impl Publishing {
     pub(crate) fn start() -> Publishing {
         let Some(tracer) = TRACER.get() else { return Publishing(None) };
-        let builder = SpanBuilder::from_name("publish snapshot").with_kind(SpanKind::Internal);
+        let links = std::mem::take(&mut *COMMITTED.lock().unwrap_or_else(|e| e.into_inner()));
+        let links = links.into_iter().map(opentelemetry::trace::Link::with_context).collect();
+        let builder = SpanBuilder::from_name("publish snapshot").with_kind(SpanKind::Internal).with_links(links);
         Publishing(Some(tracer.build_with_context(builder, &Context::new())))
     }
 

@@ -304,7 +304,7 @@ impl GatewayService {
         origin: Option<&CallOrigin<'_>>,
         cancel: &CancellationToken,
     ) -> Result<CallToolResponse, CallFailure> {
-        let span = telemetry::UpstreamCall::start(&spec.server_name, tool, spec, &mut request.meta);
+        let span = telemetry::UpstreamCall::start(spec, telemetry::Target::Tool(tool), &mut request.meta);
         let result = self.forward_untraced(config, spec, request, tool, origin, cancel).await;
         span.end(match &result {
             Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => Some("tool_error"),
@@ -521,6 +521,9 @@ impl GatewayService {
         let CallSummary { server, tool, outcome, started, request_bytes, arguments, response_bytes } = call;
         let took = started.elapsed();
         self.gateway.metrics.record_call(&p.project_name, server, tool, outcome, took);
+        if let Some((trace, span)) = telemetry::sampled_ids() {
+            self.gateway.metrics.record_call_exemplar(took, trace, span);
+        }
         let audit = &self.gateway.audit;
         if !audit.is_enabled() {
             return;
@@ -822,9 +825,12 @@ impl ServerHandler for GatewayService {
         let conn = upstream.acquire().await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
         request.name = name;
         request.meta = upstream_meta(request.meta.take());
+        let span = telemetry::UpstreamCall::start(&spec, telemetry::Target::Prompt(&request.name), &mut request.meta);
         let ms = spec.timeouts.call_ms;
         let answer = tokio::time::timeout(Duration::from_millis(ms), conn.peer.get_prompt_once(request)).await;
-        upstream_answer(&spec, ms, answer)
+        let answer = upstream_answer(&spec, ms, answer);
+        span.end(answer.as_ref().err().map(|_| "error"));
+        answer
     }
 
     async fn list_resources(
@@ -873,9 +879,12 @@ impl ServerHandler for GatewayService {
         let conn = upstream.acquire().await.map_err(|e| McpError::internal_error(e.to_string(), None))?;
         request.uri = uri;
         request.meta = upstream_meta(request.meta.take());
+        let span = telemetry::UpstreamCall::start(&spec, telemetry::Target::Resource(&request.uri), &mut request.meta);
         let ms = spec.timeouts.call_ms;
         let answer = tokio::time::timeout(Duration::from_millis(ms), conn.peer.read_resource_once(request)).await;
-        let response = upstream_answer(&spec, ms, answer)?;
+        let answer = upstream_answer(&spec, ms, answer);
+        span.end(answer.as_ref().err().map(|_| "error"));
+        let response = answer?;
         Ok(match response {
             ReadResourceResponse::Complete(mut result) => {
                 for contents in &mut result.contents {

@@ -303,6 +303,12 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
-async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+/// Prometheus' text format, or OpenMetrics (with exemplars) when the scraper asks for it.
+async fn metrics(State(gateway): State<Arc<Gateway>>, headers: axum::http::HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if accept.contains("application/openmetrics-text") {
+        let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+        return ([(header::CONTENT_TYPE, content_type)], gateway.metrics.render_openmetrics()).into_response();
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], gateway.metrics.render()).into_response()
 }

@@ -23,6 +23,39 @@ struct Histogram {
     sum: f64,
 }
 
+/// A sampled request a histogram bucket points to (OpenMetrics exemplar).
+#[derive(Clone)]
+struct Exemplar {
+    trace_id: String,
+    span_id: String,
+    seconds: f64,
+    at: f64,
+}
+
+impl Exemplar {
+    fn new(trace_id: String, span_id: String, took: Duration) -> Self {
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        Exemplar { trace_id, span_id, seconds: took.as_secs_f64(), at }
+    }
+
+    fn suffix(&self) -> String {
+        format!(" # {{trace_id=\"{}\",span_id=\"{}\"}} {} {:.3}", self.trace_id, self.span_id, self.seconds, self.at)
+    }
+}
+
+/// The bucket of `bounds` a value falls in (`bounds.len()` for `+Inf`).
+fn bucket_of(bounds: &[f64], secs: f64) -> usize {
+    bounds.iter().position(|b| secs <= *b).unwrap_or(bounds.len())
+}
+
+/// The bucket a `le` label value names.
+fn bucket_named(bounds: &[f64], le: &str) -> Option<usize> {
+    if le == "+Inf" {
+        return Some(bounds.len());
+    }
+    bounds.iter().position(|b| b.to_string() == le)
+}
+
 /// (project, server, tool, outcome)
 type CallLabels = (String, String, String, &'static str);
 /// (server, stage, detector, action)
@@ -43,6 +76,10 @@ pub struct Metrics {
     pub rate_limit_fallbacks: AtomicU64,
     /// By MCP method (a small, fixed set of names).
     operations: Mutex<BTreeMap<String, Histogram>>,
+    /// The latest sampled call per bucket of the tool-call histogram, and per method and bucket of
+    /// the operation histogram.
+    call_exemplars: Mutex<BTreeMap<usize, Exemplar>>,
+    operation_exemplars: Mutex<BTreeMap<(String, usize), Exemplar>>,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
     pub snapshot_revision: AtomicU64,
@@ -89,6 +126,78 @@ impl Metrics {
         }
         h.count += 1;
         h.sum += secs;
+    }
+
+    /// A sampled tool call's trace, as the exemplar of its latency bucket.
+    pub fn record_call_exemplar(&self, took: Duration, trace_id: String, span_id: String) {
+        let bucket = bucket_of(&BUCKETS, took.as_secs_f64());
+        self.call_exemplars
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(bucket, Exemplar::new(trace_id, span_id, took));
+    }
+
+    /// A sampled request's trace, as the exemplar of its method's duration bucket.
+    pub fn record_operation_exemplar(&self, method: &str, took: Duration, trace_id: String, span_id: String) {
+        let bucket = bucket_of(&OPERATION_BUCKETS, took.as_secs_f64());
+        let exemplar = Exemplar::new(trace_id, span_id, took);
+        self.operation_exemplars
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((method.to_string(), bucket), exemplar);
+    }
+
+    /// The metrics in the OpenMetrics text format (what Prometheus asks for to get exemplars): the
+    /// same series, counter families named without `_total`, exemplars with the trace ids of
+    /// sampled requests on the latency buckets, and the closing `# EOF`.
+    pub fn render_openmetrics(&self) -> String {
+        let text = self.render();
+        let counters: std::collections::HashSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")?.strip_suffix("_total"))
+            .collect();
+        let calls = self.call_exemplars.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let operations = self.operation_exemplars.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut out = String::with_capacity(text.len() + 1024);
+        for line in text.lines() {
+            let meta = line
+                .strip_prefix("# TYPE ")
+                .map(|r| ("# TYPE ", r))
+                .or(line.strip_prefix("# HELP ").map(|r| ("# HELP ", r)));
+            if let Some((kind, rest)) = meta {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                match name.strip_suffix("_total").filter(|family| counters.contains(family)) {
+                    Some(family) => {
+                        let _ = writeln!(out, "{kind}{family} {tail}");
+                    }
+                    None => {
+                        let _ = writeln!(out, "{line}");
+                    }
+                }
+                continue;
+            }
+            let le = |l: &str| l.split("le=\"").nth(1).and_then(|r| r.split('"').next()).map(str::to_string);
+            let exemplar = if line.starts_with("mcpgw_tool_call_duration_seconds_bucket{") {
+                le(line).and_then(|le| bucket_named(&BUCKETS, &le)).and_then(|b| calls.get(&b))
+            } else if let Some(rest) =
+                line.strip_prefix("mcp_server_operation_duration_seconds_bucket{mcp_method_name=\"")
+            {
+                let method = rest.split('"').next().unwrap_or_default().to_string();
+                le(line).and_then(|le| bucket_named(&OPERATION_BUCKETS, &le)).and_then(|b| operations.get(&(method, b)))
+            } else {
+                None
+            };
+            match exemplar {
+                Some(e) => {
+                    let _ = writeln!(out, "{line}{}", e.suffix());
+                }
+                None => {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+        }
+        out.push_str("# EOF\n");
+        out
     }
 
     pub fn record_auth_failure(&self, reason: &'static str) {
@@ -241,6 +350,34 @@ mod tests {
         assert!(text.contains(r#"mcpgw_tool_call_duration_seconds_bucket{le="0.005"} 1"#));
         assert!(text.contains(r#"mcpgw_tool_call_duration_seconds_bucket{le="0.0025"} 0"#));
         assert!(text.contains(r#"mcpgw_auth_failures_total{reason="invalid"} 1"#));
+    }
+
+    #[test]
+    fn openmetrics_names_counter_families_and_carries_exemplars() {
+        let m = super::Metrics::default();
+        let took = std::time::Duration::from_millis(3);
+        m.record_call("p", "s", "t", "success", took);
+        m.record_call_exemplar(took, "0af7651916cd43dd8448eb211c80319c".into(), "b7ad6b7169203331".into());
+        m.record_operation("tools/call", took);
+        m.record_operation_exemplar(
+            "tools/call",
+            took,
+            "0af7651916cd43dd8448eb211c80319c".into(),
+            "00f067aa0ba902b7".into(),
+        );
+        let text = m.render_openmetrics();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.last(), Some(&"# EOF"));
+        assert!(lines.contains(&"# TYPE mcpgw_tool_calls counter"), "{text}");
+        assert!(lines.contains(&"# TYPE mcpgw_tool_call_duration_seconds histogram"));
+        assert!(lines.contains(&r#"mcpgw_tool_calls_total{project="p",server="s",tool="t",outcome="success"} 1"#));
+        let bucket = lines.iter().find(|l| l.starts_with(r#"mcpgw_tool_call_duration_seconds_bucket{le="0.005"} 1 # {trace_id="0af7651916cd43dd8448eb211c80319c",span_id="b7ad6b7169203331"} 0.003 "#));
+        assert!(bucket.is_some(), "{text}");
+        // Only the bucket the value fell in.
+        assert!(lines.contains(&r#"mcpgw_tool_call_duration_seconds_bucket{le="0.01"} 1"#));
+        assert!(text.contains(r#"mcp_server_operation_duration_seconds_bucket{mcp_method_name="tools/call",le="0.01"} 1 # {trace_id="0af7651916cd43dd8448eb211c80319c",span_id="00f067aa0ba902b7"}"#), "{text}");
+        // The classic format carries no exemplars.
+        assert!(!m.render().contains("trace_id"));
     }
 
     #[test]

@@ -332,6 +332,11 @@ impl Traced {
             }
             Ok(_) => {}
         }
+        let sc = span.span_context();
+        if sc.is_sampled() {
+            let (trace, id) = (sc.trace_id().to_string(), sc.span_id().to_string());
+            self.inner.gateway.metrics.record_operation_exemplar(method, started.elapsed(), trace, id);
+        }
         span.end();
         self.inner.gateway.metrics.record_operation(method, started.elapsed());
         result
@@ -480,6 +485,17 @@ impl ServerHandler for Traced {
 #[derive(Default)]
 struct CallNote(std::sync::Mutex<Option<&'static str>>);
 
+/// The trace and span ids of the current request, when its trace is sampled (for exemplars).
+pub(crate) fn sampled_ids() -> Option<(String, String)> {
+    if !enabled() {
+        return None;
+    }
+    let cx = Context::current();
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_sampled().then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+}
+
 /// Records who made a tool call and how it ended on the request's server span.
 pub(crate) fn record_call(principal: &Principal, server: &str, outcome: &'static str) {
     if !enabled() {
@@ -552,7 +568,15 @@ impl Stage {
     }
 }
 
-/// The client span of a call to an upstream; its context goes to the upstream in `_meta`.
+/// What a request to an upstream is about, under the upstream's names.
+#[derive(Clone, Copy)]
+pub(crate) enum Target<'a> {
+    Tool(&'a str),
+    Prompt(&'a str),
+    Resource(&'a str),
+}
+
+/// The client span of a request to an upstream; its context goes to the upstream in `_meta`.
 pub(crate) struct UpstreamCall {
     span: Option<opentelemetry_sdk::trace::Span>,
 }
@@ -561,13 +585,18 @@ impl UpstreamCall {
     /// Starts the span and writes its context into `meta` (also when the sampler drops it: the
     /// upstream then learns the trace is not sampled).
     pub(crate) fn start(
-        server: &str,
-        tool: &str,
         spec: &shared::server::ServerSpec,
+        target: Target<'_>,
         meta: &mut Option<RequestMetaObject>,
     ) -> UpstreamCall {
         let Some(tracer) = TRACER.get() else { return UpstreamCall { span: None } };
-        let builder = SpanBuilder::from_name(format!("tools/call {tool}")).with_kind(SpanKind::Client);
+        let (method, name) = match target {
+            Target::Tool(tool) => ("tools/call", format!("tools/call {tool}")),
+            Target::Prompt(prompt) => ("prompts/get", format!("prompts/get {prompt}")),
+            // A URI is no span name (too many of them): it is an attribute.
+            Target::Resource(_) => ("resources/read", "resources/read".to_string()),
+        };
+        let builder = SpanBuilder::from_name(name).with_kind(SpanKind::Client);
         let parent = Context::current();
         let mut span = tracer.build_with_context(builder, &parent);
         let cx = parent.with_remote_span_context(span.span_context().clone());
@@ -575,12 +604,16 @@ impl UpstreamCall {
         if !span.is_recording() {
             return UpstreamCall { span: None };
         }
-        let mut attributes = vec![
-            KeyValue::new("mcp.method.name", "tools/call"),
-            KeyValue::new("gen_ai.tool.name", tool.to_string()),
-            KeyValue::new("gen_ai.operation.name", "execute_tool"),
-            KeyValue::new("mcpgw.server", server.to_string()),
-        ];
+        let mut attributes =
+            vec![KeyValue::new("mcp.method.name", method), KeyValue::new("mcpgw.server", spec.server_name.clone())];
+        match target {
+            Target::Tool(tool) => {
+                attributes.push(KeyValue::new("gen_ai.tool.name", tool.to_string()));
+                attributes.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
+            }
+            Target::Prompt(prompt) => attributes.push(KeyValue::new("gen_ai.prompt.name", prompt.to_string())),
+            Target::Resource(uri) => attributes.push(KeyValue::new("mcp.resource.uri", uri.to_string())),
+        }
         match &spec.config {
             shared::server::Transport::Http { url, .. } => {
                 attributes.push(KeyValue::new("network.transport", "tcp"));
@@ -621,6 +654,8 @@ fn outgoing_context(message: &ClientJsonRpcMessage) -> Option<(String, Option<St
     let JsonRpcMessage::Request(r) = message else { return None };
     let typed = match &r.request {
         ClientRequest::CallToolRequest(c) => c.params.meta(),
+        ClientRequest::GetPromptRequest(c) => c.params.meta(),
+        ClientRequest::ReadResourceRequest(c) => c.params.meta(),
         _ => None,
     };
     let meta = typed.filter(|m| m.get_traceparent().is_some()).unwrap_or_else(|| r.request.get_meta());
