@@ -1,5 +1,5 @@
-//! Traces end to end: the real data plane exporting OTLP/HTTP to a receiver on loopback that decodes
-//! what it gets with the official protobuf definitions (`opentelemetry-proto`), a streamable-HTTP
+//! Traces end to end: the real data plane exporting OTLP/HTTP (or gRPC) to a receiver on loopback that
+//! decodes what it gets with the official protobuf definitions (`opentelemetry-proto`), a streamable-HTTP
 //! upstream fixture that records the trace context it receives, and raw MCP requests carrying a
 //! client's `traceparent`.
 
@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use common::control_plane::tempdir::TempDir;
 use common::control_plane::{ADMIN_KEY, ControlPlane};
 use common::data_plane::*;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
@@ -26,28 +28,98 @@ type Received = Arc<Mutex<Vec<(ExportTraceServiceRequest, Vec<u8>)>>>;
 /// Every log export request received: decoded, and the raw bytes.
 type ReceivedLogs = Arc<Mutex<Vec<(ExportLogsServiceRequest, Vec<u8>)>>>;
 
-/// An OTLP/HTTP receiver of traces and logs on a free loopback port, keeping every request it decoded.
+/// An OTLP receiver (HTTP or gRPC) of traces and logs on a free loopback port, keeping every
+/// request it decoded.
 struct Receiver {
     endpoint: String,
     requests: Received,
     logs: ReceivedLogs,
+    /// The `x-tenant` metadata of every gRPC export request (empty when absent).
+    tenants: Arc<Mutex<Vec<String>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The gRPC collector services, keeping what they receive.
+#[derive(Clone)]
+struct Collector {
+    requests: Received,
+    logs: ReceivedLogs,
+    tenants: Arc<Mutex<Vec<String>>>,
+}
+
+impl Collector {
+    fn tenant<T>(&self, request: &tonic::Request<T>) {
+        let tenant = request.metadata().get("x-tenant").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        self.tenants.lock().unwrap().push(tenant.to_string());
+    }
+}
+
+// gRPC hands over decoded messages; the kept bytes are their encoding (the same protobuf bytes).
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.tenant(&request);
+        let decoded = request.into_inner();
+        let raw = decoded.encode_to_vec();
+        self.requests.lock().unwrap().push((decoded, raw));
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.tenant(&request);
+        let decoded = request.into_inner();
+        let raw = decoded.encode_to_vec();
+        self.logs.lock().unwrap().push((decoded, raw));
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
 impl Receiver {
+    /// OTLP/HTTP (protobuf).
     fn start() -> Self {
+        Self::spawn(false)
+    }
+
+    /// OTLP/gRPC, with the generated collector services.
+    fn start_grpc() -> Self {
+        Self::spawn(true)
+    }
+
+    fn spawn(grpc: bool) -> Self {
         let requests: Received = Arc::default();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let kept = requests.clone();
         let logs: ReceivedLogs = Arc::default();
         let kept_logs = logs.clone();
+        let tenants: Arc<Mutex<Vec<String>>> = Arc::default();
+        let collector = Collector { requests: requests.clone(), logs: logs.clone(), tenants: tenants.clone() };
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                if grpc {
+                    tonic::transport::Server::builder()
+                        .add_service(TraceServiceServer::new(collector.clone()))
+                        .add_service(LogsServiceServer::new(collector))
+                        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
+                            let _ = stopped.await;
+                        })
+                        .await
+                        .unwrap();
+                    return;
+                }
                 let app = axum::Router::new()
                     .route(
                         "/v1/traces",
@@ -85,7 +157,7 @@ impl Receiver {
             });
         });
         let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Receiver { endpoint: format!("http://{addr}"), requests, logs, stop: Some(stop), thread: Some(thread) }
+        Receiver { endpoint: format!("http://{addr}"), requests, logs, tenants, stop: Some(stop), thread: Some(thread) }
     }
 
     /// Every span received so far.
@@ -575,19 +647,70 @@ fn without_an_endpoint_nothing_is_exported_and_a_bad_protocol_stops_the_start() 
     assert_eq!(status, 401);
     check_dashboard(&dp.get("/metrics").1);
 
-    // gRPC is not built in: one clear message, and the data plane does not start.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_data-plane"))
-        .env_clear()
-        .env("MCPGW_DATA_DIR", cp.data_dir())
-        .env("MCPGW_GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not supported"), "{err}");
-    assert!(!err.contains("listening"), "{err}");
+    // An unknown protocol, and gRPC to a TLS endpoint (built without TLS): one clear message each,
+    // and the data plane does not start.
+    for (protocol, endpoint, expected) in [
+        ("http/json", "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL=http/json is not supported"),
+        ("grpc", "https://127.0.0.1:4317", "OTEL_EXPORTER_OTLP_ENDPOINT must be an `http://` endpoint for `grpc`"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_data-plane"))
+            .env_clear()
+            .env("MCPGW_DATA_DIR", cp.data_dir())
+            .env("MCPGW_GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{err}");
+        assert!(!err.contains("listening"), "{err}");
+    }
+}
+
+#[test]
+fn with_grpc_a_call_is_exported_to_a_grpc_collector() {
+    let receiver = Receiver::start_grpc();
+    let cp = ControlPlane::start();
+    let key = provision(&cp, "grpc", json!([fixture_server("fx")]));
+    let dp = DataPlane::start(
+        &cp,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=acme"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+            ("OTEL_BLRP_SCHEDULE_DELAY", "50"),
+        ],
+    );
+    dp.sync(&cp);
+    let session = RawSession::open(&dp.mcp_url(), &key);
+    let (tp, trace, client_span) = traceparent(0x5a);
+    let (status, answer) =
+        session.send_with(&call_body(1, "fx__echo", json!({"message": "over grpc"}), None), &[("traceparent", &tp)]);
+    assert_eq!((status, answer["result"]["content"][0]["text"].as_str()), (200, Some("over grpc")), "{answer}");
+    // The server span, in the client's trace and under its span, and the upstream client span.
+    let spans = receiver.trace(&trace, 2);
+    let server = named(&spans, "tools/call fx__echo");
+    assert_eq!(server.kind, SpanKind::Server as i32);
+    assert_eq!(server.trace_id, trace);
+    assert_eq!(server.parent_span_id, client_span, "the client's span is the parent");
+    assert_eq!(attrs(server)["mcpgw.project"], "proj-grpc");
+    assert_eq!(named(&spans, "tools/call echo").parent_span_id, server.span_id);
+    // The audit record goes the same way, and the headers arrive as gRPC metadata.
+    assert_eq!(receiver.audit_record(&trace).span_id, server.span_id);
+    let tenants = receiver.tenants.lock().unwrap().clone();
+    assert!(!tenants.is_empty() && tenants.iter().all(|t| t == "acme"), "{tenants:?}");
+    let requests = receiver.requests.lock().unwrap();
+    let resource = requests[0].0.resource_spans[0].resource.as_ref().map(|r| r.attributes.clone()).unwrap_or_default();
+    assert_eq!(attrs(&Span { attributes: resource, ..Default::default() })["service.name"], "mcpgw-data-plane");
+    drop(requests);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&dp, "mcpgw_otel_spans_exported_total") < 2.0 {
+        assert!(Instant::now() < deadline, "the exporter did not count what the receiver got");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(dp.log_text().contains("exporting traces over OTLP"), "{}", dp.log_text());
 }
 
 #[test]

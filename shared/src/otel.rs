@@ -1,5 +1,5 @@
 //! OTLP export both planes share: the standard `OTEL_*` settings, the resource, and a bounded queue
-//! per signal that a background task sends in batches over OTLP/HTTP (protobuf). Export never
+//! per signal that a background task sends in batches over OTLP/HTTP (protobuf) or gRPC. Export never
 //! slows the caller: what does not fit in the queue, or cannot be sent, is dropped and counted.
 
 use std::fmt::Write as _;
@@ -53,8 +53,14 @@ impl Default for Counters {
 /// Why export cannot start as configured.
 #[derive(Debug, thiserror::Error)]
 pub enum OtelError {
-    #[error("{0}={1} is not supported: mcpgw exports OTLP over HTTP (`http/protobuf`, a collector's port 4318)")]
+    #[error(
+        "{0}={1} is not supported: mcpgw exports OTLP as `http/protobuf` (a collector's port 4318) or `grpc` (port 4317)"
+    )]
     Protocol(&'static str, String),
+    #[error(
+        "{0} must be an `http://` endpoint for `grpc`: OTLP over gRPC is sent without TLS; use `http/protobuf` for an `https://` collector"
+    )]
+    GrpcTls(&'static str),
     #[error("{0} must be a positive integer")]
     Number(&'static str),
     #[error("the OTLP {0} exporter: {1}")]
@@ -99,6 +105,22 @@ const LOGS: Signal = Signal {
     default_delay_ms: 1000,
 };
 
+/// How a signal is sent to the collector.
+#[derive(Clone, Copy, PartialEq)]
+enum Protocol {
+    HttpProtobuf,
+    Grpc,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::HttpProtobuf => "http/protobuf",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
 /// A signal's batching: the bounded queue, batch size, delay and export timeout.
 #[derive(Clone, Copy)]
 struct ExportSettings {
@@ -131,15 +153,38 @@ impl Signal {
         if !self.requested() {
             return Ok(());
         }
-        for name in [self.protocol, "OTEL_EXPORTER_OTLP_PROTOCOL"] {
-            if let Some(p) = env(name) {
-                if p != "http/protobuf" {
-                    return Err(OtelError::Protocol(name, p));
-                }
-                break;
+        self.transport()?;
+        self.settings().map(|_| ())
+    }
+
+    /// The protocol the environment asks for (the signal's own setting first), `http/protobuf` by default.
+    fn protocol(&self) -> Result<Protocol, OtelError> {
+        let Some((name, p)) =
+            [self.protocol, "OTEL_EXPORTER_OTLP_PROTOCOL"].into_iter().find_map(|n| Some((n, env(n)?)))
+        else {
+            return Ok(Protocol::HttpProtobuf);
+        };
+        match p.as_str() {
+            "http/protobuf" => Ok(Protocol::HttpProtobuf),
+            "grpc" => Ok(Protocol::Grpc),
+            _ => Err(OtelError::Protocol(name, p)),
+        }
+    }
+
+    /// The protocol, checked against the endpoint: the gRPC client is built without TLS, so an
+    /// endpoint it would reach over TLS (`https://`, or no scheme) is refused rather than failing
+    /// every export later.
+    fn transport(&self) -> Result<Protocol, OtelError> {
+        let protocol = self.protocol()?;
+        if protocol == Protocol::Grpc {
+            let name = [self.endpoint, "OTEL_EXPORTER_OTLP_ENDPOINT"].into_iter().find(|n| env(n).is_some());
+            if let Some(name) = name
+                && !env(name).is_some_and(|e| e.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://")))
+            {
+                return Err(OtelError::GrpcTls(name));
             }
         }
-        self.settings().map(|_| ())
+        Ok(protocol)
     }
 
     fn settings(&self) -> Result<ExportSettings, OtelError> {
@@ -216,10 +261,13 @@ impl Otel {
         };
         if traces {
             let settings = TRACES.settings()?;
-            let mut exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .build()
-                .map_err(|e| OtelError::Exporter("trace", e.to_string()))?;
+            let protocol = TRACES.transport()?;
+            let builder = opentelemetry_otlp::SpanExporter::builder();
+            let mut exporter = match protocol {
+                Protocol::HttpProtobuf => builder.with_http().build(),
+                Protocol::Grpc => builder.with_tonic().build(),
+            }
+            .map_err(|e| OtelError::Exporter("trace", e.to_string()))?;
             exporter.set_resource(&resource);
             let (queue, spans) = mpsc::channel(settings.queue);
             let (stop, counters) = (stop.clone(), wanted.spans);
@@ -236,14 +284,17 @@ impl Otel {
                 .build();
             otel.tracer = Some(provider.tracer(wanted.scope));
             otel.tracer_provider = Some(provider);
-            tracing::info!("exporting traces over OTLP/HTTP");
+            tracing::info!(protocol = protocol.as_str(), "exporting traces over OTLP");
         }
         if let Some((scope, counters)) = logs {
             let settings = LOGS.settings()?;
-            let mut exporter = opentelemetry_otlp::LogExporter::builder()
-                .with_http()
-                .build()
-                .map_err(|e| OtelError::Exporter("log", e.to_string()))?;
+            let protocol = LOGS.transport()?;
+            let builder = opentelemetry_otlp::LogExporter::builder();
+            let mut exporter = match protocol {
+                Protocol::HttpProtobuf => builder.with_http().build(),
+                Protocol::Grpc => builder.with_tonic().build(),
+            }
+            .map_err(|e| OtelError::Exporter("log", e.to_string()))?;
             exporter.set_resource(&resource);
             let (queue, records) = mpsc::channel(settings.queue);
             otel.tasks.push(tokio::spawn(async move {
@@ -263,7 +314,7 @@ impl Otel {
                 .build();
             otel.logger = Some(provider.logger(scope));
             otel.logger_provider = Some(provider);
-            tracing::info!("exporting logs over OTLP/HTTP");
+            tracing::info!(protocol = protocol.as_str(), "exporting logs over OTLP");
         }
         Ok(Some(otel))
     }
