@@ -69,7 +69,7 @@ impl Options {
                 "--no-large" => o.large = false,
                 "-h" | "--help" => {
                     println!(
-                        "mcpgw-bench [--seconds 3] [--levels 1,16,64] [--scenarios http,http-traced-100%,http-traced-1%,stdio,guardrails-1KiB,replicas] [--json] [--no-large]"
+                        "mcpgw-bench [--seconds 3] [--levels 1,16,64] [--scenarios http,http-traced-100%,http-traced-1%,stdio,guardrails-1KiB,http-raw,replicas] [--json] [--no-large]"
                     );
                     std::process::exit(0);
                 }
@@ -324,6 +324,135 @@ async fn drive(clients: &[Arc<Client>], tool: &str, payload: usize, seconds: f64
     Ok(Run::new(all, started.elapsed()))
 }
 
+/// One session, 16 keep-alive connections, raw HTTP/1.1: a client that costs almost nothing, so the
+/// rate shows what the gateway and the upstream can serve rather than what rmcp clients can send.
+const RAW_CONNECTIONS: usize = 16;
+
+async fn raw_comparison(
+    opts: &Options,
+    upstream: &Proc,
+    upstream_url: &str,
+    gateway: &Proc,
+    gateway_url: &str,
+    key: &str,
+) -> anyhow::Result<Comparison> {
+    let direct = RawSession::open(upstream_url, None).await?;
+    let via = RawSession::open(gateway_url, Some(key)).await?;
+    direct.drive("echo", 0.3).await?;
+    via.drive("fast__echo", 0.3).await?;
+    let half = opts.seconds / 2.0;
+    let measured = async |session: &RawSession, tool: &str, server: &Proc| {
+        let (server_before, own_before) = (server.cpu_us(), cpu_us(std::process::id()));
+        let run = session.drive(tool, half).await?;
+        Ok::<_, anyhow::Error>((run, server.cpu_us() - server_before, cpu_us(std::process::id()) - own_before))
+    };
+    let (d1, up1, cl1) = measured(&direct, "echo", upstream).await?;
+    let (g1, gw1, _) = measured(&via, "fast__echo", gateway).await?;
+    let (g2, gw2, _) = measured(&via, "fast__echo", gateway).await?;
+    let (d2, up2, cl2) = measured(&direct, "echo", upstream).await?;
+    let (direct_run, gateway_run) = (Run::merge(&d1, &d2), Run::merge(&g1, &g2));
+    Ok(Comparison {
+        scenario: "http-raw".to_string(),
+        sessions: RAW_CONNECTIONS,
+        p50_overhead_us: gateway_run.p50_us as i64 - direct_run.p50_us as i64,
+        p99_overhead_us: gateway_run.p99_us as i64 - direct_run.p99_us as i64,
+        throughput_ratio: gateway_run.calls_per_sec / direct_run.calls_per_sec,
+        gateway_cpu_us_per_call: (gw1 + gw2) as f64 / gateway_run.calls.max(1) as f64,
+        upstream_cpu_us_per_call: Some((up1 + up2) as f64 / direct_run.calls.max(1) as f64),
+        client_cpu_us_per_call: (cl1 + cl2) as f64 / direct_run.calls.max(1) as f64,
+        direct: direct_run,
+        gateway: gateway_run,
+    })
+}
+
+/// An MCP session driven by hand over HTTP/1.1 (hyper), answers read to their end.
+struct RawSession {
+    url: hyper::Uri,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl RawSession {
+    async fn open(url: &str, key: Option<&str>) -> anyhow::Result<RawSession> {
+        let mut headers = vec![
+            ("content-type", "application/json".to_string()),
+            ("accept", "application/json, text/event-stream".to_string()),
+        ];
+        if let Some(key) = key {
+            headers.push(("authorization", format!("Bearer {key}")));
+        }
+        let http = reqwest::Client::new();
+        let mut init = http.post(url).json(&json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench-raw", "version": "1"}}}));
+        for (k, v) in &headers {
+            init = init.header(*k, v);
+        }
+        let answer = init.send().await?;
+        let id = answer.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let _ = answer.bytes().await?;
+        let id = id.context("initialize gave no session id")?;
+        headers.push(("mcp-session-id", id));
+        headers.push(("mcp-protocol-version", "2025-06-18".to_string()));
+        let mut initialized = http.post(url).body(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        for (k, v) in &headers {
+            initialized = initialized.header(*k, v);
+        }
+        initialized.send().await?.error_for_status()?;
+        Ok(RawSession { url: url.parse()?, headers })
+    }
+
+    /// Every connection calls `tool` with distinct arguments, one call at a time, for `seconds`.
+    async fn drive(&self, tool: &str, seconds: f64) -> anyhow::Result<Run> {
+        let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+        let started = Instant::now();
+        let tasks = (0..RAW_CONNECTIONS).map(|n| {
+            let (url, headers, tool) = (self.url.clone(), self.headers.clone(), tool.to_string());
+            tokio::spawn(async move {
+                let authority = url.authority().context("url authority")?.as_str().to_string();
+                let stream = tokio::net::TcpStream::connect(&authority).await?;
+                stream.set_nodelay(true)?;
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+                tokio::spawn(conn);
+                let mut latencies = Vec::new();
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    // Ids are unique in the session across its connections.
+                    let id = (n as u64) << 40 | (i + 1);
+                    let body = format!(
+                        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"message":"{n}-{i}"}}}}}}"#
+                    );
+                    let mut request = hyper::Request::post(url.clone()).header("host", &authority);
+                    for (k, v) in &headers {
+                        request = request.header(*k, v);
+                    }
+                    let request = request.body(http_body_util::Full::new(hyper::body::Bytes::from(body)))?;
+                    let t = Instant::now();
+                    let response = sender.send_request(request).await?;
+                    anyhow::ensure!(response.status().is_success(), "call answered {}", response.status());
+                    let answer = http_body_util::BodyExt::collect(response.into_body()).await?.to_bytes();
+                    anyhow::ensure!(
+                        memchr_result(&answer),
+                        "no result in the answer: {}",
+                        String::from_utf8_lossy(&answer[..answer.len().min(300)])
+                    );
+                    latencies.push(t.elapsed().as_micros() as u64);
+                    i += 1;
+                }
+                Ok::<_, anyhow::Error>(latencies)
+            })
+        });
+        let mut all = Vec::new();
+        for t in futures::future::join_all(tasks).await {
+            all.extend(t??);
+        }
+        Ok(Run::new(all, started.elapsed()))
+    }
+}
+
+/// Whether an answer (JSON or an SSE stream) carries a JSON-RPC result.
+fn memchr_result(answer: &[u8]) -> bool {
+    answer.windows(9).any(|w| w == b"\"result\":")
+}
+
 /// `bytes` of ordinary words: what a real argument looks like to the detectors.
 fn prose(bytes: usize) -> String {
     const WORDS: [&str; 12] =
@@ -416,6 +545,17 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         "listening on ",
     )?;
     let upstream_url = format!("{}/mcp", upstream.addr);
+    // The same echo server with TCP_NODELAY, so a client that keeps its connection (http-raw) is
+    // not held 40 ms by delayed ACKs: the fast upstream that scenario measures against.
+    let fast = Proc::start(
+        {
+            let mut c = Command::new(&me);
+            c.arg("upstream-http").env("BENCH_UPSTREAM_NODELAY", "1");
+            c
+        },
+        "listening on ",
+    )?;
+    let fast_url = format!("{}/mcp", fast.addr);
     let control = Proc::start(
         {
             let mut c = Command::new(sibling("control-plane")?);
@@ -435,6 +575,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         {"server_name": "guarded", "config": {"url": upstream_url},
          "input_guardrails_policy": guarded, "output_guardrails_policy": guarded},
         {"server_name": "reload", "config": {"url": upstream_url}},
+        {"server_name": "fast", "config": {"url": fast_url}},
     ]);
     use reqwest::Method;
     admin.call(Method::POST, "/api/v1/users", Some(json!({"email": "bench@example.com"}))).await?;
@@ -559,6 +700,9 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         }
     }
     drop(traced);
+    if wanted("http-raw") {
+        comparisons.push(raw_comparison(&opts, &fast, &fast_url, &gateway, &gateway_url, &key).await?);
+    }
     let (peak_rss_kib, _) = gateway.memory_kib();
     let replicas = if opts.scenarios.is_empty() || opts.scenarios.iter().any(|s| s == "replicas") {
         replica_rows(&opts, &dir, &snapshot, &gateway, &key).await?
