@@ -283,12 +283,13 @@ async fn call_batch(
         if refused.is_none() {
             let limits = crate::rate_limit::applicable(p, config, &spec, tool);
             if let Err(limited) = svc.gateway.rate_limiter.admit(&limits, &svc.gateway.metrics).await {
-                svc.gateway.audit.record_rate_limited(p, &limited);
                 refused = Some(limited);
             }
         }
+        // Every refused call is counted and audited, as a refused `tools/call` is.
         if let Some(limited) = &refused {
             svc.gateway.metrics.record_rate_limited(&p.project_name, limited.kind);
+            svc.gateway.audit.record_rate_limited(p, limited);
             let message = limited.to_string();
             results.push(json!({"index": index, "name": tool, "status": "rate_limited", "message": message}));
             continue;
