@@ -9,7 +9,7 @@
 #![allow(deprecated)]
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ use crate::meta_tools;
 use crate::state::Gateway;
 use crate::telemetry;
 use crate::upstream::callers::ClientLink;
-use crate::upstream::relay::{ChangeEvent, ListKind, ProgressRoute};
+use crate::upstream::relay::{ChangeEvent, ListKind, ProgressRoute, ProgressSink};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// How a session proves who it is.
@@ -52,6 +52,8 @@ pub struct Session {
     relay: Mutex<Option<DropGuard>>,
     /// What upstreams' own messages (logs, sampling, elicitation, resource updates) reach it by.
     link: Arc<ClientLink>,
+    /// Whether the session's handler serves requests without rmcp yet (see `direct`).
+    direct: AtomicBool,
 }
 
 impl Drop for Session {
@@ -72,6 +74,8 @@ pub(crate) struct CallOrigin<'a> {
     pub peer: &'a Peer<RoleServer>,
     pub request: RequestId,
     pub progress: Option<ProgressToken>,
+    /// Set when the call is answered without rmcp: its progress goes into its own response.
+    pub progress_into: Option<crate::direct::ProgressInto>,
 }
 
 #[derive(Clone)]
@@ -89,6 +93,7 @@ impl GatewayService {
             private: Default::default(),
             relay: Mutex::new(None),
             link: ClientLink::new(),
+            direct: AtomicBool::new(false),
         });
         GatewayService { gateway, identity, session }
     }
@@ -116,6 +121,24 @@ impl GatewayService {
                 .authenticate(Some(key))
                 .await
                 .map_err(|e| McpError::invalid_request(format!("authentication failed: {e}"), None)),
+        }
+    }
+
+    /// Lets requests on this (HTTP) session be answered without rmcp's session worker, once its
+    /// handshake is done; `extensions` are those of a request on it.
+    fn offer_direct(&self, extensions: &Extensions, peer: &Peer<RoleServer>) {
+        if !matches!(self.identity, Identity::Http) || self.session.direct.load(Ordering::Relaxed) {
+            return;
+        }
+        let id = extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.headers.get("mcp-session-id"))
+            .and_then(|v| v.to_str().ok());
+        if let Some(id) = id
+            && peer.peer_info().is_some()
+            && self.gateway.sessions.attach_direct(id, crate::direct::Direct::new(self.clone(), peer.clone()))
+        {
+            self.session.direct.store(true, Ordering::Relaxed);
         }
     }
 
@@ -341,7 +364,11 @@ impl GatewayService {
         // rmcp gives every outgoing request its own progress token; route that one back.
         let mut route = origin.and_then(|o| {
             let token = o.progress.clone()?;
-            Some(upstream.progress().open(handle.progress_token.clone(), o.peer.clone(), token))
+            let sink = match &o.progress_into {
+                Some(response) => ProgressSink::Response(response.0.clone()),
+                None => ProgressSink::Session(o.peer.clone()),
+            };
+            Some(upstream.progress().open(handle.progress_token.clone(), sink, token))
         });
         let (peer, id) = (handle.peer.clone(), handle.id.clone());
         let ms = spec.timeouts.tools.get(tool).copied().unwrap_or(spec.timeouts.call_ms);
@@ -693,6 +720,7 @@ impl ServerHandler for GatewayService {
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         self.session.link.attach(&context.peer);
+        self.offer_direct(&context.extensions, &context.peer);
         if let Ok(p) = self.principal(&context.extensions).await {
             self.start_relay(context.peer.clone(), p.project_id);
         }
@@ -704,6 +732,7 @@ impl ServerHandler for GatewayService {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let p = self.principal(&context.extensions).await?;
+        self.offer_direct(&context.extensions, &context.peer);
         let Some(config) = p.config else { return Ok(ListToolsResult::with_all_items(vec![])) };
         let mut tools = Vec::new();
         if config.naming == ToolNaming::Prefixed {
@@ -736,11 +765,13 @@ impl ServerHandler for GatewayService {
     ) -> Result<CallToolResponse, McpError> {
         let started = Instant::now();
         let p = self.principal(&context.extensions).await?;
+        self.offer_direct(&context.extensions, &context.peer);
         let name = request.name.to_string();
         let Some(config) = p.config.clone() else { return Err(unknown_tool(&name)) };
         if config.naming == ToolNaming::Prefixed && meta_tools::is_meta_tool(&name) {
             self.session.link.attach(&context.peer);
-            let origin = CallOrigin { peer: &context.peer, request: context.id.clone(), progress: None };
+            let origin =
+                CallOrigin { peer: &context.peer, request: context.id.clone(), progress: None, progress_into: None };
             let arguments = request.arguments.unwrap_or_default();
             let result = meta_tools::call(self, &p, &config, &name, arguments, &origin, &context.ct).await;
             let outcome = if result.is_error == Some(true) { "error" } else { "success" };
@@ -781,7 +812,8 @@ impl ServerHandler for GatewayService {
         let progress =
             context.meta.get_progress_token().or_else(|| request.meta.as_ref().and_then(|m| m.get_progress_token()));
         self.session.link.attach(&context.peer);
-        let origin = CallOrigin { peer: &context.peer, request: context.id.clone(), progress };
+        let progress_into = context.extensions.get::<crate::direct::ProgressInto>().cloned();
+        let origin = CallOrigin { peer: &context.peer, request: context.id.clone(), progress, progress_into };
         let result = self.recorded_call(&p, &config, &spec, request, &tool, Some(&origin), &context.ct, started).await;
         // The request's server span describes this call (a batch's span stays the batch's).
         telemetry::record_call(&p, &spec.server_name, call_outcome(&result));

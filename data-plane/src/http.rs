@@ -79,18 +79,22 @@ async fn authenticate(State(gateway): State<Arc<Gateway>>, request: Request, nex
     };
     let owner = Owner::of(&principal);
     let session = request.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    if let Some(id) = &session
-        && let Err(refused) = gateway.sessions.admit(id, &owner)
-    {
-        match refused {
-            Refused::Foreign => refuse_foreign(&gateway, &principal, id),
-            Refused::Limit(limit) => {
-                gateway.metrics.record_session_refusal(limit.reason());
-                return too_many_sessions(limit);
+    let mut direct = None;
+    if let Some(id) = &session {
+        match gateway.sessions.admit(id, &owner) {
+            Ok(handler) => direct = handler,
+            Err(refused) => {
+                match refused {
+                    Refused::Foreign => refuse_foreign(&gateway, &principal, id),
+                    Refused::Limit(limit) => {
+                        gateway.metrics.record_session_refusal(limit.reason());
+                        return too_many_sessions(limit);
+                    }
+                    Refused::Unknown => {}
+                }
+                return session_not_found();
             }
-            Refused::Unknown => {}
         }
-        return session_not_found();
     }
     let method = request.method().clone();
     let sent_json = request.headers().get(header::CONTENT_TYPE).is_some_and(is_json);
@@ -116,6 +120,19 @@ async fn authenticate(State(gateway): State<Arc<Gateway>>, request: Request, nex
     }
     request.extensions_mut().insert(principal.clone());
     telemetry::authenticated(request.extensions_mut(), auth_started);
+    if let (Some(direct), Some(message), Some(body)) = (direct, &message, &body) {
+        if message.method.as_deref() == Some("notifications/cancelled")
+            && let Some(id) = message.params.as_ref().and_then(|p| p.request_id.clone())
+            && let Ok(id) = serde_json::from_value(id)
+        {
+            direct.cancel(&id);
+        } else if message.id.is_some() && sent_json {
+            request = match direct.serve(request, body, &gateway).await {
+                Ok(answered) => return answered,
+                Err(request) => request,
+            };
+        }
+    }
     let opening = match (&session, &message, &body) {
         (None, Some(Peek { method: Some(m), .. }), Some(body)) if m == "initialize" => initialize_params(body),
         _ => None,
@@ -165,6 +182,9 @@ struct Peek<'a> {
 struct PeekParams<'a> {
     #[serde(borrow, default)]
     name: Option<Cow<'a, str>>,
+    /// Of `notifications/cancelled`.
+    #[serde(default, rename = "requestId")]
+    request_id: Option<serde_json::Value>,
 }
 
 fn initialize_params(body: &[u8]) -> Option<InitializeRequestParams> {

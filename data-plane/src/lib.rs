@@ -11,6 +11,7 @@ mod audit;
 mod auth;
 mod catalog;
 mod config;
+mod direct;
 mod gateway;
 mod guard;
 mod http;

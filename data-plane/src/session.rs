@@ -24,12 +24,16 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::Principal;
 use crate::catalog::Catalog;
+use crate::direct::Direct;
 use crate::sealed_session::{Sealer, Unopenable};
 
 /// How long a finished response can still be resumed by a client that lost it.
 const RESUMABLE_FOR: Duration = Duration::from_secs(10);
 /// A session with no request for this long is over (rmcp's own idle limit for its workers).
 const IDLE: Duration = Duration::from_secs(300);
+/// A session's requests go through rmcp at least this often, so that rmcp, which does not see the
+/// requests served directly, keeps the session.
+const RMCP_TOUCH: Duration = Duration::from_secs(60);
 /// Expired sessions are looked for at most this often, when a new one is opened.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Bound on remembered ended sessions; past it the oldest are forgotten first.
@@ -139,6 +143,10 @@ struct Entry {
     last_seen: Instant,
     /// When the session's id expires: the session ends then, however busy.
     expires: Instant,
+    /// The session's handler, once its handshake is done, for requests served without rmcp.
+    direct: Option<Arc<Direct>>,
+    /// When rmcp last saw a request of this session: it ends sessions it has not seen for `IDLE`.
+    rmcp_seen: Instant,
 }
 
 #[derive(Default)]
@@ -214,7 +222,7 @@ impl Owners {
             return Err(LimitReached::Total(limits.total).into());
         }
         *self.per_key.entry(owner.key_id.clone()).or_default() += 1;
-        self.by_id.insert(id.into(), Entry { owner, last_seen: now, expires });
+        self.by_id.insert(id.into(), Entry { owner, last_seen: now, expires, direct: None, rmcp_seen: now });
         Ok(())
     }
 
@@ -251,8 +259,9 @@ impl Sessions {
     }
 
     /// Admits a request on session `id` by `owner`: a session of this replica, or one opened on
-    /// another replica (or before a restart), which this replica then takes over.
-    pub fn admit(&self, id: &str, owner: &Owner) -> Result<(), Refused> {
+    /// another replica (or before a restart), which this replica then takes over. The session's
+    /// handler comes with it when the request may be served without rmcp.
+    pub fn admit(&self, id: &str, owner: &Owner) -> Result<Option<Arc<Direct>>, Refused> {
         {
             let mut owners = self.owners();
             if let Some(entry) = owners.by_id.get_mut(id) {
@@ -267,7 +276,12 @@ impl Sessions {
                     return Err(Refused::Unknown);
                 }
                 entry.last_seen = now;
-                return Ok(());
+                if now.duration_since(entry.rmcp_seen) >= RMCP_TOUCH {
+                    // This one goes through rmcp (and anything else reaches rmcp anyway).
+                    entry.rmcp_seen = now;
+                    return Ok(None);
+                }
+                return Ok(entry.direct.clone());
             }
             if owners.has_ended(id) {
                 return Err(Refused::Unknown);
@@ -287,7 +301,19 @@ impl Sessions {
         let expires = Instant::now() + left.min(self.sealer.lifetime());
         self.owners().insert(id, owner.clone(), expires, self.limits)?;
         tracing::info!(session = %short_id(id), key_id = %owner.key_id, "session taken over");
-        Ok(())
+        Ok(None)
+    }
+
+    /// Makes session `id`'s handler available for the requests it can serve without rmcp; false
+    /// when this replica does not hold the session (yet).
+    pub fn attach_direct(&self, id: &str, direct: Arc<Direct>) -> bool {
+        match self.owners().by_id.get_mut(id) {
+            Some(entry) => {
+                entry.direct.get_or_insert(direct);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn sealer(&self) -> &Arc<Sealer> {
@@ -469,19 +495,19 @@ mod tests {
         let sessions = Sessions::new(Limits { per_key: 2, total: 3 }, sealer());
         let (a, b) = (owner("a", "h1"), owner("b", "h2"));
         sessions.register("s1", a.clone()).unwrap();
-        assert_eq!(sessions.admit("s1", &a), Ok(()));
-        assert_eq!(sessions.admit("s1", &b), Err(Refused::Foreign));
-        assert_eq!(sessions.admit("s1", &owner("a", "rotated")), Err(Refused::Foreign));
-        assert_eq!(sessions.admit("nope", &a), Err(Refused::Unknown));
+        assert!(matches!(sessions.admit("s1", &a), Ok(None)));
+        assert!(matches!(sessions.admit("s1", &b), Err(Refused::Foreign)));
+        assert!(matches!(sessions.admit("s1", &owner("a", "rotated")), Err(Refused::Foreign)));
+        assert!(matches!(sessions.admit("nope", &a), Err(Refused::Unknown)));
 
         sessions.register("s2", a.clone()).unwrap();
         assert_eq!(sessions.register("s3", a.clone()), Err(LimitReached::PerKey(2)));
         sessions.register("s3", b.clone()).unwrap();
         assert_eq!(sessions.register("s4", owner("c", "h3")), Err(LimitReached::Total(3)));
-        assert_eq!(sessions.admit("s3", &b), Ok(()), "a refused registration leaves others alone");
+        assert!(matches!(sessions.admit("s3", &b), Ok(None)), "a refused registration leaves others alone");
 
         sessions.end("s1");
-        assert_eq!(sessions.admit("s1", &a), Err(Refused::Unknown));
+        assert!(matches!(sessions.admit("s1", &a), Err(Refused::Unknown)));
         sessions.register("s5", a).unwrap();
         assert_eq!(sessions.open(), 3);
     }
@@ -501,15 +527,15 @@ mod tests {
         sessions.owners().insert(&id, a.clone(), far, sessions.limits).unwrap();
         sessions.owners().insert(&id, a.clone(), far, sessions.limits).unwrap();
         assert_eq!(sessions.owners().per_key.get("a"), Some(&1));
-        assert_eq!(sessions.admit(&id, &a), Ok(()));
+        assert!(matches!(sessions.admit(&id, &a), Ok(None)));
         sessions.end(&id);
-        assert_eq!(sessions.admit(&id, &a), Err(Refused::Unknown), "an ended session stays ended");
+        assert!(matches!(sessions.admit(&id, &a), Err(Refused::Unknown)), "an ended session stays ended");
         assert_eq!(sessions.owners().per_key.get("a"), None);
 
         // A session whose id has expired ends, however busy it is here.
         let short = Sessions::new(Limits { per_key: 5, total: 10 }, Arc::new(Sealer::new(None, Duration::ZERO)));
         short.register("s", a.clone()).unwrap();
-        assert_eq!(short.admit("s", &a), Err(Refused::Unknown));
+        assert!(matches!(short.admit("s", &a), Err(Refused::Unknown)));
         assert_eq!(short.open(), 0);
     }
 

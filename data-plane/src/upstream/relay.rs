@@ -99,12 +99,21 @@ const MAX_EARLY: usize = 1024;
 /// Notifications one call may have waiting to be forwarded.
 const ROUTE_CAPACITY: usize = 256;
 
+/// Where a call's progress goes to its client.
+#[derive(Clone)]
+pub enum ProgressSink {
+    /// Through the client's session, which frames it on the call's event stream.
+    Session(Peer<RoleServer>),
+    /// Into the call's own response (a call answered without rmcp's session worker).
+    Response(mpsc::Sender<ProgressNotificationParam>),
+}
+
 /// One call's progress, forwarded to its client under the client's own token; closes the route
 /// when dropped, however the call ends.
 pub struct ProgressRoute<'a> {
     routes: &'a ProgressRoutes,
     upstream_token: ProgressToken,
-    client: Peer<RoleServer>,
+    client: ProgressSink,
     client_token: ProgressToken,
     notes: mpsc::Receiver<ProgressNotificationParam>,
 }
@@ -118,7 +127,14 @@ impl ProgressRoute<'_> {
     /// Sends one notification to the client.
     pub async fn forward(&self, mut note: ProgressNotificationParam) {
         note.progress_token = self.client_token.clone();
-        let _ = self.client.notify_progress(note).await;
+        match &self.client {
+            ProgressSink::Session(peer) => {
+                let _ = peer.notify_progress(note).await;
+            }
+            ProgressSink::Response(response) => {
+                let _ = response.send(note).await;
+            }
+        }
     }
 
     /// Forwards everything recorded so far.
@@ -155,7 +171,7 @@ impl ProgressRoutes {
     pub fn open(
         &self,
         upstream_token: ProgressToken,
-        client: Peer<RoleServer>,
+        client: ProgressSink,
         client_token: ProgressToken,
     ) -> ProgressRoute<'_> {
         let (sender, notes) = mpsc::channel(ROUTE_CAPACITY);

@@ -1,0 +1,257 @@
+//! Requests answered on their own task, with `application/json`, without rmcp's session worker.
+//!
+//! rmcp runs each streamable-HTTP session as a worker: a request travels to it over a channel,
+//! the handler runs on a task of its own, and the answer travels back to be framed as server-sent
+//! events. For a request that sends nothing but its answer, that is most of what the gateway spends
+//! on it. Such a request is handed here to the same handler (the session's own `GatewayService`,
+//! traced, with the session's peer) through rmcp's own dispatch, and its answer is the JSON body,
+//! which the transport allows. Everything the handler does (policy, rate limits, guardrails, pins,
+//! timeouts, size caps, audit, metrics, spans) is what it does for a request rmcp delivers.
+//!
+//! Served here, on a session of this replica whose handshake is done, when the headers need nothing
+//! rmcp judges (no `Origin`, an allowed `Host`, a client that accepts JSON and SSE, no per-request
+//! protocol headers or metadata):
+//! - `tools/list`;
+//! - `tools/call` of a server that may not send requests of its own to the client (sampling,
+//!   elicitation), and not a gateway meta-tool. Its progress, if the client asked for it, turns
+//!   the response into an event stream: the progress in order, then the answer.
+//!
+//! Everything else goes to rmcp. A `notifications/cancelled` for a call served here cancels it
+//! ([`Direct::cancel`]) and then goes to rmcp as well.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use rmcp::model::{
+    ClientJsonRpcMessage, ClientRequest, GetMeta, ProgressNotification, ProgressNotificationParam, ProtocolVersion,
+    RequestId, ServerJsonRpcMessage, ServerNotification,
+};
+use rmcp::service::RequestContext;
+use rmcp::{Peer, RoleServer, Service};
+use shared::snapshot::ToolNaming;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Principal;
+use crate::gateway::GatewayService;
+use crate::meta_tools;
+use crate::state::Gateway;
+use crate::telemetry::{Traced, Transport};
+
+/// A session's handler and peer, for the requests it answers without rmcp.
+pub struct Direct {
+    service: GatewayService,
+    peer: Peer<RoleServer>,
+    /// Calls served here and not yet answered, by request id: what `notifications/cancelled` finds.
+    in_flight: Mutex<HashMap<RequestId, CancellationToken>>,
+}
+
+/// Unregisters a call when it ends, however it ends.
+struct Registered<'a> {
+    direct: &'a Direct,
+    id: RequestId,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.direct.calls().remove(&self.id);
+    }
+}
+
+impl Direct {
+    pub fn new(service: GatewayService, peer: Peer<RoleServer>) -> Arc<Self> {
+        Arc::new(Direct { service, peer, in_flight: Mutex::default() })
+    }
+
+    fn calls(&self) -> std::sync::MutexGuard<'_, HashMap<RequestId, CancellationToken>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Cancels call `id` if it is one served here (as rmcp does for the calls it runs).
+    pub fn cancel(&self, id: &RequestId) {
+        if let Some(token) = self.calls().remove(id) {
+            token.cancel();
+        }
+    }
+
+    /// Answers `request` here if it is one of those this module serves; otherwise gives it back.
+    pub async fn serve(self: Arc<Self>, request: Request, body: &Bytes, gateway: &Gateway) -> Result<Response, Request> {
+        if !headers_need_no_rmcp(request.headers(), &gateway.config.allowed_hosts) {
+            return Err(request);
+        }
+        let Ok(ClientJsonRpcMessage::Request(mut message)) = serde_json::from_slice::<ClientJsonRpcMessage>(body)
+        else {
+            return Err(request);
+        };
+        let principal = request.extensions().get::<Principal>();
+        if !principal.is_some_and(|p| served_here(&message.request, p)) {
+            return Err(request);
+        }
+        let (parts, _) = request.into_parts();
+        let id = message.id.clone();
+        let mut context = RequestContext::new(id.clone(), self.peer.clone());
+        std::mem::swap(&mut context.meta, message.request.get_meta_mut());
+        context.extensions.insert(parts);
+        let (progress, mut notes) = mpsc::channel(PROGRESS_CAPACITY);
+        context.extensions.insert(ProgressInto(progress));
+        let token = CancellationToken::new();
+        context.ct = token.clone();
+        // On a task of its own, so that a client that goes away does not cut the call short: it
+        // still completes, is audited, and its upstream is not left with an orphaned request.
+        let mut answer = tokio::spawn(async move {
+            let _registered = {
+                self.calls().insert(id.clone(), token);
+                Registered { direct: &self, id: id.clone() }
+            };
+            let traced = Traced::new(self.service.clone(), Transport::Http);
+            match traced.handle_request(message.request, context).await {
+                Ok(result) => ServerJsonRpcMessage::response(result, id),
+                Err(error) => ServerJsonRpcMessage::error(error, Some(id)),
+            }
+        });
+        // Progress comes before the answer: an answer alone is JSON, anything before it makes
+        // the response an event stream, in the order the call sent it.
+        let first = tokio::select! {
+            biased;
+            Some(note) = notes.recv() => note,
+            answer = &mut answer => match notes.try_recv() {
+                Ok(note) => {
+                    let rest = futures::stream::once(async move { answer });
+                    return Ok(event_stream(note, notes, rest.boxed()));
+                }
+                Err(_) => return Ok(json(answer)),
+            },
+        };
+        let rest = futures::stream::once(answer);
+        Ok(event_stream(first, notes, rest.boxed()))
+    }
+}
+
+/// Where a call answered here sends its progress (a request extension the handler finds).
+#[derive(Clone)]
+pub struct ProgressInto(pub mpsc::Sender<ProgressNotificationParam>);
+
+/// Progress one call may have waiting to be written to its client.
+const PROGRESS_CAPACITY: usize = 64;
+
+type Answer = Result<ServerJsonRpcMessage, tokio::task::JoinError>;
+
+fn json(answer: Answer) -> Response {
+    let Some(body) = encoded(answer) else {
+        return crate::http::jsonrpc_error(StatusCode::INTERNAL_SERVER_ERROR, -32603, "internal error");
+    };
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn encoded(answer: Answer) -> Option<Vec<u8>> {
+    let message = answer.inspect_err(|e| tracing::error!(error = %e, "a request handler failed")).ok()?;
+    serde_json::to_vec(&message).inspect_err(|e| tracing::error!(error = %e, "an answer could not be encoded")).ok()
+}
+
+/// The response as server-sent events: `first`, the progress after it, then the answer.
+fn event_stream(
+    first: ProgressNotificationParam,
+    mut notes: mpsc::Receiver<ProgressNotificationParam>,
+    answer: BoxStream<'static, Answer>,
+) -> Response {
+    let progress = |note: ProgressNotificationParam| {
+        let notification = ServerNotification::ProgressNotification(ProgressNotification::new(note));
+        serde_json::to_vec(&ServerJsonRpcMessage::notification(notification)).ok()
+    };
+    let events = futures::stream::once(async move { progress(first) })
+        .chain(futures::stream::poll_fn(move |cx| notes.poll_recv(cx)).map(progress))
+        .chain(answer.map(encoded))
+        .filter_map(|event| async move { event })
+        .map(|json| {
+            let mut event = Vec::with_capacity(json.len() + 8);
+            event.extend_from_slice(b"data: ");
+            event.extend_from_slice(&json);
+            event.extend_from_slice(b"\n\n");
+            Ok::<_, std::convert::Infallible>(Bytes::from(event))
+        });
+    let mut response = Response::new(Body::from_stream(events));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Whether the request and its target are ones this module serves (see the module's comment).
+fn served_here(request: &ClientRequest, principal: &Principal) -> bool {
+    // Per-request protocol metadata is rmcp's to validate.
+    if request.get_meta().keys().any(|k| k.starts_with("io.modelcontextprotocol/")) {
+        return false;
+    }
+    match request {
+        ClientRequest::ListToolsRequest(_) => true,
+        ClientRequest::CallToolRequest(call) => {
+            let Some(config) = &principal.config else { return true };
+            let name = call.params.name.as_ref();
+            if config.naming == ToolNaming::Prefixed && meta_tools::is_meta_tool(name) {
+                return false;
+            }
+            // A server that may ask the client something needs the call's own event stream.
+            config.route_tool(name).is_none_or(|(spec, _)| !spec.allow_sampling && !spec.allow_elicitation)
+        }
+        _ => false,
+    }
+}
+
+/// Whether rmcp would take these headers without a word: otherwise rmcp answers the request.
+fn headers_need_no_rmcp(headers: &HeaderMap, allowed_hosts: &[String]) -> bool {
+    if headers.contains_key(header::ORIGIN) {
+        return false;
+    }
+    // Per-request protocol headers (SEP-2243's `Mcp-Method`, `Mcp-Param-*`, ...) are rmcp's to check.
+    if headers.keys().any(|name| {
+        let name = name.as_str();
+        name.starts_with("mcp-") && name != "mcp-session-id" && name != "mcp-protocol-version"
+    }) {
+        return false;
+    }
+    let (mut json, mut sse) = (false, false);
+    for value in headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()) {
+        for entry in value.split(',') {
+            let mut parameters = entry.split(';');
+            let essence = parameters.next().unwrap_or_default().trim();
+            // Any parameter at all (a quality, say) is rmcp's to weigh.
+            if parameters.next().is_some() {
+                return false;
+            }
+            json |= essence.eq_ignore_ascii_case("application/json");
+            sse |= essence.eq_ignore_ascii_case("text/event-stream");
+        }
+    }
+    json && sse && host_allowed(headers, allowed_hosts) && session_version(headers)
+}
+
+/// `Host` against `MCPGW_ALLOWED_HOSTS` (`*`: any), compared as rmcp compares them.
+fn host_allowed(headers: &HeaderMap, allowed_hosts: &[String]) -> bool {
+    if allowed_hosts.iter().any(|h| h == "*") {
+        return true;
+    }
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
+    let Ok(host) = axum::http::uri::Authority::try_from(host) else { return false };
+    let normal = |h: &str| h.trim_matches(['[', ']']).to_ascii_lowercase();
+    allowed_hosts.iter().any(|allowed| match axum::http::uri::Authority::try_from(allowed.trim()) {
+        Ok(a) => normal(a.host()) == normal(host.host()) && a.port_u16().is_none_or(|p| host.port_u16() == Some(p)),
+        Err(_) => normal(allowed.trim()) == normal(host.host()),
+    })
+}
+
+/// No `MCP-Protocol-Version` header, or a known version of those with sessions (later ones have
+/// per-request rules rmcp applies).
+fn session_version(headers: &HeaderMap) -> bool {
+    let Some(version) = headers.get("mcp-protocol-version") else { return true };
+    let Ok(version) = version.to_str() else { return false };
+    version < ProtocolVersion::STANDARD_HEADERS.as_str()
+        && ProtocolVersion::KNOWN_VERSIONS.iter().any(|known| known.as_str() == version)
+}
