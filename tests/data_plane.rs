@@ -690,15 +690,28 @@ fn progress_cancellation_and_list_changed_are_relayed() {
     dp.sync(&cp);
     let marker = cp.data_dir().join("cancelled-marker");
 
+    // A call that sends nothing but its answer is answered with JSON; so is one whose client asked
+    // for progress the tool never reports.
+    let raw = RawSession::open(&dp.mcp_url(), &key);
+    for (id, meta) in [(90, json!({})), (91, json!({"progressToken": "unused"}))] {
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+            "name": "fx__echo", "arguments": {"message": "plain"}, "_meta": meta}});
+        let (status, content_type, messages) = raw.exchange_typed(&call.to_string());
+        assert_eq!((status, content_type.as_str()), (200, "application/json"), "{messages:?}");
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert_eq!(messages[0]["id"], id);
+        assert_eq!(messages[0]["result"]["content"][0]["text"], "plain", "{messages:?}");
+    }
+
     // Progress: on the call's own stream, every step the upstream reported, in order, under the
     // client's token, then the answer. A few rounds, since a fast upstream races the gateway.
-    let raw = RawSession::open(&dp.mcp_url(), &key);
     for round in 0..10 {
         let token = format!("client-token-{round}");
         let call = json!({"jsonrpc": "2.0", "id": 100 + round, "method": "tools/call", "params": {
             "name": "fx__progress", "arguments": {"steps": 3}, "_meta": {"progressToken": token}}});
-        let (status, messages) = raw.exchange(&call.to_string());
+        let (status, content_type, messages) = raw.exchange_typed(&call.to_string());
         assert_eq!(status, 200);
+        assert_eq!(content_type, "text/event-stream", "{messages:?}");
         let (answer, notes) = messages.split_last().expect("an answer");
         assert_eq!(answer["result"]["content"][0]["text"], "3 steps done", "{messages:?}");
         let steps: Vec<(Value, Value)> = notes

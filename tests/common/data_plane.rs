@@ -341,9 +341,17 @@ impl RawSession {
     /// Sends `body` verbatim; the HTTP status and every JSON-RPC message of the answer, in the
     /// order the gateway sent them.
     pub fn exchange(&self, body: &str) -> (u16, Vec<Value>) {
+        let (status, _, messages) = self.exchange_typed(body);
+        (status, messages)
+    }
+
+    /// [`Self::exchange`], with the answer's `Content-Type`.
+    pub fn exchange_typed(&self, body: &str) -> (u16, String, Vec<Value>) {
         super::blocking(|| {
             let resp = self.request(body);
             let status = resp.status().as_u16();
+            let content_type =
+                resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
             let text = resp.text().unwrap_or_default();
             let mut messages: Vec<Value> = text
                 .lines()
@@ -355,7 +363,7 @@ impl RawSession {
             if messages.is_empty() {
                 messages.extend(serde_json::from_str::<Value>(&text).ok());
             }
-            (status, messages)
+            (status, content_type, messages)
         })
     }
 }
