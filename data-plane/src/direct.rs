@@ -81,7 +81,12 @@ impl Direct {
     }
 
     /// Answers `request` here if it is one of those this module serves; otherwise gives it back.
-    pub async fn serve(self: Arc<Self>, request: Request, body: &Bytes, gateway: &Gateway) -> Result<Response, Request> {
+    pub async fn serve(
+        self: Arc<Self>,
+        request: Request,
+        body: &Bytes,
+        gateway: &Gateway,
+    ) -> Result<Response, Request> {
         if !headers_need_no_rmcp(request.headers(), &gateway.config.allowed_hosts) {
             return Err(request);
         }
@@ -254,4 +259,56 @@ fn session_version(headers: &HeaderMap) -> bool {
     let Ok(version) = version.to_str() else { return false };
     version < ProtocolVersion::STANDARD_HEADERS.as_str()
         && ProtocolVersion::KNOWN_VERSIONS.iter().any(|known| known.as_str() == version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    const PLAIN: [(&str, &str); 3] = [
+        ("host", "127.0.0.1:8080"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2025-06-18"),
+    ];
+
+    fn loopback() -> Vec<String> {
+        ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn only_requests_rmcp_would_take_as_they_are_are_answered_here() {
+        assert!(headers_need_no_rmcp(&headers(&PLAIN), &loopback()));
+        assert!(headers_need_no_rmcp(&headers(&[("host", "[::1]:9"), PLAIN[1]]), &loopback()), "no version header");
+        let with = |extra: (&'static str, &'static str)| {
+            let mut pairs = PLAIN.to_vec();
+            pairs.push(extra);
+            headers_need_no_rmcp(&headers(&pairs), &loopback())
+        };
+        assert!(!with(("origin", "http://localhost:3000")), "origins are rmcp's to check");
+        assert!(!with(("mcp-method", "tools/call")), "per-request protocol headers are rmcp's");
+        let replaced = |name: &'static str, value: &'static str| {
+            let mut map = headers(&PLAIN);
+            map.insert(name, HeaderValue::from_static(value));
+            headers_need_no_rmcp(&map, &loopback())
+        };
+        assert!(!replaced("host", "evil.example:8080"), "a host not allowed");
+        assert!(!replaced("accept", "application/json"), "a client that does not take SSE");
+        assert!(!replaced("accept", "application/json, text/event-stream;q=0"), "weights are rmcp's to weigh");
+        assert!(!replaced("mcp-protocol-version", "2026-07-28"), "a version without sessions");
+        assert!(!replaced("mcp-protocol-version", "1999-01-01"), "an unknown version");
+        let any_host = vec!["*".to_string()];
+        let mut map = headers(&PLAIN);
+        map.insert("host", HeaderValue::from_static("mcp.example.com"));
+        assert!(headers_need_no_rmcp(&map, &any_host));
+        assert!(headers_need_no_rmcp(&map, &["MCP.example.com:443".into(), "mcp.example.com".into()]));
+        assert!(!headers_need_no_rmcp(&map, &["mcp.example.com:8443".into()]), "a port must match when given");
+    }
 }
