@@ -107,13 +107,12 @@ impl Direct {
         context.extensions.insert(ProgressInto(progress));
         let token = CancellationToken::new();
         context.ct = token.clone();
+        // Registered before it runs, so that a cancellation sent right after it is not missed.
+        self.calls().insert(id.clone(), token);
         // On a task of its own, so that a client that goes away does not cut the call short: it
         // still completes, is audited, and its upstream is not left with an orphaned request.
         let mut answer = tokio::spawn(async move {
-            let _registered = {
-                self.calls().insert(id.clone(), token);
-                Registered { direct: &self, id: id.clone() }
-            };
+            let _registered = Registered { direct: &self, id: id.clone() };
             let traced = Traced::new(self.service.clone(), Transport::Http);
             match traced.handle_request(message.request, context).await {
                 Ok(result) => ServerJsonRpcMessage::response(result, id),
