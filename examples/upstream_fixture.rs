@@ -15,7 +15,8 @@
 //! `--poisoned-server` makes the server's own instructions poisoned.
 //!
 //! `upstream_fixture` serves stdio; `upstream_fixture --http 127.0.0.1:0` serves streamable HTTP at
-//! `/mcp` and prints `listening on http://ADDR` on stderr.
+//! `/mcp` (without `TCP_NODELAY`, as axum serves by default; `GET /connections` counts the
+//! connections opened to it) and prints `listening on http://ADDR` on stderr.
 
 use std::sync::Arc;
 
@@ -343,7 +344,15 @@ async fn main() -> anyhow::Result<()> {
                 Arc::new(LocalSessionManager::default()),
                 StreamableHttpServerConfig::default(),
             );
-            let app = axum::Router::new().route_service("/mcp", service);
+            // `GET /connections`: how many TCP connections clients have opened (to see them reused).
+            static CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let app = axum::Router::new().route_service("/mcp", service).route(
+                "/connections",
+                axum::routing::get(|| async { CONNECTIONS.load(std::sync::atomic::Ordering::SeqCst).to_string() }),
+            );
+            let listener = axum::serve::ListenerExt::tap_io(listener, |_| {
+                CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
             axum::serve(listener, app).await?;
         }
         None => {

@@ -643,6 +643,28 @@ fn streamable_http_upstreams_with_configured_headers() {
         for (i, r) in all.iter().enumerate() {
             assert_eq!(text(r), format!("m{i}"));
         }
+
+        // Calls reuse their connections to the upstream, and a reused connection is not held by
+        // delayed ACKs (this upstream leaves Nagle's algorithm on, as axum does by default: a stall
+        // would make every call take 40 ms or more).
+        let connections = || async {
+            let text = reqwest::get(format!("{addr}/connections")).await.unwrap().text().await.unwrap();
+            text.parse::<usize>().unwrap()
+        };
+        let before = connections().await;
+        let mut took = Vec::new();
+        for i in 0..30 {
+            let started = std::time::Instant::now();
+            assert_eq!(
+                text(&call(&c, "remote__echo", json!({"message": format!("s{i}")})).await.unwrap()),
+                format!("s{i}")
+            );
+            took.push(started.elapsed());
+        }
+        let opened = connections().await - before - 1;
+        assert!(opened <= 2, "30 calls opened {opened} connections to the upstream");
+        took.sort();
+        assert!(took[15] < Duration::from_millis(30), "median call {:?} (stalled on delayed ACKs?)", took[15]);
     });
     let _ = upstream.kill();
     let _ = upstream.wait();

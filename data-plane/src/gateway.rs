@@ -31,6 +31,7 @@ use crate::meta_tools;
 use crate::state::Gateway;
 use crate::telemetry;
 use crate::upstream::callers::ClientLink;
+use crate::upstream::http_call::{CallEnd, HttpSession, NotSent};
 use crate::upstream::relay::{ChangeEvent, ListKind, ProgressRoute, ProgressSink};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -353,6 +354,16 @@ impl GatewayService {
         request.meta = upstream_meta(request.meta.take());
         let failed = |e| CallFailure::Upstream(UpstreamError::failed(&spec.server_name, e));
         let _in_flight = origin.map(|o| upstream.callers().enter(&self.session.link, o.request.clone()));
+        if let Some(session) = upstream.http_session() {
+            match self.call_pooled(&upstream, &session, &mut request, tool, origin, cancel).await {
+                Ok(result) => return result,
+                // The upstream ended its session: rmcp opens a new one for this call.
+                Err(NotSent::SessionGone) => {
+                    upstream.http_session_gone(&session);
+                    request.meta = upstream_meta(request.meta.take());
+                }
+            }
+        }
         let handle = conn
             .peer
             .send_request_with_option(
@@ -416,6 +427,96 @@ impl GatewayService {
             return Err(CallFailure::TooLarge { size, limit: self.gateway.config.max_response_bytes });
         }
         Ok(response)
+    }
+
+    /// [`Self::forward_untraced`] for a plain-HTTP upstream: the call goes on a pooled connection
+    /// of the gateway's own, on the session rmcp opened, with the same timeout, cancellation,
+    /// progress and size cap.
+    async fn call_pooled(
+        &self,
+        upstream: &Upstream,
+        session: &Arc<HttpSession>,
+        request: &mut CallToolRequestParams,
+        tool: &str,
+        origin: Option<&CallOrigin<'_>>,
+        cancel: &CancellationToken,
+    ) -> Result<Result<CallToolResponse, CallFailure>, NotSent> {
+        let spec = &upstream.spec;
+        let pooled = upstream.pooled();
+        let sent = pooled.next_call();
+        let wants = origin.and_then(|o| Some((o.progress.clone()?, o)));
+        let upstream_token = wants.as_ref().map(|_| ProgressToken(sent.id.clone()));
+        if let Some(token) = &upstream_token {
+            request.meta.get_or_insert_with(Default::default).set_progress_token(token.clone());
+        }
+        let (notes_in, mut notes) = tokio::sync::mpsc::channel(256);
+        let mut on_progress = move |note| {
+            // Progress is advisory: a client that does not keep up loses some.
+            let _ = notes_in.try_send(note);
+        };
+        let sink = wants.map(|(client_token, o)| {
+            let sink = match &o.progress_into {
+                Some(response) => ProgressSink::Response(response.0.clone()),
+                None => ProgressSink::Session(o.peer.clone()),
+            };
+            (sink, client_token)
+        });
+        let forward = async |note| {
+            if let Some((sink, client_token)) = &sink {
+                sink.forward(client_token, note).await;
+            }
+        };
+        let ms = spec.timeouts.tools.get(tool).copied().unwrap_or(spec.timeouts.call_ms);
+        let limit = self.gateway.config.max_response_bytes;
+        let call = pooled.call_tool(
+            session,
+            &sent,
+            request,
+            upstream_token.as_ref(),
+            &mut on_progress,
+            upstream.targets(),
+            limit,
+        );
+        let call = tokio::time::timeout(Duration::from_millis(ms), call);
+        tokio::pin!(call);
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                Some(note) = notes.recv() => forward(note).await,
+                r = &mut call => break r,
+                _ = cancel.cancelled() => {
+                    pooled.cancel(session.clone(), &sent, "cancelled by the client".into());
+                    return Ok(Err(CallFailure::Cancelled));
+                }
+            }
+        };
+        // What the upstream reported before answering reaches the client before the answer.
+        while let Ok(note) = notes.try_recv() {
+            forward(note).await;
+        }
+        let failed =
+            |reason: String| CallFailure::Upstream(UpstreamError::Failed { server: spec.server_name.clone(), reason });
+        let response = match outcome {
+            Err(_) => {
+                pooled.cancel(session.clone(), &sent, format!("gateway timeout ({ms} ms)"));
+                return Ok(Err(CallFailure::Upstream(UpstreamError::Timeout { server: spec.server_name.clone(), ms })));
+            }
+            Ok(Err(not_sent)) => return Err(not_sent),
+            Ok(Ok(CallEnd::Answered(result))) => match *result {
+                ServerResult::CallToolResult(r) => CallToolResponse::Complete(r),
+                ServerResult::InputRequiredResult(r) => CallToolResponse::InputRequired(r),
+                ServerResult::CreateTaskResult(r) => CallToolResponse::Task(r),
+                _ => return Ok(Err(failed("the answer is not a tool call result".into()))),
+            },
+            Ok(Ok(CallEnd::Refused(e))) => return Ok(Err(CallFailure::Protocol(e))),
+            Ok(Ok(CallEnd::Failed(reason))) => return Ok(Err(failed(reason))),
+            Ok(Ok(CallEnd::TooLarge(size))) => return Ok(Err(CallFailure::TooLarge { size, limit })),
+        };
+        let size = response_size(&response);
+        if size > limit {
+            return Ok(Err(CallFailure::TooLarge { size, limit }));
+        }
+        Ok(Ok(response))
     }
 
     /// Each server's complete listing of one kind, in config order: `None` where the server does not

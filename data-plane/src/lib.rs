@@ -82,6 +82,7 @@ fn assemble(
         metrics: metrics.clone(),
         events: events.clone(),
         observer,
+        pooled: upstream::http_call::PooledHttp::default(),
     });
     let pool = Arc::new(UpstreamPool::new(settings));
     let audit = match config.audit_target() {

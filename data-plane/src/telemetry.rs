@@ -647,7 +647,7 @@ impl UpstreamCall {
 /// An HTTP client for upstreams that sends the context of each request (as the gateway wrote it
 /// into `params._meta`) in the `traceparent`/`tracestate` headers too.
 #[derive(Clone)]
-pub(crate) struct TraceHeaders<C>(pub C);
+pub(crate) struct TraceHeaders<C>(pub C, pub Option<Arc<crate::upstream::http_call::SessionTap>>);
 
 /// The trace context an outgoing message carries in `_meta`.
 fn outgoing_context(message: &ClientJsonRpcMessage) -> Option<(String, Option<String>)> {
@@ -664,9 +664,26 @@ fn outgoing_context(message: &ClientJsonRpcMessage) -> Option<(String, Option<St
 
 fn with_trace_headers(
     message: &ClientJsonRpcMessage,
+    headers: HashMap<HeaderName, HeaderValue>,
+) -> HashMap<HeaderName, HeaderValue> {
+    with_context_headers(outgoing_context(message), headers)
+}
+
+/// The trace context a call's `params._meta` carries, as headers too.
+pub(crate) fn with_meta_trace_headers(
+    meta: Option<&RequestMetaObject>,
+    headers: HashMap<HeaderName, HeaderValue>,
+) -> HashMap<HeaderName, HeaderValue> {
+    let context =
+        meta.and_then(|m| m.get_traceparent().map(|tp| (tp.to_string(), m.get_tracestate().map(str::to_string))));
+    with_context_headers(context, headers)
+}
+
+fn with_context_headers(
+    context: Option<(String, Option<String>)>,
     mut headers: HashMap<HeaderName, HeaderValue>,
 ) -> HashMap<HeaderName, HeaderValue> {
-    if let Some((tp, ts)) = outgoing_context(message) {
+    if let Some((tp, ts)) = context {
         if let Ok(v) = HeaderValue::from_str(&tp) {
             headers.insert(HeaderName::from_static(TRACEPARENT), v);
         }
@@ -688,6 +705,9 @@ impl<C: StreamableHttpClient + Sync> StreamableHttpClient for TraceHeaders<C> {
         auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
+        if let Some(tap) = &self.1 {
+            tap.record(&uri, session_id.as_ref(), auth_header.as_ref(), &custom_headers);
+        }
         let headers = with_trace_headers(&message, custom_headers);
         self.0.post_message(uri, message, session_id, auth_header, headers).await
     }
@@ -701,6 +721,9 @@ impl<C: StreamableHttpClient + Sync> StreamableHttpClient for TraceHeaders<C> {
         custom_headers: HashMap<HeaderName, HeaderValue>,
         limits: StreamableHttpResponseLimits,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<Self::Error>> {
+        if let Some(tap) = &self.1 {
+            tap.record(&uri, session_id.as_ref(), auth_header.as_ref(), &custom_headers);
+        }
         let headers = with_trace_headers(&message, custom_headers);
         self.0.post_message_with_response_limits(uri, message, session_id, auth_header, headers, limits).await
     }

@@ -5,6 +5,7 @@
 //! when idle, plus that server's tool-discovery cache. The [`pool`] shares them per (config, server).
 
 pub mod callers;
+pub(crate) mod http_call;
 pub mod oauth;
 pub mod observed;
 pub mod pool;
@@ -29,6 +30,7 @@ use uuid::Uuid;
 use crate::catalog::ServerPins;
 use crate::metrics::Metrics;
 use callers::Callers;
+use http_call::SessionTap;
 use observed::{Observer, Seen};
 use relay::{ChangeEvent, ProgressRoutes, RelayTargets, UpstreamClient};
 
@@ -62,6 +64,8 @@ pub struct UpstreamSettings {
     pub observer: Arc<Observer>,
     /// OAuth tokens for upstreams that need them.
     pub tokens: Arc<oauth::TokenSource>,
+    /// Tool calls to plain-HTTP upstreams, on kept-alive connections.
+    pub pooled: http_call::PooledHttp,
 }
 
 type Session = RunningService<RoleClient, UpstreamClient>;
@@ -134,6 +138,8 @@ pub struct Upstream {
     pins: Mutex<HashMap<String, String>>,
     /// The server's OAuth settings, parsed once.
     oauth: std::sync::OnceLock<Result<Option<OAuthConfig>, String>>,
+    /// The MCP session rmcp holds with a plain-HTTP upstream, for calls on pooled connections.
+    session_tap: Arc<SessionTap>,
 }
 
 /// A connection that stays open for as long as the guard lives (idle reaping skips it).
@@ -180,6 +186,7 @@ impl Upstream {
             retired: Default::default(),
             pins: Mutex::new(HashMap::new()),
             oauth: std::sync::OnceLock::new(),
+            session_tap: Arc::default(),
         })
     }
 
@@ -194,6 +201,26 @@ impl Upstream {
     /// The client sessions this upstream's own messages may be relayed to.
     pub fn callers(&self) -> &Callers {
         &self.targets.callers
+    }
+
+    /// What the upstream's notifications act on.
+    pub fn targets(&self) -> &RelayTargets {
+        &self.targets
+    }
+
+    /// The upstream's MCP session, when tool calls can go on a pooled connection (a plain-HTTP
+    /// upstream without OAuth, once rmcp has opened the session); otherwise calls go through rmcp.
+    pub fn http_session(&self) -> Option<Arc<http_call::HttpSession>> {
+        self.session_tap.current()
+    }
+
+    /// Forgets `session` after the upstream ended it; rmcp opens the next one.
+    pub fn http_session_gone(&self, session: &Arc<http_call::HttpSession>) {
+        self.session_tap.forget(session);
+    }
+
+    pub fn pooled(&self) -> &http_call::PooledHttp {
+        &self.settings.pooled
     }
 
     /// A live session to the upstream, opening (or reopening) it when needed.
@@ -223,6 +250,7 @@ impl Upstream {
             conn.session = None;
             conn._process = None;
             conn.started_with = None;
+            self.session_tap.clear();
         }
         if let Some(session) = &conn.session {
             if !session.is_closed() && !session.peer().is_transport_closed() {
@@ -235,6 +263,7 @@ impl Upstream {
             conn.retry_at = (conn.failures > 0).then(|| Instant::now() + backoff(conn.failures));
             conn.session = None;
             conn._process = None;
+            self.session_tap.clear();
             tracing::warn!(server = %self.name(), "upstream connection lost; reconnecting");
         }
         let connect_ms = self.spec.timeouts.connect_ms;
@@ -267,6 +296,7 @@ impl Upstream {
                     allow_elicitation: self.spec.allow_elicitation,
                 },
                 auth,
+                &self.session_tap,
             ),
         )
         .await;

@@ -108,6 +108,21 @@ pub enum ProgressSink {
     Response(mpsc::Sender<ProgressNotificationParam>),
 }
 
+impl ProgressSink {
+    /// Sends one notification to the client, under the client's own token.
+    pub async fn forward(&self, client_token: &ProgressToken, mut note: ProgressNotificationParam) {
+        note.progress_token = client_token.clone();
+        match self {
+            ProgressSink::Session(peer) => {
+                let _ = peer.notify_progress(note).await;
+            }
+            ProgressSink::Response(response) => {
+                let _ = response.send(note).await;
+            }
+        }
+    }
+}
+
 /// One call's progress, forwarded to its client under the client's own token; closes the route
 /// when dropped, however the call ends.
 pub struct ProgressRoute<'a> {
@@ -125,16 +140,8 @@ impl ProgressRoute<'_> {
     }
 
     /// Sends one notification to the client.
-    pub async fn forward(&self, mut note: ProgressNotificationParam) {
-        note.progress_token = self.client_token.clone();
-        match &self.client {
-            ProgressSink::Session(peer) => {
-                let _ = peer.notify_progress(note).await;
-            }
-            ProgressSink::Response(response) => {
-                let _ = response.send(note).await;
-            }
-        }
+    pub async fn forward(&self, note: ProgressNotificationParam) {
+        self.client.forward(&self.client_token, note).await;
     }
 
     /// Forwards everything recorded so far.
@@ -290,6 +297,26 @@ impl RelayTargets {
         }
     }
 
+    /// Acts on a notification an upstream sent within a call's answer that did not pass through
+    /// rmcp (see `http_call`), as the tap and the client handler do for the others.
+    pub fn deliver(&self, notification: &ServerNotification) {
+        match notification {
+            ServerNotification::LoggingMessageNotification(log) => self.relay_log(&log.params),
+            ServerNotification::ResourceUpdatedNotification(update) => self.relay_resource_update(&update.params),
+            ServerNotification::ToolListChangedNotification(_) => {
+                (self.tools_changed)();
+                self.announce(ListKind::Tools);
+            }
+            ServerNotification::PromptListChangedNotification(_) => self.announce(ListKind::Prompts),
+            ServerNotification::ResourceListChangedNotification(_) => self.announce(ListKind::Resources),
+            _ => {}
+        }
+    }
+
+    fn announce(&self, kind: ListKind) {
+        let _ = self.events.send(ChangeEvent::Upstream { config_id: self.config_id, kind });
+    }
+
     fn relay_log(&self, params: &LoggingMessageNotificationParam) {
         let Some(caller) = self.callers.attributable() else {
             tracing::debug!(server = %self.server, "a log message no single session can be told for; not relayed");
@@ -345,12 +372,6 @@ pub struct UpstreamClient {
     /// What the server's config lets it ask of clients; only these are declared to it.
     pub allow_sampling: bool,
     pub allow_elicitation: bool,
-}
-
-impl UpstreamClient {
-    fn announce(&self, kind: ListKind) {
-        let _ = self.targets.events.send(ChangeEvent::Upstream { config_id: self.targets.config_id, kind });
-    }
 }
 
 fn relay_failure(e: ServiceError) -> McpError {
@@ -416,14 +437,14 @@ impl ClientHandler for UpstreamClient {
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
         tracing::info!(server = %self.targets.server, "upstream tool list changed");
         (self.targets.tools_changed)();
-        self.announce(ListKind::Tools);
+        self.targets.announce(ListKind::Tools);
     }
 
     async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        self.announce(ListKind::Prompts);
+        self.targets.announce(ListKind::Prompts);
     }
 
     async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        self.announce(ListKind::Resources);
+        self.targets.announce(ListKind::Resources);
     }
 }

@@ -9,6 +9,9 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use shared::server::{ServerSpec, Transport};
 use tokio::io::AsyncBufReadExt;
 
+use std::sync::Arc;
+
+use super::http_call::{PooledHttp, SessionTap};
 use super::oauth::{AuthorizedHttp, Token};
 use super::relay::{NotificationTap, UpstreamClient};
 use super::stdio::ChildTransport;
@@ -39,6 +42,7 @@ pub(super) async fn open(
     settings: &UpstreamSettings,
     client: UpstreamClient,
     auth: Option<UpstreamAuth<'_>>,
+    tap: &Arc<SessionTap>,
 ) -> Result<(Session, bool), String> {
     match &spec.config {
         Transport::Stdio { command, args, env, cwd } => {
@@ -117,13 +121,16 @@ pub(super) async fn open(
                         server: spec.server_name.clone(),
                         oauth: auth.oauth.clone(),
                     };
-                    let transport = StreamableHttpClientTransport::with_client(TraceHeaders(http), config);
+                    let transport = StreamableHttpClientTransport::with_client(TraceHeaders(http, None), config);
                     let recorder = NotificationTap { inner: transport, targets: client.targets.clone() };
                     client.serve(recorder).await
                 }
                 None => {
+                    // Calls to a plain-HTTP upstream go on pooled connections, on the session
+                    // rmcp opens (the tap records it).
+                    let tap = PooledHttp::serves(url).then(|| tap.clone());
                     let transport =
-                        StreamableHttpClientTransport::with_client(TraceHeaders(settings.http.clone()), config);
+                        StreamableHttpClientTransport::with_client(TraceHeaders(settings.http.clone(), tap), config);
                     let recorder = NotificationTap { inner: transport, targets: client.targets.clone() };
                     client.serve(recorder).await
                 }

@@ -1,0 +1,371 @@
+//! `tools/call` to a streamable-HTTP upstream on a pooled keep-alive connection, without rmcp's
+//! client worker.
+//!
+//! rmcp opens and keeps the upstream's MCP session (initialize, its event stream, reconnection) and
+//! stays the path for everything else. A call goes here on that session: one POST, on a connection
+//! kept for the next call, with the answer (JSON, or an event stream with progress and notifications
+//! before it) read to its end. When the session is gone (`404`), the call goes through rmcp, which
+//! opens a new one.
+//!
+//! Connections are kept alive with `TCP_NODELAY` and quick ACKs: an upstream that leaves Nagle's
+//! algorithm on writes an answer in pieces and waits for the ACK of the first before sending the
+//! next, and a delayed ACK would hold every answer on a reused connection for 40 ms.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::http::{HeaderName, HeaderValue, Request, StatusCode, header};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rmcp::ErrorData as McpError;
+use rmcp::model::{
+    CallToolRequestParams, CancelledNotification, CancelledNotificationParam, ClientJsonRpcMessage, ClientNotification,
+    JsonRpcMessage, NumberOrString, ProgressNotificationParam, ProgressToken, ServerJsonRpcMessage, ServerNotification,
+    ServerResult,
+};
+use tokio::net::TcpStream;
+
+use super::relay::RelayTargets;
+
+/// The upstream session rmcp opened, and the headers it sends on it.
+pub struct HttpSession {
+    uri: Arc<str>,
+    id: Arc<str>,
+    bearer: Option<String>,
+    /// Configured headers and `MCP-Protocol-Version`, as rmcp sends them.
+    headers: HashMap<HeaderName, HeaderValue>,
+}
+
+/// The latest session rmcp used for an upstream: recorded from each message it posts.
+#[derive(Default)]
+pub struct SessionTap(Mutex<Option<Arc<HttpSession>>>);
+
+impl SessionTap {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<HttpSession>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the session of a message rmcp posts (before trace headers are added).
+    pub fn record(
+        &self,
+        uri: &Arc<str>,
+        session: Option<&Arc<str>>,
+        bearer: Option<&String>,
+        headers: &HashMap<HeaderName, HeaderValue>,
+    ) {
+        let Some(id) = session else { return };
+        let mut slot = self.slot();
+        if slot.as_ref().is_some_and(|s| s.id == *id && s.uri == *uri && s.bearer.as_ref() == bearer) {
+            return;
+        }
+        let headers = headers.clone();
+        *slot = Some(Arc::new(HttpSession { uri: uri.clone(), id: id.clone(), bearer: bearer.cloned(), headers }));
+    }
+
+    pub fn current(&self) -> Option<Arc<HttpSession>> {
+        self.slot().clone()
+    }
+
+    /// Forgets the session (a new connection opens another).
+    pub fn clear(&self) {
+        *self.slot() = None;
+    }
+
+    /// Forgets `session` (the upstream ended it); rmcp opens the next one.
+    pub fn forget(&self, session: &Arc<HttpSession>) {
+        let mut slot = self.slot();
+        if slot.as_ref().is_some_and(|s| Arc::ptr_eq(s, session)) {
+            *slot = None;
+        }
+    }
+}
+
+/// Why a call could not be made here: the caller sends it through rmcp instead.
+#[derive(Debug)]
+pub enum NotSent {
+    /// The upstream no longer knows the session.
+    SessionGone,
+}
+
+/// How a call made here ended.
+#[derive(Debug)]
+pub enum CallEnd {
+    Answered(Box<ServerResult>),
+    Refused(McpError),
+    Failed(String),
+    TooLarge(usize),
+}
+
+/// The pooled keep-alive client for upstream calls (plain HTTP).
+#[derive(Clone)]
+pub struct PooledHttp {
+    client: Client<QuickAckConnector, Full<Bytes>>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Default for PooledHttp {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
+            .build(QuickAckConnector(connector));
+        PooledHttp { client, next_id: Arc::new(AtomicU64::new(1)) }
+    }
+}
+
+/// A call in flight here: its id on the upstream session, for cancelling it.
+pub struct Sent {
+    pub id: NumberOrString,
+}
+
+impl PooledHttp {
+    /// Whether calls to `url` can go here (plain HTTP; TLS upstreams stay on rmcp's client).
+    pub fn serves(url: &str) -> bool {
+        url.get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
+    }
+
+    pub fn next_call(&self) -> Sent {
+        Sent { id: NumberOrString::String(format!("mcpgw-{}", self.next_id.fetch_add(1, Ordering::Relaxed)).into()) }
+    }
+
+    /// Posts `params` as a `tools/call` with id `sent.id` on `session`; progress the upstream reports
+    /// under `progress` goes to `on_progress` (in order, before the answer), other notifications to
+    /// `targets`. Answers larger than `max_bytes` are refused.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn call_tool(
+        &self,
+        session: &HttpSession,
+        sent: &Sent,
+        params: &CallToolRequestParams,
+        progress: Option<&ProgressToken>,
+        on_progress: &mut (dyn FnMut(ProgressNotificationParam) + Send),
+        targets: &RelayTargets,
+        max_bytes: usize,
+    ) -> Result<CallEnd, NotSent> {
+        #[derive(serde::Serialize)]
+        struct Call<'a> {
+            jsonrpc: &'static str,
+            id: &'a NumberOrString,
+            method: &'static str,
+            params: &'a CallToolRequestParams,
+        }
+        let call = Call { jsonrpc: "2.0", id: &sent.id, method: "tools/call", params };
+        let body = match serde_json::to_vec(&call) {
+            Ok(body) => body,
+            Err(e) => return Ok(CallEnd::Failed(format!("the call could not be encoded: {e}"))),
+        };
+        let headers = crate::telemetry::with_meta_trace_headers(params.meta.as_ref(), session.headers.clone());
+        let response = match self.client.request(post(session, headers, body)).await {
+            Ok(response) => response,
+            Err(e) => return Ok(CallEnd::Failed(error_chain(&e))),
+        };
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Err(NotSent::SessionGone);
+        }
+        let content_type =
+            response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        let body = response.into_body();
+        if essence == "text/event-stream" && status.is_success() {
+            return Ok(read_events(body, &sent.id, progress, on_progress, targets, max_bytes).await);
+        }
+        let bytes = match Limited::new(body, max_bytes).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Ok(CallEnd::TooLarge(max_bytes)),
+            Err(e) => return Ok(CallEnd::Failed(format!("reading the answer: {e}"))),
+        };
+        if essence == "application/json" {
+            if let Ok(message) = serde_json::from_slice::<ServerJsonRpcMessage>(&bytes)
+                && let Some(end) = ending(message, &sent.id)
+            {
+                return Ok(end);
+            }
+            if status.is_success() {
+                return Ok(CallEnd::Failed("the answer is not a JSON-RPC response to the call".into()));
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
+        Ok(CallEnd::Failed(format!("HTTP {status}: {text}")))
+    }
+
+    /// Tells the upstream that call `sent` is cancelled (on its own, without waiting).
+    pub fn cancel(&self, session: Arc<HttpSession>, sent: &Sent, reason: String) {
+        let params = CancelledNotificationParam::new(Some(sent.id.clone()), Some(reason));
+        let note = ClientJsonRpcMessage::notification(ClientNotification::CancelledNotification(
+            CancelledNotification::new(params),
+        ));
+        let Ok(body) = serde_json::to_vec(&note) else { return };
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let request = post(&session, session.headers.clone(), body);
+            if let Ok(response) = client.request(request).await {
+                // Read to the end, so the connection goes back to the pool.
+                let _ = Limited::new(response.into_body(), 64 * 1024).collect().await;
+            }
+        });
+    }
+}
+
+fn post(session: &HttpSession, headers: HashMap<HeaderName, HeaderValue>, body: Vec<u8>) -> Request<Full<Bytes>> {
+    let mut request = Request::new(Full::new(Bytes::from(body)));
+    *request.method_mut() = hyper::http::Method::POST;
+    if let Ok(uri) = session.uri.parse() {
+        *request.uri_mut() = uri;
+    }
+    let h = request.headers_mut();
+    for (name, value) in headers {
+        h.insert(name, value);
+    }
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
+    if let Ok(id) = HeaderValue::from_str(&session.id) {
+        h.insert("mcp-session-id", id);
+    }
+    if let Some(bearer) = &session.bearer
+        && let Ok(value) = HeaderValue::from_str(&format!("Bearer {bearer}"))
+    {
+        h.insert(header::AUTHORIZATION, value);
+    }
+    request
+}
+
+/// The call's end, if `message` is the answer to call `id`.
+fn ending(message: ServerJsonRpcMessage, id: &NumberOrString) -> Option<CallEnd> {
+    match message {
+        JsonRpcMessage::Response(r) if r.id == *id => Some(CallEnd::Answered(Box::new(r.result))),
+        JsonRpcMessage::Error(e) if e.id.as_ref().is_none_or(|i| i == id) => Some(CallEnd::Refused(e.error)),
+        _ => None,
+    }
+}
+
+/// Reads an answer sent as server-sent events to its end.
+async fn read_events(
+    body: hyper::body::Incoming,
+    id: &NumberOrString,
+    progress: Option<&ProgressToken>,
+    on_progress: &mut (dyn FnMut(ProgressNotificationParam) + Send),
+    targets: &RelayTargets,
+    max_bytes: usize,
+) -> CallEnd {
+    let mut events = std::pin::pin!(sse_stream::SseStream::new(body));
+    let mut end = None;
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => return end.unwrap_or_else(|| CallEnd::Failed(format!("reading the answer: {e}"))),
+        };
+        let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else { continue };
+        if data.len() > max_bytes {
+            return CallEnd::TooLarge(data.len());
+        }
+        if end.is_some() {
+            continue; // read to the end, for the connection's sake
+        }
+        let Ok(message) = serde_json::from_str::<ServerJsonRpcMessage>(&data) else { continue };
+        match message {
+            JsonRpcMessage::Notification(n) => match n.notification {
+                ServerNotification::ProgressNotification(p) if Some(&p.params.progress_token) == progress => {
+                    on_progress(p.params)
+                }
+                other => targets.deliver(&other),
+            },
+            JsonRpcMessage::Request(_) => {
+                tracing::debug!(server = %targets.server, "an upstream request within a call is not answered");
+            }
+            other => end = ending(other, id),
+        }
+    }
+    end.unwrap_or_else(|| CallEnd::Failed("the upstream closed its answer without answering".into()))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Plain TCP connections that acknowledge at once (see the module's comment).
+#[derive(Clone)]
+pub struct QuickAckConnector(HttpConnector);
+
+impl tower_service::Service<hyper::http::Uri> for QuickAckConnector {
+    type Response = QuickAck;
+    type Error = <HttpConnector as tower_service::Service<hyper::http::Uri>>::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<QuickAck, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: hyper::http::Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move { connecting.await.map(QuickAck) })
+    }
+}
+
+pub struct QuickAck(TokioIo<TcpStream>);
+
+impl Connection for QuickAck {
+    fn connected(&self) -> Connected {
+        self.0.connected()
+    }
+}
+
+impl hyper::rt::Read for QuickAck {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let read = Pin::new(&mut this.0).poll_read(cx, buf);
+        if read.is_ready() {
+            // Linux leaves quick-ACK mode on its own; back into it after every read.
+            let _ = this.0.inner().set_quickack(true);
+        }
+        read
+    }
+}
+
+impl hyper::rt::Write for QuickAck {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+}
