@@ -66,7 +66,13 @@ impl SessionTap {
         if slot.as_ref().is_some_and(|s| s.id == *id && s.uri == *uri && s.bearer.as_ref() == bearer) {
             return;
         }
-        let headers = headers.clone();
+        // Headers that describe one message (SEP-2243's `Mcp-Method`, `Mcp-Name`, `Mcp-Param-*`)
+        // are not the session's.
+        let headers = headers
+            .iter()
+            .filter(|(name, _)| !name.as_str().starts_with("mcp-") || name.as_str() == "mcp-protocol-version")
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
         *slot = Some(Arc::new(HttpSession { uri: uri.clone(), id: id.clone(), bearer: bearer.cloned(), headers }));
     }
 

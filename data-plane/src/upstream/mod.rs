@@ -542,6 +542,7 @@ impl Upstream {
             && let Some(session) = conn.session.take()
         {
             tracing::info!(server = %self.name(), "closing idle upstream connection");
+            self.session_tap.clear();
             conn._process = None;
             conn.failures = 0;
             conn.retry_at = None;
@@ -560,6 +561,7 @@ impl Upstream {
         }
         let mut conn = self.connection.lock().await;
         conn._process = None;
+        self.session_tap.clear();
         if let Some(session) = conn.session.take() {
             drop(conn);
             shut_down(session).await;
