@@ -190,6 +190,13 @@ impl ServerHandler for Fixture {
             }
             "sleep_ms" => {
                 let ms = number_arg(&args, "ms")?;
+                // `"ping": true`: ask the client something first (on the call's own stream).
+                if args.get("ping").and_then(Value::as_bool) == Some(true) {
+                    let ping = ServerRequest::PingRequest(Default::default());
+                    if let Err(e) = context.peer.send_request(ping).await {
+                        return Err(McpError::internal_error(format!("the client did not answer a ping: {e}"), None));
+                    }
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(std::time::Duration::from_millis(ms as u64)) => {}
                     _ = context.ct.cancelled() => {

@@ -644,6 +644,10 @@ fn streamable_http_upstreams_with_configured_headers() {
             assert_eq!(text(r), format!("m{i}"));
         }
 
+        // A request the upstream makes within a call is answered (here a ping, before it answers).
+        let pinged = call(&c, "remote__sleep_ms", json!({"ms": 1, "ping": true})).await.unwrap();
+        assert_eq!(text(&pinged), "slept 1 ms", "{pinged}");
+
         // Calls reuse their connections to the upstream, and a reused connection is not held by
         // delayed ACKs (this upstream leaves Nagle's algorithm on, as axum does by default: a stall
         // would make every call take 40 ms or more).

@@ -28,8 +28,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rmcp::ErrorData as McpError;
 use rmcp::model::{
     CallToolRequestParams, CancelledNotification, CancelledNotificationParam, ClientJsonRpcMessage, ClientNotification,
-    JsonRpcMessage, NumberOrString, ProgressNotificationParam, ProgressToken, ServerJsonRpcMessage, ServerNotification,
-    ServerResult,
+    ClientResult, JsonRpcMessage, NumberOrString, ProgressNotificationParam, ProgressToken, ServerJsonRpcMessage,
+    ServerNotification, ServerRequest, ServerResult,
 };
 use tokio::net::TcpStream;
 
@@ -185,7 +185,8 @@ impl PooledHttp {
         let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
         let body = response.into_body();
         if essence == "text/event-stream" && status.is_success() {
-            return Ok(read_events(body, &sent.id, progress, on_progress, targets, max_bytes).await);
+            let events = Events { session, id: &sent.id, progress, targets, max_bytes };
+            return Ok(self.read_events(body, events, on_progress).await);
         }
         let bytes = match Limited::new(body, max_bytes).collect().await {
             Ok(collected) => collected.to_bytes(),
@@ -212,15 +213,84 @@ impl PooledHttp {
         let note = ClientJsonRpcMessage::notification(ClientNotification::CancelledNotification(
             CancelledNotification::new(params),
         ));
-        let Ok(body) = serde_json::to_vec(&note) else { return };
+        self.post_aside(&session, &note);
+    }
+
+    /// Posts `message` on `session` on its own task (the upstream's answer is read and dropped).
+    fn post_aside(&self, session: &HttpSession, message: &ClientJsonRpcMessage) {
+        let Ok(body) = serde_json::to_vec(message) else { return };
+        let request = post(session, session.headers.clone(), body);
         let client = self.client.clone();
         tokio::spawn(async move {
-            let request = post(&session, session.headers.clone(), body);
             if let Ok(response) = client.request(request).await {
                 // Read to the end, so the connection goes back to the pool.
                 let _ = Limited::new(response.into_body(), 64 * 1024).collect().await;
             }
         });
+    }
+
+    /// Reads an answer sent as server-sent events to its end.
+    async fn read_events(
+        &self,
+        body: hyper::body::Incoming,
+        call: Events<'_>,
+        on_progress: &mut (dyn FnMut(ProgressNotificationParam) + Send),
+    ) -> CallEnd {
+        let mut events = std::pin::pin!(sse_stream::SseStream::new(body));
+        let mut end = None;
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => return end.unwrap_or_else(|| CallEnd::Failed(format!("reading the answer: {e}"))),
+            };
+            let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else { continue };
+            if data.len() > call.max_bytes {
+                return CallEnd::TooLarge(data.len());
+            }
+            if end.is_some() {
+                continue; // read to the end, for the connection's sake
+            }
+            let Ok(message) = serde_json::from_str::<ServerJsonRpcMessage>(&data) else { continue };
+            match message {
+                JsonRpcMessage::Notification(n) => match n.notification {
+                    ServerNotification::ProgressNotification(p) if Some(&p.params.progress_token) == call.progress => {
+                        on_progress(p.params)
+                    }
+                    other => call.targets.deliver(&other),
+                },
+                JsonRpcMessage::Request(r) => {
+                    let answer = match own_answer(&r.request) {
+                        Ok(result) => ClientJsonRpcMessage::response(result, r.id),
+                        Err(error) => ClientJsonRpcMessage::error(error, Some(r.id)),
+                    };
+                    self.post_aside(call.session, &answer);
+                }
+                other => end = ending(other, call.id),
+            }
+        }
+        end.unwrap_or_else(|| CallEnd::Failed("the upstream closed its answer without answering".into()))
+    }
+}
+
+/// One call's answer being read: what it is matched and relayed by.
+struct Events<'a> {
+    session: &'a HttpSession,
+    id: &'a NumberOrString,
+    progress: Option<&'a ProgressToken>,
+    targets: &'a RelayTargets,
+    max_bytes: usize,
+}
+
+/// The gateway's answer to a request an upstream makes within a call on a pooled connection: as
+/// its rmcp client answers them for a server that may not sample or elicit (the only servers whose
+/// calls go there).
+fn own_answer(request: &ServerRequest) -> Result<ClientResult, McpError> {
+    match request {
+        ServerRequest::PingRequest(_) => Ok(ClientResult::empty(())),
+        ServerRequest::ListRootsRequest(_) => Ok(ClientResult::ListRootsResult(Default::default())),
+        ServerRequest::CreateMessageRequest(_) => Err(super::relay::not_allowed("sampling")),
+        ServerRequest::ElicitRequest(_) => Err(super::relay::not_allowed("elicitation")),
+        _ => Err(McpError::new(rmcp::model::ErrorCode::METHOD_NOT_FOUND, "method not found", None)),
     }
 }
 
@@ -254,46 +324,6 @@ fn ending(message: ServerJsonRpcMessage, id: &NumberOrString) -> Option<CallEnd>
         JsonRpcMessage::Error(e) if e.id.as_ref().is_none_or(|i| i == id) => Some(CallEnd::Refused(e.error)),
         _ => None,
     }
-}
-
-/// Reads an answer sent as server-sent events to its end.
-async fn read_events(
-    body: hyper::body::Incoming,
-    id: &NumberOrString,
-    progress: Option<&ProgressToken>,
-    on_progress: &mut (dyn FnMut(ProgressNotificationParam) + Send),
-    targets: &RelayTargets,
-    max_bytes: usize,
-) -> CallEnd {
-    let mut events = std::pin::pin!(sse_stream::SseStream::new(body));
-    let mut end = None;
-    while let Some(event) = events.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => return end.unwrap_or_else(|| CallEnd::Failed(format!("reading the answer: {e}"))),
-        };
-        let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else { continue };
-        if data.len() > max_bytes {
-            return CallEnd::TooLarge(data.len());
-        }
-        if end.is_some() {
-            continue; // read to the end, for the connection's sake
-        }
-        let Ok(message) = serde_json::from_str::<ServerJsonRpcMessage>(&data) else { continue };
-        match message {
-            JsonRpcMessage::Notification(n) => match n.notification {
-                ServerNotification::ProgressNotification(p) if Some(&p.params.progress_token) == progress => {
-                    on_progress(p.params)
-                }
-                other => targets.deliver(&other),
-            },
-            JsonRpcMessage::Request(_) => {
-                tracing::debug!(server = %targets.server, "an upstream request within a call is not answered");
-            }
-            other => end = ending(other, id),
-        }
-    }
-    end.unwrap_or_else(|| CallEnd::Failed("the upstream closed its answer without answering".into()))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -381,7 +381,7 @@ fn relay_failure(e: ServiceError) -> McpError {
     }
 }
 
-fn not_allowed(what: &str) -> McpError {
+pub(super) fn not_allowed(what: &str) -> McpError {
     McpError::invalid_request(format!("{what} is not enabled for this server (allow_{what} in its config)"), None)
 }
 
