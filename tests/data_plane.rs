@@ -628,11 +628,16 @@ fn streamable_http_upstreams_with_configured_headers() {
         "remote",
         json!([{"server_name": "remote", "config": {"type": "http", "url": format!("{addr}/mcp"), "headers": {"X-Team": "payments"}}}]),
     );
-    let dp = DataPlane::start(&cp, &[]);
+    let dp = DataPlane::start(&cp, &[("MCPGW_MAX_RESPONSE_BYTES", "100000")]);
     dp.sync(&cp);
     runtime().block_on(async {
         let c = connect(&dp.mcp_url(), &key).await.unwrap();
         assert_eq!(text(&call(&c, "remote__echo", json!({"message": "over http"})).await.unwrap()), "over http");
+        // The size cap holds on this path too, and the call after it is served.
+        let big = call(&c, "remote__big", json!({"bytes": 200_000})).await.unwrap();
+        assert_eq!(big["isError"], true, "{big}");
+        assert!(text(&big).contains("exceeds the gateway's limit of 100000 bytes"), "{big}");
+        assert_eq!(text(&call(&c, "remote__big", json!({"bytes": 10})).await.unwrap()), "x".repeat(10));
         let media = call(&c, "remote__media", json!({})).await.unwrap();
         assert_eq!(media["content"].as_array().unwrap().len(), 5);
         let all = futures::future::join_all((0..20).map(|i| {

@@ -183,6 +183,7 @@ impl PooledHttp {
         let content_type =
             response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        let announced = response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
         let body = response.into_body();
         if essence == "text/event-stream" && status.is_success() {
             let events = Events { session, id: &sent.id, progress, targets, max_bytes };
@@ -190,7 +191,10 @@ impl PooledHttp {
         }
         let bytes = match Limited::new(body, max_bytes).collect().await {
             Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Ok(CallEnd::TooLarge(max_bytes)),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                // Its size when the upstream said it; otherwise all that is known is "more".
+                return Ok(CallEnd::TooLarge(announced.unwrap_or(max_bytes.saturating_add(1))));
+            }
             Err(e) => return Ok(CallEnd::Failed(format!("reading the answer: {e}"))),
         };
         if essence == "application/json" {
