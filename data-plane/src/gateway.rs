@@ -79,6 +79,16 @@ pub(crate) struct CallOrigin<'a> {
     pub progress_into: Option<crate::direct::ProgressInto>,
 }
 
+impl CallOrigin<'_> {
+    /// Where the call's progress goes to its client.
+    fn progress_sink(&self) -> ProgressSink {
+        match &self.progress_into {
+            Some(response) => ProgressSink::Response(response.0.clone()),
+            None => ProgressSink::Session(self.peer.clone()),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct GatewayService {
     pub(crate) gateway: Arc<Gateway>,
@@ -375,14 +385,10 @@ impl GatewayService {
         // rmcp gives every outgoing request its own progress token; route that one back.
         let mut route = origin.and_then(|o| {
             let token = o.progress.clone()?;
-            let sink = match &o.progress_into {
-                Some(response) => ProgressSink::Response(response.0.clone()),
-                None => ProgressSink::Session(o.peer.clone()),
-            };
-            Some(upstream.progress().open(handle.progress_token.clone(), sink, token))
+            Some(upstream.progress().open(handle.progress_token.clone(), o.progress_sink(), token))
         });
         let (peer, id) = (handle.peer.clone(), handle.id.clone());
-        let ms = spec.timeouts.tools.get(tool).copied().unwrap_or(spec.timeouts.call_ms);
+        let ms = call_timeout_ms(spec, tool);
         let response = tokio::time::timeout(Duration::from_millis(ms), handle.await_response());
         tokio::pin!(response);
         let outcome = loop {
@@ -417,14 +423,16 @@ impl GatewayService {
                 });
             }
             Ok(Err(e)) => return Err(failed(e)),
-            Ok(Ok(ServerResult::CallToolResult(r))) => CallToolResponse::Complete(r),
-            Ok(Ok(ServerResult::InputRequiredResult(r))) => CallToolResponse::InputRequired(r),
-            Ok(Ok(ServerResult::CreateTaskResult(r))) => CallToolResponse::Task(r),
-            Ok(Ok(_)) => return Err(failed(ServiceError::UnexpectedResponse)),
+            Ok(Ok(result)) => tool_response(result).ok_or_else(|| failed(ServiceError::UnexpectedResponse))?,
         };
-        let size = response_size(&response);
-        if size > self.gateway.config.max_response_bytes {
-            return Err(CallFailure::TooLarge { size, limit: self.gateway.config.max_response_bytes });
+        self.within_cap(response)
+    }
+
+    /// `response`, unless its payload is over `MCPGW_MAX_RESPONSE_BYTES`.
+    fn within_cap(&self, response: CallToolResponse) -> Result<CallToolResponse, CallFailure> {
+        let (size, limit) = (response_size(&response), self.gateway.config.max_response_bytes);
+        if size > limit {
+            return Err(CallFailure::TooLarge { size, limit });
         }
         Ok(response)
     }
@@ -454,19 +462,13 @@ impl GatewayService {
             // Progress is advisory: a client that does not keep up loses some.
             let _ = notes_in.try_send(note);
         };
-        let sink = wants.map(|(client_token, o)| {
-            let sink = match &o.progress_into {
-                Some(response) => ProgressSink::Response(response.0.clone()),
-                None => ProgressSink::Session(o.peer.clone()),
-            };
-            (sink, client_token)
-        });
+        let sink = wants.map(|(client_token, o)| (o.progress_sink(), client_token));
         let forward = async |note| {
             if let Some((sink, client_token)) = &sink {
                 sink.forward(client_token, note).await;
             }
         };
-        let ms = spec.timeouts.tools.get(tool).copied().unwrap_or(spec.timeouts.call_ms);
+        let ms = call_timeout_ms(spec, tool);
         let limit = self.gateway.config.max_response_bytes;
         let call = pooled.call_tool(
             session,
@@ -502,21 +504,15 @@ impl GatewayService {
                 return Ok(Err(CallFailure::Upstream(UpstreamError::Timeout { server: spec.server_name.clone(), ms })));
             }
             Ok(Err(not_sent)) => return Err(not_sent),
-            Ok(Ok(CallEnd::Answered(result))) => match *result {
-                ServerResult::CallToolResult(r) => CallToolResponse::Complete(r),
-                ServerResult::InputRequiredResult(r) => CallToolResponse::InputRequired(r),
-                ServerResult::CreateTaskResult(r) => CallToolResponse::Task(r),
-                _ => return Ok(Err(failed("the answer is not a tool call result".into()))),
+            Ok(Ok(CallEnd::Answered(result))) => match tool_response(*result) {
+                Some(response) => response,
+                None => return Ok(Err(failed("the answer is not a tool call result".into()))),
             },
             Ok(Ok(CallEnd::Refused(e))) => return Ok(Err(CallFailure::Protocol(e))),
             Ok(Ok(CallEnd::Failed(reason))) => return Ok(Err(failed(reason))),
             Ok(Ok(CallEnd::TooLarge(size))) => return Ok(Err(CallFailure::TooLarge { size, limit })),
         };
-        let size = response_size(&response);
-        if size > limit {
-            return Ok(Err(CallFailure::TooLarge { size, limit }));
-        }
-        Ok(Ok(response))
+        Ok(self.within_cap(response))
     }
 
     /// Each server's complete listing of one kind, in config order: `None` where the server does not
@@ -749,6 +745,21 @@ fn guard_attributes(stage: &'static str, spec: &ServerSpec) -> Vec<opentelemetry
 
 /// `_meta` for the upstream request: the client's own keys, minus protocol bookkeeping that
 /// describes the client's connection and its progress token (rmcp sets the gateway's own).
+/// How long a call of `tool` may take (its own timeout, else the server's).
+fn call_timeout_ms(spec: &ServerSpec, tool: &str) -> u64 {
+    spec.timeouts.tools.get(tool).copied().unwrap_or(spec.timeouts.call_ms)
+}
+
+/// A tool call's answer, if `result` is one.
+fn tool_response(result: ServerResult) -> Option<CallToolResponse> {
+    match result {
+        ServerResult::CallToolResult(r) => Some(CallToolResponse::Complete(r)),
+        ServerResult::InputRequiredResult(r) => Some(CallToolResponse::InputRequired(r)),
+        ServerResult::CreateTaskResult(r) => Some(CallToolResponse::Task(r)),
+        _ => None,
+    }
+}
+
 fn upstream_meta(client: Option<RequestMetaObject>) -> Option<RequestMetaObject> {
     let mut meta = client.unwrap_or_default();
     meta.0.retain(|k, _| !k.starts_with("io.modelcontextprotocol/") && k != "progressToken");

@@ -659,6 +659,11 @@ fn outgoing_context(message: &ClientJsonRpcMessage) -> Option<(String, Option<St
         _ => None,
     };
     let meta = typed.filter(|m| m.get_traceparent().is_some()).unwrap_or_else(|| r.request.get_meta());
+    context_of(meta)
+}
+
+/// The trace context `meta` carries: `traceparent` and `tracestate`.
+fn context_of(meta: &RequestMetaObject) -> Option<(String, Option<String>)> {
     meta.get_traceparent().map(|tp| (tp.to_string(), meta.get_tracestate().map(str::to_string)))
 }
 
@@ -674,9 +679,7 @@ pub(crate) fn with_meta_trace_headers(
     meta: Option<&RequestMetaObject>,
     headers: HashMap<HeaderName, HeaderValue>,
 ) -> HashMap<HeaderName, HeaderValue> {
-    let context =
-        meta.and_then(|m| m.get_traceparent().map(|tp| (tp.to_string(), m.get_tracestate().map(str::to_string))));
-    with_context_headers(context, headers)
+    with_context_headers(meta.and_then(context_of), headers)
 }
 
 fn with_context_headers(
