@@ -148,6 +148,15 @@ pub struct InUse<'a> {
     pub peer: Peer<RoleClient>,
 }
 
+/// A use counted by `acquire` before its session is there; uncounted if it never gets it.
+struct Entered<'a>(&'a Upstream);
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Drop for InUse<'_> {
     fn drop(&mut self) {
         self.upstream.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -224,14 +233,14 @@ impl Upstream {
     }
 
     /// A live session to the upstream, opening (or reopening) it when needed.
+    /// Cancel-safe: a caller that gives up while the session is being opened (its deadline passed)
+    /// leaves no use counted.
     pub async fn acquire(&self) -> Result<InUse<'_>, UpstreamError> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let guard = InUse { upstream: self, peer: self.peer().await.inspect_err(|_| self.release_early())? };
-        Ok(guard)
-    }
-
-    fn release_early(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let entered = Entered(self);
+        let peer = self.peer().await?;
+        std::mem::forget(entered);
+        Ok(InUse { upstream: self, peer })
     }
 
     async fn peer(&self) -> Result<Peer<RoleClient>, UpstreamError> {
@@ -594,7 +603,36 @@ fn backoff(failures: u32) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use super::short;
+    use super::*;
+
+    fn settings() -> Arc<UpstreamSettings> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        Arc::new(UpstreamSettings {
+            tokens: Arc::new(oauth::TokenSource::new(http.clone())),
+            http,
+            max_response_bytes: 1 << 20,
+            stdio_commands: shared::stdio_commands::StdioCommands::parse(None).unwrap(),
+            metrics: Arc::new(Metrics::default()),
+            events: broadcast::channel(4).0,
+            observer: Observer::new("test".into(), None, None),
+            pooled: http_call::PooledHttp::default(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gives_up_while_the_session_opens_leaves_no_use_counted() {
+        // Accepts connections (the kernel does) and never answers the handshake.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", silent.local_addr().unwrap());
+        let spec: ServerSpec =
+            serde_json::from_value(serde_json::json!({"server_name": "s", "config": {"type": "http", "url": url}}))
+                .unwrap();
+        let upstream = Upstream::new(Uuid::nil(), Arc::new(spec), settings());
+        let gave_up = tokio::time::timeout(Duration::from_millis(200), upstream.acquire()).await;
+        assert!(gave_up.is_err(), "the handshake cannot have finished");
+        assert_eq!(upstream.in_flight.load(Ordering::Acquire), 0);
+    }
 
     #[test]
     fn fingerprints_shorten_by_characters() {
