@@ -435,16 +435,28 @@ fn per_session_processes_come_and_go_with_200_sessions() {
 
 #[test]
 fn timeouts_and_size_limits() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let cp = ControlPlane::start();
     let key = provision(
         &cp,
         "limits",
-        json!([{"server_name": "fx", "config": {"command": fixture()}, "timeouts": {"call_ms": 5000, "tools": {"sleep_ms": 400}}}]),
+        json!([
+            {"server_name": "fx", "config": {"command": fixture()}, "timeouts": {"call_ms": 5000, "tools": {"sleep_ms": 400}}},
+            // Takes connections and never answers: its session never opens.
+            {"server_name": "silent", "config": {"type": "http", "url": format!("http://{}/mcp", silent.local_addr().unwrap())},
+             "timeouts": {"call_ms": 300, "connect_ms": 5000}}
+        ]),
     );
     let dp = DataPlane::start(&cp, &[("MCPGW_MAX_RESPONSE_BYTES", "100000"), ("MCPGW_MAX_REQUEST_BYTES", "65536")]);
     dp.sync(&cp);
     runtime().block_on(async {
         let c = connect(&dp.mcp_url(), &key).await.unwrap();
+        // A call's timeout bounds all of it, opening the upstream's session included.
+        let started = Instant::now();
+        let stuck = call(&c, "silent__anything", json!({})).await.unwrap();
+        assert_eq!(stuck["isError"], true);
+        assert!(text(&stuck).contains("did not answer within 300 ms"), "{stuck}");
+        assert!(started.elapsed() < Duration::from_millis(2500), "took {:?}", started.elapsed());
         let started = Instant::now();
         let (slow, fast) = tokio::join!(call(&c, "fx__sleep_ms", json!({"ms": 3000})), async {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -16,8 +16,11 @@ use uuid::Uuid;
 use crate::catalog::{Catalog, ConfigView};
 
 /// Who is calling, resolved against one catalog revision.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Principal {
+    /// The revision this caller was resolved against: a request takes every rule from it, so a
+    /// reload landing halfway through cannot change them.
+    pub catalog: Arc<Catalog>,
     pub key_id: Arc<str>,
     /// The key's stored hash: what a session opened with this key is bound to.
     pub credential: Arc<str>,
@@ -34,6 +37,16 @@ pub struct Principal {
     pub oauth: bool,
     /// Admitted to the project by this OAuth group, not by a membership.
     pub oauth_group: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("key_id", &self.key_id)
+            .field("project", &self.project_name)
+            .field("revision", &self.catalog.revision)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -84,7 +97,7 @@ impl Default for Authenticator {
 }
 
 impl Authenticator {
-    pub async fn authenticate(&self, catalog: &Catalog, key: &str) -> Result<Principal, AuthError> {
+    pub async fn authenticate(&self, catalog: &Arc<Catalog>, key: &str) -> Result<Principal, AuthError> {
         let id = api_key::lookup_id(key).ok_or(AuthError::Invalid)?;
         let record = catalog.key(&id).ok_or(AuthError::Invalid)?;
         let fingerprint = api_key::fingerprint(key);
@@ -109,6 +122,7 @@ impl Authenticator {
         }
         let project = catalog.project(record.project_id).ok_or(AuthError::Invalid)?;
         Ok(Principal {
+            catalog: catalog.clone(),
             key_id: record.id.clone(),
             credential: record.hash.clone(),
             user_id: record.user_id,
@@ -162,7 +176,7 @@ mod tests {
     use super::*;
     use shared::snapshot::{Snapshot, SnapshotApiKey, SnapshotProject, SnapshotUser};
 
-    fn catalog_with(key: &api_key::NewKey, disabled: bool) -> Catalog {
+    fn catalog_with(key: &api_key::NewKey, disabled: bool) -> Arc<Catalog> {
         let mut s = Snapshot::empty();
         s.revision = 1;
         let (user, project) = (Uuid::new_v4(), Uuid::new_v4());
@@ -186,7 +200,7 @@ mod tests {
             rate_limit: None,
         });
         s.validate().unwrap();
-        Catalog::build(s)
+        Arc::new(Catalog::build(s))
     }
 
     #[tokio::test]

@@ -2,7 +2,8 @@
 //! caller's project may see, forwarding to upstreams and passing results through whole.
 //!
 //! Every request resolves the caller against the current catalog first; the allow/deny decision is
-//! `ConfigView::tool_allowed`, shared by `tools/list` and `tools/call`.
+//! `ConfigView::tool_allowed`, shared by `tools/list` and `tools/call`. A tool call runs the
+//! pipeline in `crate::call`.
 
 // Logging, sampling and resource subscriptions: rmcp marks them deprecated for a future protocol
 // version; clients speak today's, and the gateway relays them.
@@ -15,24 +16,21 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rmcp::model::*;
-use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext};
+use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData as McpError, Peer, RoleClient, RoleServer, ServerHandler, ServiceError};
 use shared::server::ServerSpec;
 use shared::snapshot::ToolNaming;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
-use crate::audit::AuditRecord;
 use crate::auth::Principal;
+use crate::call::{self, CallFailure, CallOrigin, CallSummary, ToolCall, upstream_meta};
 use crate::catalog::ConfigView;
-use crate::guard::remote::Stage;
-use crate::guard::screen_remote;
 use crate::meta_tools;
 use crate::state::Gateway;
 use crate::telemetry;
 use crate::upstream::callers::ClientLink;
-use crate::upstream::http_call::{CallEnd, HttpSession, NotSent};
-use crate::upstream::relay::{ChangeEvent, ListKind, ProgressRoute, ProgressSink};
+use crate::upstream::relay::{ChangeEvent, ListKind};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// How a session proves who it is.
@@ -65,26 +63,6 @@ impl Drop for Session {
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             rt.spawn(async move { join_all(private.iter().map(|u| u.retire(Duration::from_secs(5)))).await });
-        }
-    }
-}
-
-/// The client request a tool call serves: where its progress goes, and what server-to-client
-/// requests of the upstream relate to.
-pub(crate) struct CallOrigin<'a> {
-    pub peer: &'a Peer<RoleServer>,
-    pub request: RequestId,
-    pub progress: Option<ProgressToken>,
-    /// Set when the call is answered without rmcp: its progress goes into its own response.
-    pub progress_into: Option<crate::direct::ProgressInto>,
-}
-
-impl CallOrigin<'_> {
-    /// Where the call's progress goes to its client.
-    fn progress_sink(&self) -> ProgressSink {
-        match &self.progress_into {
-            Some(response) => ProgressSink::Response(response.0.clone()),
-            None => ProgressSink::Session(self.peer.clone()),
         }
     }
 }
@@ -153,6 +131,11 @@ impl GatewayService {
         }
     }
 
+    /// What upstreams' own messages reach this session by.
+    pub(crate) fn link(&self) -> &Arc<ClientLink> {
+        &self.session.link
+    }
+
     /// The upstream serving `spec` for this caller: shared, or this session's own.
     pub(crate) fn upstream(&self, config_id: Uuid, spec: &Arc<ServerSpec>) -> Arc<Upstream> {
         if !spec.per_session {
@@ -191,328 +174,6 @@ impl GatewayService {
     ) -> Result<Arc<crate::upstream::Discovery>, UpstreamError> {
         let ttl = self.gateway.catalog().tool_cache_ttl;
         self.upstream(config.id, spec).tools(ttl, &config.pins(&spec.server_name)).await
-    }
-
-    /// A tool call with every check: integrity (the tool is listed, clean and matches its pin),
-    /// input guardrails, the upstream call, output guardrails. `tool` has passed `ConfigView::tool_allowed`.
-    pub(crate) async fn guarded_call(
-        &self,
-        config: &ConfigView,
-        spec: &Arc<ServerSpec>,
-        mut request: CallToolRequestParams,
-        tool: &str,
-        origin: Option<&CallOrigin<'_>>,
-        cancel: &CancellationToken,
-    ) -> Result<CallToolResponse, CallFailure> {
-        let found = self.discovery(config, spec).await.map_err(CallFailure::Upstream)?;
-        if let Some(reason) = &found.server_blocked {
-            return Err(CallFailure::Held(format!(
-                "server `{}` is blocked: its description looks poisoned ({reason})",
-                spec.server_name
-            )));
-        }
-        if !found.is_visible(tool) {
-            return Err(match found.hidden.iter().find(|(name, _)| name == tool) {
-                Some((_, reason)) => CallFailure::Held(format!("tool `{tool}` is held back: {reason}")),
-                None => CallFailure::Unknown,
-            });
-        }
-        let guards = config.guards(&spec.server_name).cloned();
-        let Some(guards) = guards.filter(|g| g.broken.is_none() && g.any_enabled()) else {
-            if let Some(broken) = config.guards(&spec.server_name).and_then(|g| g.broken.clone()) {
-                return Err(CallFailure::Held(format!("the server's guardrail policy is invalid: {broken}")));
-            }
-            return self.forward_call(config, spec, request, tool, origin, cancel).await;
-        };
-        let sent = request.arguments.take();
-        let mut input_stage = telemetry::Stage::start("guardrails input", || guard_attributes("input", spec));
-        let screened = crate::guard::screen_input(&guards, sent.clone()).map_err(|b| {
-            input_stage.guardrail(&b.findings, true);
-            self.blocked(spec, "input", b)
-        })?;
-        let catalog = self.gateway.catalog();
-        let provider = catalog.remote.as_ref().map(|r| r.provider.as_ref());
-        let mut input_warnings = screened.warnings;
-        if !guards.input_remote.is_empty() {
-            // The provider sees the arguments as the upstream will (redacted), as one JSON text.
-            let text = serde_json::to_string(&screened.arguments).unwrap_or_default();
-            let server = &spec.server_name;
-            let remote = screen_remote(provider, &guards.input_remote, Stage::Input, server, tool, &text).await;
-            input_warnings.extend(remote.map_err(|b| {
-                input_stage.guardrail(&b.findings, true);
-                self.blocked(spec, "input", b)
-            })?);
-        }
-        input_stage.guardrail(&input_warnings, false);
-        self.record_findings(spec, "input", &input_warnings, "warned");
-        request.arguments = screened.arguments;
-        let response = self.forward_call(config, spec, request, tool, origin, cancel).await?;
-        let CallToolResponse::Complete(mut result) = response else { return Ok(response) };
-        let mut output_stage = telemetry::Stage::start("guardrails output", || guard_attributes("output", spec));
-        let mut output_warnings = Vec::new();
-        if !guards.output_remote.is_empty() {
-            let text = crate::guard::result_text(&mut result);
-            let server = &spec.server_name;
-            let remote = screen_remote(provider, &guards.output_remote, Stage::Output, server, tool, &text).await;
-            output_warnings.extend(remote.map_err(|b| {
-                output_stage.guardrail(&b.findings, true);
-                self.blocked(spec, "output", b)
-            })?);
-        }
-        let output =
-            crate::guard::screen_output(&guards, sent.as_ref(), &mut result, &screened.redactions).map_err(|b| {
-                output_stage.guardrail(&b.findings, true);
-                self.blocked(spec, "output", b)
-            })?;
-        output_warnings.extend(output);
-        output_stage.guardrail(&output_warnings, false);
-        self.record_findings(spec, "output", &output_warnings, "warned");
-        crate::guard::attach_warnings(&mut result, &input_warnings, &output_warnings);
-        Ok(CallToolResponse::Complete(result))
-    }
-
-    /// [`Self::guarded_call`] for a call admitted by policy and rate limits, counted in the metrics and
-    /// written to the audit log. Direct and batched calls both come through here, so they are recorded
-    /// alike.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn recorded_call(
-        &self,
-        p: &Principal,
-        config: &ConfigView,
-        spec: &Arc<ServerSpec>,
-        request: CallToolRequestParams,
-        tool: &str,
-        origin: Option<&CallOrigin<'_>>,
-        cancel: &CancellationToken,
-        started: Instant,
-    ) -> Result<CallToolResponse, CallFailure> {
-        let audit = &self.gateway.audit;
-        let request_bytes = if audit.is_enabled() { request.arguments.as_ref().map_or(0, json_size) } else { 0 };
-        let arguments = if audit.is_enabled() && audit.include_arguments { request.arguments.clone() } else { None };
-        let result = self.guarded_call(config, spec, request, tool, origin, cancel).await;
-        let outcome = call_outcome(&result);
-        let bytes = result.as_ref().map_or(0, response_size);
-        let summary = CallSummary {
-            server: &spec.server_name,
-            tool,
-            outcome,
-            started,
-            request_bytes,
-            arguments,
-            response_bytes: bytes,
-        };
-        self.audit(p, summary);
-        result
-    }
-
-    fn blocked(&self, spec: &ServerSpec, stage: &'static str, blocked: crate::guard::Blocked) -> CallFailure {
-        self.record_findings(spec, stage, &blocked.findings, "blocked");
-        CallFailure::Blocked(blocked)
-    }
-
-    fn record_findings(
-        &self,
-        spec: &ServerSpec,
-        stage: &'static str,
-        findings: &[guardrails::Finding],
-        action: &'static str,
-    ) {
-        // One event per detector and call, however many kinds it found.
-        let detectors: std::collections::BTreeSet<&str> = findings.iter().map(|f| f.detector).collect();
-        for detector in detectors {
-            self.gateway.metrics.record_guardrail(&spec.server_name, stage, detector, action);
-        }
-        if !findings.is_empty() {
-            let kinds: Vec<&str> = findings.iter().map(|f| f.kind).collect();
-            tracing::warn!(server = %spec.server_name, stage, action, ?kinds, "guardrail findings");
-        }
-    }
-
-    /// Forwards one tool call to its upstream (a client span, whose context the upstream gets).
-    pub(crate) async fn forward_call(
-        &self,
-        config: &ConfigView,
-        spec: &Arc<ServerSpec>,
-        mut request: CallToolRequestParams,
-        tool: &str,
-        origin: Option<&CallOrigin<'_>>,
-        cancel: &CancellationToken,
-    ) -> Result<CallToolResponse, CallFailure> {
-        let span = telemetry::UpstreamCall::start(spec, telemetry::Target::Tool(tool), &mut request.meta);
-        let result = self.forward_untraced(config, spec, request, tool, origin, cancel).await;
-        span.end(match &result {
-            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => Some("tool_error"),
-            Ok(_) => None,
-            Err(failure) => Some(failure.outcome()),
-        });
-        result
-    }
-
-    /// Forwards one tool call to its upstream, with timeout, cancellation and progress relay.
-    async fn forward_untraced(
-        &self,
-        config: &ConfigView,
-        spec: &Arc<ServerSpec>,
-        mut request: CallToolRequestParams,
-        tool: &str,
-        origin: Option<&CallOrigin<'_>>,
-        cancel: &CancellationToken,
-    ) -> Result<CallToolResponse, CallFailure> {
-        let upstream = self.upstream(config.id, spec);
-        let conn = upstream.acquire().await.map_err(CallFailure::Upstream)?;
-        request.name = tool.to_string().into();
-        request.meta = upstream_meta(request.meta.take());
-        let failed = |e| CallFailure::Upstream(UpstreamError::failed(&spec.server_name, e));
-        let _in_flight = origin.map(|o| upstream.callers().enter(&self.session.link, o.request.clone()));
-        if let Some(session) = upstream.http_session() {
-            match self.call_pooled(&upstream, &session, &mut request, tool, origin, cancel).await {
-                Ok(result) => return result,
-                // The upstream ended its session: rmcp opens a new one for this call.
-                Err(NotSent::SessionGone) => {
-                    upstream.http_session_gone(&session);
-                    request.meta = upstream_meta(request.meta.take());
-                }
-            }
-        }
-        let handle = conn
-            .peer
-            .send_request_with_option(
-                ClientRequest::CallToolRequest(CallToolRequest::new(request)),
-                PeerRequestOptions::no_options(),
-            )
-            .await
-            .map_err(failed)?;
-        // rmcp gives every outgoing request its own progress token; route that one back.
-        let mut route = origin.and_then(|o| {
-            let token = o.progress.clone()?;
-            Some(upstream.progress().open(handle.progress_token.clone(), o.progress_sink(), token))
-        });
-        let (peer, id) = (handle.peer.clone(), handle.id.clone());
-        let ms = call_timeout_ms(spec, tool);
-        let response = tokio::time::timeout(Duration::from_millis(ms), handle.await_response());
-        tokio::pin!(response);
-        let outcome = loop {
-            tokio::select! {
-                biased;
-                Some(note) = next_progress(&mut route) => {
-                    if let Some(route) = &route {
-                        route.forward(note).await;
-                    }
-                }
-                r = &mut response => break r,
-                _ = cancel.cancelled() => {
-                    let _ = peer.notify_cancelled(CancelledNotificationParam::new(Some(id), Some("cancelled by the client".into()))).await;
-                    return Err(CallFailure::Cancelled);
-                }
-            }
-        };
-        // What the upstream reported before answering reaches the client before the answer.
-        if let Some(route) = &mut route {
-            route.drain().await;
-        }
-        let response = match outcome {
-            Err(_) => {
-                let reason = Some(format!("gateway timeout ({ms} ms)"));
-                let _ = peer.notify_cancelled(CancelledNotificationParam::new(Some(id), reason)).await;
-                return Err(CallFailure::Upstream(UpstreamError::Timeout { server: spec.server_name.clone(), ms }));
-            }
-            Ok(Err(ServiceError::McpError(e))) => {
-                return Err(match crate::upstream::stdio::too_large(&e) {
-                    Some((size, limit)) => CallFailure::TooLarge { size, limit },
-                    None => CallFailure::Protocol(e),
-                });
-            }
-            Ok(Err(e)) => return Err(failed(e)),
-            Ok(Ok(result)) => tool_response(result).ok_or_else(|| failed(ServiceError::UnexpectedResponse))?,
-        };
-        self.within_cap(response)
-    }
-
-    /// `response`, unless its payload is over `MCPGW_MAX_RESPONSE_BYTES`.
-    fn within_cap(&self, response: CallToolResponse) -> Result<CallToolResponse, CallFailure> {
-        let (size, limit) = (response_size(&response), self.gateway.config.max_response_bytes);
-        if size > limit {
-            return Err(CallFailure::TooLarge { size, limit });
-        }
-        Ok(response)
-    }
-
-    /// [`Self::forward_untraced`] for a plain-HTTP upstream: the call goes on a pooled connection
-    /// of the gateway's own, on the session rmcp opened, with the same timeout, cancellation,
-    /// progress and size cap.
-    async fn call_pooled(
-        &self,
-        upstream: &Upstream,
-        session: &Arc<HttpSession>,
-        request: &mut CallToolRequestParams,
-        tool: &str,
-        origin: Option<&CallOrigin<'_>>,
-        cancel: &CancellationToken,
-    ) -> Result<Result<CallToolResponse, CallFailure>, NotSent> {
-        let spec = &upstream.spec;
-        let pooled = upstream.pooled();
-        let sent = pooled.next_call();
-        let wants = origin.and_then(|o| Some((o.progress.clone()?, o)));
-        let upstream_token = wants.as_ref().map(|_| ProgressToken(sent.id.clone()));
-        if let Some(token) = &upstream_token {
-            request.meta.get_or_insert_with(Default::default).set_progress_token(token.clone());
-        }
-        let (notes_in, mut notes) = tokio::sync::mpsc::channel(256);
-        let mut on_progress = move |note| {
-            // Progress is advisory: a client that does not keep up loses some.
-            let _ = notes_in.try_send(note);
-        };
-        let sink = wants.map(|(client_token, o)| (o.progress_sink(), client_token));
-        let forward = async |note| {
-            if let Some((sink, client_token)) = &sink {
-                sink.forward(client_token, note).await;
-            }
-        };
-        let ms = call_timeout_ms(spec, tool);
-        let limit = self.gateway.config.max_response_bytes;
-        let call = pooled.call_tool(
-            session,
-            &sent,
-            request,
-            upstream_token.as_ref(),
-            &mut on_progress,
-            upstream.targets(),
-            limit,
-        );
-        let call = tokio::time::timeout(Duration::from_millis(ms), call);
-        tokio::pin!(call);
-        let outcome = loop {
-            tokio::select! {
-                biased;
-                Some(note) = notes.recv() => forward(note).await,
-                r = &mut call => break r,
-                _ = cancel.cancelled() => {
-                    pooled.cancel(session.clone(), &sent, "cancelled by the client".into());
-                    return Ok(Err(CallFailure::Cancelled));
-                }
-            }
-        };
-        // What the upstream reported before answering reaches the client before the answer.
-        while let Ok(note) = notes.try_recv() {
-            forward(note).await;
-        }
-        let failed =
-            |reason: String| CallFailure::Upstream(UpstreamError::Failed { server: spec.server_name.clone(), reason });
-        let response = match outcome {
-            Err(_) => {
-                pooled.cancel(session.clone(), &sent, format!("gateway timeout ({ms} ms)"));
-                return Ok(Err(CallFailure::Upstream(UpstreamError::Timeout { server: spec.server_name.clone(), ms })));
-            }
-            Ok(Err(not_sent)) => return Err(not_sent),
-            Ok(Ok(CallEnd::Answered(result))) => match tool_response(*result) {
-                Some(response) => response,
-                None => return Ok(Err(failed("the answer is not a tool call result".into()))),
-            },
-            Ok(Ok(CallEnd::Refused(e))) => return Ok(Err(CallFailure::Protocol(e))),
-            Ok(Ok(CallEnd::Failed(reason))) => return Ok(Err(failed(reason))),
-            Ok(Ok(CallEnd::TooLarge(size))) => return Ok(Err(CallFailure::TooLarge { size, limit })),
-        };
-        Ok(self.within_cap(response))
     }
 
     /// Each server's complete listing of one kind, in config order: `None` where the server does not
@@ -640,169 +301,6 @@ impl GatewayService {
             }
         });
     }
-
-    fn audit(&self, p: &Principal, call: CallSummary<'_>) {
-        let CallSummary { server, tool, outcome, started, request_bytes, arguments, response_bytes } = call;
-        let took = started.elapsed();
-        self.gateway.metrics.record_call(&p.project_name, server, tool, outcome, took);
-        if let Some((trace, span)) = telemetry::sampled_ids() {
-            self.gateway.metrics.record_call_exemplar(took, trace, span);
-        }
-        let audit = &self.gateway.audit;
-        if !audit.is_enabled() {
-            return;
-        }
-        audit.record(AuditRecord {
-            time: chrono::Utc::now(),
-            key_id: p.key_id.to_string(),
-            project: p.project_name.to_string(),
-            user_id: p.user_id.to_string(),
-            server: server.to_string(),
-            tool: tool.to_string(),
-            outcome,
-            duration_ms: took.as_secs_f64() * 1000.0,
-            request_bytes,
-            response_bytes,
-            arguments: arguments.map(serde_json::Value::Object),
-        });
-    }
-}
-
-/// How a tool call ended, as metrics, audit and traces name it.
-fn call_outcome(result: &Result<CallToolResponse, CallFailure>) -> &'static str {
-    match result {
-        Ok(CallToolResponse::Complete(c)) if c.is_error == Some(true) => "error",
-        Ok(_) => "success",
-        Err(failure) => failure.outcome(),
-    }
-}
-
-/// What the metrics and the audit log record about one tool call.
-struct CallSummary<'a> {
-    server: &'a str,
-    tool: &'a str,
-    outcome: &'static str,
-    started: Instant,
-    request_bytes: usize,
-    /// The arguments, when the audit log records them.
-    arguments: Option<JsonObject>,
-    response_bytes: usize,
-}
-
-/// Why a forwarded call produced no upstream result.
-#[derive(Debug)]
-pub enum CallFailure {
-    Upstream(UpstreamError),
-    /// The upstream answered with a JSON-RPC error: passed through as is.
-    Protocol(McpError),
-    Cancelled,
-    TooLarge {
-        size: usize,
-        limit: usize,
-    },
-    /// Refused by a guardrail policy.
-    Blocked(crate::guard::Blocked),
-    /// The tool (or its server) is held back by an integrity check.
-    Held(String),
-    /// Not a tool this caller can see.
-    Unknown,
-}
-
-impl CallFailure {
-    pub fn message(&self) -> String {
-        match self {
-            CallFailure::Upstream(e) => e.to_string(),
-            CallFailure::Protocol(e) => e.message.to_string(),
-            CallFailure::Cancelled => "cancelled by the client".into(),
-            CallFailure::TooLarge { size, limit } => {
-                format!("upstream response of {size} bytes exceeds the gateway's limit of {limit} bytes")
-            }
-            CallFailure::Blocked(b) => b.message(),
-            CallFailure::Held(reason) => reason.clone(),
-            CallFailure::Unknown => "unknown tool".into(),
-        }
-    }
-
-    /// Outcome label for metrics, the audit log and `gateway_call_tools`.
-    pub fn outcome(&self) -> &'static str {
-        match self {
-            CallFailure::Cancelled => "cancelled",
-            CallFailure::Upstream(UpstreamError::Timeout { .. }) => "timeout",
-            CallFailure::Blocked(_) | CallFailure::Held(_) => "blocked",
-            CallFailure::Unknown => "denied",
-            _ => "error",
-        }
-    }
-}
-
-/// What a guardrail stage's span says before it ends: the stage and the server.
-fn guard_attributes(stage: &'static str, spec: &ServerSpec) -> Vec<opentelemetry::KeyValue> {
-    vec![
-        opentelemetry::KeyValue::new("mcpgw.guardrail.stage", stage),
-        opentelemetry::KeyValue::new("mcpgw.server", spec.server_name.clone()),
-    ]
-}
-
-/// `_meta` for the upstream request: the client's own keys, minus protocol bookkeeping that
-/// describes the client's connection and its progress token (rmcp sets the gateway's own).
-/// How long a call of `tool` may take (its own timeout, else the server's).
-fn call_timeout_ms(spec: &ServerSpec, tool: &str) -> u64 {
-    spec.timeouts.tools.get(tool).copied().unwrap_or(spec.timeouts.call_ms)
-}
-
-/// A tool call's answer, if `result` is one.
-fn tool_response(result: ServerResult) -> Option<CallToolResponse> {
-    match result {
-        ServerResult::CallToolResult(r) => Some(CallToolResponse::Complete(r)),
-        ServerResult::InputRequiredResult(r) => Some(CallToolResponse::InputRequired(r)),
-        ServerResult::CreateTaskResult(r) => Some(CallToolResponse::Task(r)),
-        _ => None,
-    }
-}
-
-fn upstream_meta(client: Option<RequestMetaObject>) -> Option<RequestMetaObject> {
-    let mut meta = client.unwrap_or_default();
-    meta.0.retain(|k, _| !k.starts_with("io.modelcontextprotocol/") && k != "progressToken");
-    (!meta.0.is_empty()).then_some(meta)
-}
-
-/// Bytes of payload in a response (text, binary data, structured content), to enforce the cap.
-fn response_size(response: &CallToolResponse) -> usize {
-    let CallToolResponse::Complete(result) = response else { return 0 };
-    let content: usize = result.content.iter().map(content_size).sum();
-    content + result.structured_content.as_ref().map_or(0, json_size)
-}
-
-/// The length of `value` as JSON text, counted without building the text.
-fn json_size(value: &impl serde::Serialize) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
-}
-
-fn content_size(block: &ContentBlock) -> usize {
-    match block {
-        ContentBlock::Text(t) => t.text.len(),
-        ContentBlock::Image(i) => i.data.len(),
-        ContentBlock::Audio(a) => a.data.len(),
-        ContentBlock::Resource(r) => match &r.resource {
-            ResourceContents::TextResourceContents { text, .. } => text.len(),
-            ResourceContents::BlobResourceContents { blob, .. } => blob.len(),
-            _ => 0,
-        },
-        ContentBlock::ResourceLink(l) => l.uri.len(),
-        _ => 0,
-    }
 }
 
 fn unknown_tool(name: &str) -> McpError {
@@ -896,39 +394,27 @@ impl ServerHandler for GatewayService {
                 arguments: None,
                 response_bytes: 0,
             };
-            self.audit(&p, summary);
+            call::record(self, &p, summary);
             return Ok(CallToolResponse::Complete(result));
         }
-        let mut policy = telemetry::Stage::start("policy", Vec::new);
-        let Some((spec, tool)) = config.route_tool(&name) else {
-            policy.decision("denied");
-            return Err(unknown_tool(&name));
-        };
-        if !config.tool_allowed(&spec.server_name, tool) {
-            policy.decision("denied");
-            return Err(unknown_tool(&name));
-        }
-        policy.decision("allowed");
-        let (spec, tool) = (spec.clone(), tool.to_string());
+        let Some((spec, tool)) = call::route(&config, &name) else { return Err(unknown_tool(&name)) };
         // Over HTTP the listener counted the call before MCP (to answer 429); stdio counts here.
-        if matches!(self.identity, Identity::Key(_)) {
-            let limits = crate::rate_limit::applicable(&p, &config, &spec, &tool);
-            if let Err(limited) = self.gateway.rate_limiter.admit(&limits, &self.gateway.metrics).await {
-                self.gateway.metrics.record_rate_limited(&p.project_name, limited.kind);
-                self.gateway.audit.record_rate_limited(&p, &limited);
-                let data = serde_json::json!({"limit": limited.kind, "retry_after_secs": limited.retry_after_secs});
-                let code = rmcp::model::ErrorCode(crate::rate_limit::ERROR_CODE);
-                return Err(McpError::new(code, limited.to_string(), Some(data)));
-            }
+        if matches!(self.identity, Identity::Key(_))
+            && let Err(limited) = call::admit(self, &p, &config, spec, tool).await
+        {
+            let data = serde_json::json!({"limit": limited.kind, "retry_after_secs": limited.retry_after_secs});
+            let code = rmcp::model::ErrorCode(crate::rate_limit::ERROR_CODE);
+            return Err(McpError::new(code, limited.to_string(), Some(data)));
         }
         let progress =
             context.meta.get_progress_token().or_else(|| request.meta.as_ref().and_then(|m| m.get_progress_token()));
         self.session.link.attach(&context.peer);
         let progress_into = context.extensions.get::<crate::direct::ProgressInto>().cloned();
         let origin = CallOrigin { peer: &context.peer, request: context.id.clone(), progress, progress_into };
-        let result = self.recorded_call(&p, &config, &spec, request, &tool, Some(&origin), &context.ct, started).await;
+        let call = ToolCall::resolve(self, &p, &config, spec.clone(), tool, Some(&origin), &context.ct, started);
+        let result = call.run(request).await;
         // The request's server span describes this call (a batch's span stays the batch's).
-        telemetry::record_call(&p, &spec.server_name, call_outcome(&result));
+        telemetry::record_call(&p, &spec.server_name, call::call_outcome(&result));
         match result {
             Ok(response) => Ok(response),
             Err(CallFailure::Protocol(e)) => Err(e),
@@ -1167,25 +653,5 @@ fn upstream_answer<T>(
         Ok(Err(ServiceError::McpError(e))) => Err(e),
         Ok(Err(e)) => Err(McpError::internal_error(UpstreamError::failed(&spec.server_name, e).to_string(), None)),
         Ok(Ok(answer)) => Ok(answer),
-    }
-}
-
-/// The next progress notification of a call, or never when its client did not ask for progress.
-async fn next_progress(route: &mut Option<ProgressRoute<'_>>) -> Option<ProgressNotificationParam> {
-    match route {
-        Some(route) => route.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_size_is_the_length_of_the_json_text() {
-        let value = serde_json::json!({"message": "héllo \"quoted\"\n", "n": [1, 2.5, null], "nested": {"a": true}});
-        assert_eq!(json_size(&value), serde_json::to_vec(&value).unwrap().len());
-        assert_eq!(json_size(&serde_json::Map::new()), 2);
     }
 }

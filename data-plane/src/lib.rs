@@ -9,6 +9,7 @@
 
 mod audit;
 mod auth;
+mod call;
 mod catalog;
 mod config;
 mod direct;

@@ -11,8 +11,9 @@ use shared::server::{ServerSpec, Transport};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
+use crate::call::{self, CallFailure, CallOrigin, ToolCall};
 use crate::catalog::ConfigView;
-use crate::gateway::{CallFailure, CallOrigin, GatewayService};
+use crate::gateway::GatewayService;
 
 const LIST_SERVERS: &str = "gateway_list_servers";
 const SERVER_INFO: &str = "gateway_get_server_info";
@@ -273,23 +274,19 @@ async fn call_batch(
         let tool =
             ["name", "tool_name", "tool"].iter().find_map(|k| item.get(*k).and_then(Value::as_str)).unwrap_or("");
         let arguments = ["args", "arguments"].iter().find_map(|k| item.get(*k).and_then(Value::as_object)).cloned();
-        if tool.is_empty() || !config.tool_allowed(&spec.server_name, tool) {
+        if !call::allowed(config, &spec, tool) {
             results.push(
                 json!({"index": index, "name": tool, "status": "denied", "message": format!("unknown tool: {tool}")}),
             );
             continue;
         }
-        // Once a limit refuses, the rest of the batch is refused too without asking again.
-        if refused.is_none() {
-            let limits = crate::rate_limit::applicable(p, config, &spec, tool);
-            if let Err(limited) = svc.gateway.rate_limiter.admit(&limits, &svc.gateway.metrics).await {
-                refused = Some(limited);
-            }
+        // Once a limit refuses, the rest of the batch is refused too without asking again; every
+        // refused call is counted and audited, as a refused `tools/call` is.
+        match &refused {
+            None => refused = call::admit(svc, p, config, &spec, tool).await.err(),
+            Some(limited) => call::refused(svc, p, limited),
         }
-        // Every refused call is counted and audited, as a refused `tools/call` is.
         if let Some(limited) = &refused {
-            svc.gateway.metrics.record_rate_limited(&p.project_name, limited.kind);
-            svc.gateway.audit.record_rate_limited(p, limited);
             let message = limited.to_string();
             results.push(json!({"index": index, "name": tool, "status": "rate_limited", "message": message}));
             continue;
@@ -297,7 +294,8 @@ async fn call_batch(
         let mut request = CallToolRequestParams::new(tool.to_string());
         request.arguments = arguments;
         let started = std::time::Instant::now();
-        let entry = match svc.recorded_call(p, config, &spec, request, tool, Some(origin), cancel, started).await {
+        let call = ToolCall::resolve(svc, p, config, spec.clone(), tool, Some(origin), cancel, started);
+        let entry = match call.run(request).await {
             Ok(CallToolResponse::Complete(result)) => {
                 let status = if result.is_error == Some(true) { "error" } else { "success" };
                 json!({"index": index, "name": tool, "status": status, "result": result})

@@ -1,5 +1,6 @@
 //! Guardrails on one tool call, in the order that keeps data safe:
 //! redaction -> input detectors -> (upstream call) -> output detectors -> output redaction -> restore.
+//! The call pipeline's guard stages (`crate::call`) run them in that order.
 //!
 //! A blocked input never leaves the gateway. Findings are reported by detector and kind, never with
 //! the text that triggered them.

@@ -284,7 +284,7 @@ impl OAuth {
     /// Checks `token` and resolves its holder to a principal for `endpoint` in `catalog`.
     pub(crate) async fn authenticate(
         &self,
-        catalog: &Catalog,
+        catalog: &Arc<Catalog>,
         token: &str,
         endpoint: &Endpoint,
     ) -> Result<Principal, Refusal> {
@@ -319,7 +319,7 @@ impl OAuth {
     /// holder as for a JWT.
     pub(crate) async fn authenticate_opaque(
         &self,
-        catalog: &Catalog,
+        catalog: &Arc<Catalog>,
         token: &str,
         endpoint: &Endpoint,
     ) -> Result<Principal, Refusal> {
@@ -341,7 +341,7 @@ impl OAuth {
     /// The principal for verified `claims`: required scopes, the user by e-mail, the project.
     fn admit(
         &self,
-        catalog: &Catalog,
+        catalog: &Arc<Catalog>,
         issuer: &str,
         claims: &serde_json::Map<String, Value>,
         endpoint: &Endpoint,
@@ -401,6 +401,7 @@ impl OAuth {
             },
         };
         Ok(Principal {
+            catalog: catalog.clone(),
             key_id: "oauth".into(),
             credential: format!("{issuer}#{subject}").into(),
             // Someone admitted by a group alone has no mcpgw user: a stable id of their own.
