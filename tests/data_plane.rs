@@ -746,6 +746,24 @@ fn progress_cancellation_and_list_changed_are_relayed() {
         assert_eq!(messages[0]["result"]["content"][0]["text"], "plain", "{messages:?}");
     }
 
+    // A client that hangs up mid-call does not cut the call short: it completes and is audited.
+    let call = json!({"jsonrpc": "2.0", "id": 95, "method": "tools/call", "params": {
+        "name": "fx__sleep_ms", "arguments": {"ms": 700}}});
+    raw.abandon(&call.to_string(), Duration::from_millis(200));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let audit = std::fs::read_to_string(&dp.audit_log).unwrap_or_default();
+        let done = audit
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|l| l["tool"] == "sleep_ms" && l["outcome"] == "success" && l["duration_ms"].as_f64() >= Some(650.0));
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the abandoned call was not completed and audited: {audit}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // Progress: on the call's own stream, every step the upstream reported, in order, under the
     // client's token, then the answer. A few rounds, since a fast upstream races the gateway.
     for round in 0..10 {

@@ -20,14 +20,16 @@
 //! ([`Direct::cancel`]) and then goes to rmcp as well.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use futures::StreamExt;
-use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use rmcp::model::{
     ClientJsonRpcMessage, ClientRequest, GetMeta, ProgressNotification, ProgressNotificationParam, ProtocolVersion,
     RequestId, ServerJsonRpcMessage, ServerNotification,
@@ -109,16 +111,15 @@ impl Direct {
         context.ct = token.clone();
         // Registered before it runs, so that a cancellation sent right after it is not missed.
         self.calls().insert(id.clone(), token);
-        // On a task of its own, so that a client that goes away does not cut the call short: it
-        // still completes, is audited, and its upstream is not left with an orphaned request.
-        let mut answer = tokio::spawn(async move {
+        let call = async move {
             let _registered = Registered { direct: &self, id: id.clone() };
             let traced = Traced::new(self.service.clone(), Transport::Http);
             match traced.handle_request(message.request, context).await {
                 Ok(result) => ServerJsonRpcMessage::response(result, id),
                 Err(error) => ServerJsonRpcMessage::error(error, Some(id)),
             }
-        });
+        };
+        let mut answer = Detached(Some(Box::pin(AssertUnwindSafe(call).catch_unwind())));
         // Progress comes before the answer: an answer alone is JSON, anything before it makes
         // the response an event stream, in the order the call sent it.
         let first = tokio::select! {
@@ -126,14 +127,40 @@ impl Direct {
             Some(note) = notes.recv() => note,
             answer = &mut answer => match notes.try_recv() {
                 Ok(note) => {
-                    let rest = futures::stream::once(async move { answer });
-                    return Ok(event_stream(note, notes, rest.boxed()));
+                    let answered = Detached(Some(Box::pin(std::future::ready(answer))));
+                    return Ok(event_stream(note, notes, answered));
                 }
                 Err(_) => return Ok(json(answer)),
             },
         };
-        let rest = futures::stream::once(answer);
-        Ok(event_stream(first, notes, rest.boxed()))
+        Ok(event_stream(first, notes, answer))
+    }
+}
+
+/// A call run on the request's own task (no hand-over to another task when it is answered at
+/// once). If the request goes away first (the client disconnected), the rest of the call moves
+/// to a task of its own: it still completes, is audited, and its upstream is not left with an
+/// orphaned request.
+struct Detached(Option<Pin<Box<dyn Future<Output = Answer> + Send>>>);
+
+impl Future for Detached {
+    type Output = Answer;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        let Some(call) = self.0.as_mut() else { return Poll::Pending };
+        let answer = std::task::ready!(call.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(answer)
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(call) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(call);
+        }
     }
 }
 
@@ -144,7 +171,8 @@ pub struct ProgressInto(pub mpsc::Sender<ProgressNotificationParam>);
 /// Progress one call may have waiting to be written to its client.
 const PROGRESS_CAPACITY: usize = 64;
 
-type Answer = Result<ServerJsonRpcMessage, tokio::task::JoinError>;
+/// A call's answer, or the panic that ended it.
+type Answer = std::thread::Result<ServerJsonRpcMessage>;
 
 fn json(answer: Answer) -> Response {
     let Some(body) = encoded(answer) else {
@@ -156,23 +184,53 @@ fn json(answer: Answer) -> Response {
 }
 
 fn encoded(answer: Answer) -> Option<Vec<u8>> {
-    let message = answer.inspect_err(|e| tracing::error!(error = %e, "a request handler failed")).ok()?;
+    let message = answer.inspect_err(|_| tracing::error!("a request handler panicked")).ok()?;
     serde_json::to_vec(&message).inspect_err(|e| tracing::error!(error = %e, "an answer could not be encoded")).ok()
 }
 
-/// The response as server-sent events: `first`, the progress after it, then the answer.
+/// The response as server-sent events: `first`, the progress after it, then the answer. The
+/// call goes on as the response is written, so its progress is sent as it comes.
 fn event_stream(
     first: ProgressNotificationParam,
     mut notes: mpsc::Receiver<ProgressNotificationParam>,
-    answer: BoxStream<'static, Answer>,
+    mut call: Detached,
 ) -> Response {
     let progress = |note: ProgressNotificationParam| {
         let notification = ServerNotification::ProgressNotification(ProgressNotification::new(note));
         serde_json::to_vec(&ServerJsonRpcMessage::notification(notification)).ok()
     };
+    let mut answer = None;
+    let mut answered = false;
+    let rest = futures::stream::poll_fn(move |cx| {
+        if answered {
+            return Poll::Ready(None);
+        }
+        if answer.is_none()
+            && let Poll::Ready(done) = call.poll_unpin(cx)
+        {
+            answer = Some(done);
+        }
+        match answer.take() {
+            // What the call reported before its answer goes first.
+            Some(done) => match notes.try_recv() {
+                Ok(note) => {
+                    answer = Some(done);
+                    Poll::Ready(Some(progress(note)))
+                }
+                Err(_) => {
+                    answered = true;
+                    Poll::Ready(Some(encoded(done)))
+                }
+            },
+            None => match notes.poll_recv(cx) {
+                Poll::Ready(Some(note)) => Poll::Ready(Some(progress(note))),
+                // Still running; its answer wakes this stream.
+                _ => Poll::Pending,
+            },
+        }
+    });
     let events = futures::stream::once(async move { progress(first) })
-        .chain(futures::stream::poll_fn(move |cx| notes.poll_recv(cx)).map(progress))
-        .chain(answer.map(encoded))
+        .chain(rest)
         .filter_map(|event| async move { event })
         .map(|json| {
             let mut event = Vec::with_capacity(json.len() + 8);

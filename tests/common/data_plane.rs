@@ -310,6 +310,24 @@ impl RawSession {
         req.body(body.to_string()).send().expect("request")
     }
 
+    /// Sends `body` and hangs up after `after`, before the answer comes.
+    pub fn abandon(&self, body: &str, after: std::time::Duration) {
+        super::blocking(|| {
+            let sent = self
+                .client
+                .post(&self.url)
+                .timeout(after)
+                .header("Content-Type", "application/json")
+                .header("Accept", "application/json, text/event-stream")
+                .header("Authorization", format!("Bearer {}", self.key))
+                .header("Mcp-Session-Id", self.session.as_deref().unwrap_or_default())
+                .header("MCP-Protocol-Version", "2025-06-18")
+                .body(body.to_string())
+                .send();
+            assert!(sent.is_err_and(|e| e.is_timeout()), "the answer came before the client hung up");
+        })
+    }
+
     /// The session id (for checking that it appears nowhere).
     pub fn session_id(&self) -> Option<&str> {
         self.session.as_deref()
