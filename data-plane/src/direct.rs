@@ -31,8 +31,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::{FutureExt, StreamExt};
 use rmcp::model::{
-    ClientJsonRpcMessage, ClientRequest, GetMeta, ProgressNotification, ProgressNotificationParam, ProtocolVersion,
-    RequestId, ServerJsonRpcMessage, ServerNotification,
+    CallToolRequest, ClientJsonRpcMessage, ClientRequest, GetMeta, JsonRpcRequest, JsonRpcVersion2_0,
+    ProgressNotification, ProgressNotificationParam, ProtocolVersion, RequestId, ServerJsonRpcMessage,
+    ServerNotification,
 };
 use rmcp::service::RequestContext;
 use rmcp::{Peer, RoleServer, Service};
@@ -92,10 +93,7 @@ impl Direct {
         if !headers_need_no_rmcp(request.headers(), &gateway.config.allowed_hosts) {
             return Err(request);
         }
-        let Ok(ClientJsonRpcMessage::Request(mut message)) = serde_json::from_slice::<ClientJsonRpcMessage>(body)
-        else {
-            return Err(request);
-        };
+        let Some(mut message) = parse_request(body) else { return Err(request) };
         let principal = request.extensions().get::<Principal>();
         if !principal.is_some_and(|p| served_here(&message.request, p)) {
             return Err(request);
@@ -161,6 +159,34 @@ impl Drop for Detached {
         {
             rt.spawn(call);
         }
+    }
+}
+
+/// The request in `body`, if it is one. A tool call, the common case, is read straight into its
+/// type; anything else goes through rmcp's general parse, which buffers the message and tries
+/// each kind of message, then each kind of request, in turn.
+fn parse_request(body: &[u8]) -> Option<JsonRpcRequest<ClientRequest>> {
+    /// A tools/call request; `result` and `error` are read only to refuse a message that mixes
+    /// shapes, as the general parse does.
+    #[derive(serde::Deserialize)]
+    struct ToolCall {
+        jsonrpc: JsonRpcVersion2_0,
+        id: RequestId,
+        #[serde(flatten)]
+        request: CallToolRequest,
+        result: Option<serde::de::IgnoredAny>,
+        error: Option<serde::de::IgnoredAny>,
+    }
+    match serde_json::from_slice::<ToolCall>(body) {
+        Ok(call) if call.result.is_none() && call.error.is_none() => Some(JsonRpcRequest {
+            jsonrpc: call.jsonrpc,
+            id: call.id,
+            request: ClientRequest::CallToolRequest(call.request),
+        }),
+        _ => match serde_json::from_slice::<ClientJsonRpcMessage>(body) {
+            Ok(ClientJsonRpcMessage::Request(request)) => Some(request),
+            _ => None,
+        },
     }
 }
 
@@ -321,6 +347,45 @@ fn session_version(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tool_calls_parse_as_the_general_parse_reads_them() {
+        let general = |body: &str| match serde_json::from_slice::<ClientJsonRpcMessage>(body.as_bytes()) {
+            Ok(ClientJsonRpcMessage::Request(request)) => Some(request),
+            _ => None,
+        };
+        let same = |body: &str| {
+            let (fast, general) = (parse_request(body.as_bytes()), general(body));
+            assert_eq!(format!("{fast:?}"), format!("{general:?}"), "{body}");
+            fast
+        };
+        let call = same(
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"fx__echo","arguments":{"message":"hi"},"_meta":{"progressToken":"t","k":1}}}"#,
+        )
+        .expect("a tool call");
+        assert!(matches!(call.request, ClientRequest::CallToolRequest(_)));
+        assert_eq!(
+            call.request.get_meta().get_progress_token(),
+            Some(rmcp::model::ProgressToken(rmcp::model::NumberOrString::String("t".into())))
+        );
+        same(r#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"x"}}"#).expect("a tool call");
+        // Other requests take the general parse.
+        assert!(matches!(
+            same(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).map(|r| r.request),
+            Some(ClientRequest::ListToolsRequest(_))
+        ));
+        // A call without a name is what rmcp makes of it (a custom request).
+        same(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#);
+        // Refused alike: a message of two shapes, a wrong version, not a request.
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"},"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"},"error":{"code":1,"message":"m"}}"#,
+            r#"{"jsonrpc":"1.0","id":1,"method":"tools/call","params":{"name":"x"}}"#,
+            r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x"}}"#,
+        ] {
+            assert!(same(body).is_none(), "{body}");
+        }
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -48,11 +48,11 @@ pub fn router(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Router {
     // Restores sessions opened on other replicas (or before a restart) from their sealed ids.
     mcp_config.session_store = Some(Arc::new(SealedStore(gateway.sessions.sealer().clone())));
     let factory_gateway = gateway.clone();
-    let mcp = StreamableHttpService::new(
+    let mcp = McpService(Arc::new(StreamableHttpService::new(
         move || Ok(Traced::new(GatewayService::new(factory_gateway.clone(), Identity::Http), Transport::Http)),
         gateway.sessions.clone(),
         mcp_config,
-    );
+    )));
     let mcp = Router::new()
         .route_service("/mcp", mcp.clone())
         .route_service("/mcp/", mcp.clone())
@@ -67,6 +67,26 @@ pub fn router(gateway: Arc<Gateway>, shutdown: CancellationToken) -> Router {
         .merge(mcp)
         .merge(crate::oauth::routes(gateway.oauth.clone()))
         .with_state(gateway)
+}
+
+/// rmcp's streamable HTTP service, shared: routing clones the service for every request, and a
+/// clone of rmcp's own copies its whole configuration.
+#[derive(Clone)]
+struct McpService(Arc<StreamableHttpService<Traced, crate::session::Sessions>>);
+
+impl tower_service::Service<Request> for McpService {
+    type Response = Response<http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>>;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { Ok(service.handle(request).await) })
+    }
 }
 
 /// In front of rmcp: resolves the caller, admits a session only to the credential that opened it,

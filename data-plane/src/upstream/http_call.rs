@@ -27,9 +27,9 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rmcp::ErrorData as McpError;
 use rmcp::model::{
-    CallToolRequestParams, CancelledNotification, CancelledNotificationParam, ClientJsonRpcMessage, ClientNotification,
-    ClientResult, JsonRpcMessage, NumberOrString, ProgressNotificationParam, ProgressToken, ServerJsonRpcMessage,
-    ServerNotification, ServerRequest, ServerResult,
+    CallToolRequestParams, CallToolResult, CancelledNotification, CancelledNotificationParam, ClientJsonRpcMessage,
+    ClientNotification, ClientResult, JsonRpcMessage, JsonRpcVersion2_0, NumberOrString, ProgressNotificationParam,
+    ProgressToken, ServerJsonRpcMessage, ServerNotification, ServerRequest, ServerResult,
 };
 use tokio::net::TcpStream;
 
@@ -198,6 +198,9 @@ impl PooledHttp {
             Err(e) => return Ok(CallEnd::Failed(format!("reading the answer: {e}"))),
         };
         if essence == "application/json" {
+            if let Some(end) = tool_answer(&bytes, &sent.id) {
+                return Ok(end);
+            }
             if let Ok(message) = serde_json::from_slice::<ServerJsonRpcMessage>(&bytes)
                 && let Some(end) = ending(message, &sent.id)
             {
@@ -253,6 +256,10 @@ impl PooledHttp {
             }
             if end.is_some() {
                 continue; // read to the end, for the connection's sake
+            }
+            if let Some(answer) = tool_answer(data.as_bytes(), call.id) {
+                end = Some(answer);
+                continue;
             }
             let Ok(message) = serde_json::from_str::<ServerJsonRpcMessage>(&data) else { continue };
             match message {
@@ -322,6 +329,28 @@ fn post(session: &HttpSession, headers: HashMap<HeaderName, HeaderValue>, body: 
 }
 
 /// The call's end, if `message` is the answer to call `id`.
+/// The tool result answering call `id`, if `text` is one. Read straight into its type: the
+/// general parse buffers the message and tries each kind of message, then each kind of result
+/// (a tool result is the sixteenth), in turn. Anything else is left to it.
+fn tool_answer(text: &[u8], id: &NumberOrString) -> Option<CallEnd> {
+    /// `method` and `error` are read only to leave a message that mixes shapes to the general
+    /// parse, which refuses it.
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(rename = "jsonrpc")]
+        _version: JsonRpcVersion2_0,
+        id: NumberOrString,
+        result: CallToolResult,
+        method: Option<serde::de::IgnoredAny>,
+        error: Option<serde::de::IgnoredAny>,
+    }
+    let answer = serde_json::from_slice::<Answer>(text).ok()?;
+    if answer.id != *id || answer.method.is_some() || answer.error.is_some() {
+        return None;
+    }
+    Some(CallEnd::Answered(Box::new(ServerResult::CallToolResult(answer.result))))
+}
+
 fn ending(message: ServerJsonRpcMessage, id: &NumberOrString) -> Option<CallEnd> {
     match message {
         JsonRpcMessage::Response(r) if r.id == *id => Some(CallEnd::Answered(Box::new(r.result))),
@@ -407,5 +436,45 @@ impl hyper::rt::Write for QuickAck {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn general(text: &str, id: &NumberOrString) -> Option<CallEnd> {
+        ending(serde_json::from_str::<ServerJsonRpcMessage>(text).ok()?, id)
+    }
+
+    fn answered(end: Option<CallEnd>) -> Option<String> {
+        match end? {
+            CallEnd::Answered(result) => Some(format!("{result:?}")),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn tool_answers_read_as_the_general_parse_reads_them() {
+        let id = NumberOrString::Number(3);
+        for text in [
+            r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"hi"}]}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"content":[],"structuredContent":{"a":[1,null]},"isError":true,"_meta":{"k":"v"}}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"resultType":"complete","content":[{"type":"text","text":"x"}]}}"#,
+        ] {
+            let fast = answered(tool_answer(text.as_bytes(), &id));
+            assert!(fast.is_some(), "{text}");
+            assert_eq!(fast, answered(general(text, &id)), "{text}");
+        }
+        // Left to the general parse: another call's answer, other kinds of result, mixed shapes.
+        for text in [
+            r#"{"jsonrpc":"2.0","id":4,"result":{"content":[]}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"task":{"taskId":"t","status":"working","createdAt":"2026-01-01T00:00:00Z","lastUpdatedAt":"2026-01-01T00:00:00Z","ttl":null}}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"content":[]},"error":{"code":1,"message":"m"}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"result":{"content":[]},"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32602,"message":"bad"}}"#,
+        ] {
+            assert!(tool_answer(text.as_bytes(), &id).is_none(), "{text}");
+        }
     }
 }
