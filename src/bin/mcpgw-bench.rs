@@ -347,8 +347,8 @@ async fn raw_comparison(
         Ok::<_, anyhow::Error>((run, server.cpu_us() - server_before, cpu_us(std::process::id()) - own_before))
     };
     let (d1, up1, cl1) = measured(&direct, "echo", upstream).await?;
-    let (g1, gw1, _) = measured(&via, "fast__echo", gateway).await?;
-    let (g2, gw2, _) = measured(&via, "fast__echo", gateway).await?;
+    let (g1, gw1, gcl1) = measured(&via, "fast__echo", gateway).await?;
+    let (g2, gw2, gcl2) = measured(&via, "fast__echo", gateway).await?;
     let (d2, up2, cl2) = measured(&direct, "echo", upstream).await?;
     let (direct_run, gateway_run) = (Run::merge(&d1, &d2), Run::merge(&g1, &g2));
     Ok(Comparison {
@@ -360,6 +360,7 @@ async fn raw_comparison(
         gateway_cpu_us_per_call: (gw1 + gw2) as f64 / gateway_run.calls.max(1) as f64,
         upstream_cpu_us_per_call: Some((up1 + up2) as f64 / direct_run.calls.max(1) as f64),
         client_cpu_us_per_call: (cl1 + cl2) as f64 / direct_run.calls.max(1) as f64,
+        client_cpu_us_per_gateway_call: (gcl1 + gcl2) as f64 / gateway_run.calls.max(1) as f64,
         direct: direct_run,
         gateway: gateway_run,
     })
@@ -525,6 +526,9 @@ struct Comparison {
     upstream_cpu_us_per_call: Option<f64>,
     /// CPU the benchmark's own clients spent per direct call.
     client_cpu_us_per_call: f64,
+    /// CPU the benchmark's own clients spent per gateway call (always over HTTP: for stdio, this
+    /// is what the clients alone cost before the gateway does anything).
+    client_cpu_us_per_gateway_call: f64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -674,8 +678,8 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                 Ok::<_, anyhow::Error>((run, server.cpu_us() - server_before, cpu_us(std::process::id()) - own_before))
             };
             let (d1, up1, cl1) = measured(&direct, "echo", &upstream).await?;
-            let (g1, gw1, _) = measured(&via, tool, gateway).await?;
-            let (g2, gw2, _) = measured(&via, tool, gateway).await?;
+            let (g1, gw1, gcl1) = measured(&via, tool, gateway).await?;
+            let (g2, gw2, gcl2) = measured(&via, tool, gateway).await?;
             let (d2, up2, cl2) = measured(&direct, "echo", &upstream).await?;
             let (gateway_cpu, upstream_cpu, client_cpu) = (gw1 + gw2, up1 + up2, cl1 + cl2);
             let (direct_run, gateway_run) = (Run::merge(&d1, &d2), Run::merge(&g1, &g2));
@@ -689,6 +693,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                 upstream_cpu_us_per_call: (scenario != "stdio")
                     .then(|| upstream_cpu as f64 / direct_run.calls.max(1) as f64),
                 client_cpu_us_per_call: client_cpu as f64 / direct_run.calls.max(1) as f64,
+                client_cpu_us_per_gateway_call: (gcl1 + gcl2) as f64 / gateway_run.calls.max(1) as f64,
                 direct: direct_run,
                 gateway: gateway_run,
             });
@@ -1005,7 +1010,7 @@ fn print_table(report: &Value, comparisons: &[Comparison]) {
     );
     println!();
     println!(
-        "{:<16} {:>8} | {:>10} {:>8} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>8} | {:>9} {:>9} {:>6} | {:>8} {:>8} {:>8}",
+        "{:<16} {:>8} | {:>10} {:>8} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>8} | {:>9} {:>9} {:>6} | {:>8} {:>8} {:>8} {:>8}",
         "scenario",
         "sessions",
         "direct/s",
@@ -1021,11 +1026,12 @@ fn print_table(report: &Value, comparisons: &[Comparison]) {
         "ratio",
         "gw cpu",
         "up cpu",
-        "cl cpu"
+        "cl cpu",
+        "gcl cpu"
     );
     for c in comparisons {
         println!(
-            "{:<16} {:>8} | {:>10.0} {:>8} {:>8} {:>8} | {:>10.0} {:>8} {:>8} {:>8} | {:>9} {:>9} {:>6.2} | {:>8.0} {:>8} {:>8.0}",
+            "{:<16} {:>8} | {:>10.0} {:>8} {:>8} {:>8} | {:>10.0} {:>8} {:>8} {:>8} | {:>9} {:>9} {:>6.2} | {:>8.0} {:>8} {:>8.0} {:>8.0}",
             c.scenario,
             c.sessions,
             c.direct.calls_per_sec,
@@ -1041,11 +1047,12 @@ fn print_table(report: &Value, comparisons: &[Comparison]) {
             c.throughput_ratio,
             c.gateway_cpu_us_per_call,
             c.upstream_cpu_us_per_call.map(|u| format!("{u:.0}")).unwrap_or_else(|| "-".into()),
-            c.client_cpu_us_per_call
+            c.client_cpu_us_per_call,
+            c.client_cpu_us_per_gateway_call
         );
     }
     println!(
-        "(CPU microseconds per call: gw = the data plane per gateway call; up = the HTTP upstream and cl = the clients per direct call)"
+        "(CPU microseconds per call: gw = the data plane per gateway call; up = the HTTP upstream and cl = the clients per direct call; gcl = the clients per gateway call)"
     );
     if let Some(rows) = report["replicas"].as_array().filter(|r| !r.is_empty()) {
         println!();
