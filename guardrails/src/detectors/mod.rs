@@ -254,15 +254,21 @@ fn longest_run(text: &str) -> usize {
 
 /// Hundreds of words drawn from a handful: "go go go go ..." or a pasted block repeated.
 fn repeated_words(text: &str) -> bool {
-    let mut total = 0usize;
+    const FEWEST: usize = 500;
+    // Most texts are too short to qualify: counted before any word is hashed.
+    let total = text.split_whitespace().count();
+    if total < FEWEST {
+        return false;
+    }
+    // Distinct words are counted up to 65, as many as can matter below 6,500 words.
     let mut distinct = std::collections::HashSet::new();
     for w in text.split_whitespace() {
-        total += 1;
-        if distinct.len() <= 64 {
-            distinct.insert(w);
+        if distinct.len() > 64 {
+            break;
         }
+        distinct.insert(w);
     }
-    total >= 500 && distinct.len() * 100 < total
+    distinct.len() * 100 < total
 }
 
 /// Keywords (whole words, case-insensitive) and regular expressions from a policy.
@@ -346,6 +352,13 @@ mod tests {
         let prose = (0..600).map(|i| format!("word{i}")).collect::<Vec<_>>().join(" ");
         scan_sponge(&prose, &SpongeLimits::default(), &mut out);
         assert!(out.is_empty());
+        // Repetition needs 500 words or more, at most one distinct in a hundred.
+        assert!(!repeated_words(&"go ".repeat(499)));
+        assert!(repeated_words(&"go ".repeat(500)));
+        let five = (0..600).map(|i| ["a", "b", "c", "d", "e"][i % 5]).collect::<Vec<_>>().join(" ");
+        assert!(repeated_words(&five));
+        let six = (0..600).map(|i| ["a", "b", "c", "d", "e", "f"][i % 6]).collect::<Vec<_>>().join(" ");
+        assert!(!repeated_words(&six));
 
         let k = KeywordDetector::new(&["Project Falcon".into()], &[r"ACME-\d{4}".into()]).unwrap();
         let mut out = Vec::new();
