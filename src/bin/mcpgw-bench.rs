@@ -317,6 +317,14 @@ async fn drive(clients: &[Arc<Client>], tool: &str, payload: usize, seconds: f64
             Ok::<_, anyhow::Error>(latencies)
         })
     });
+    gather(tasks, started).await
+}
+
+/// The latencies of every task of a run, as one run that began at `started`.
+async fn gather(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<anyhow::Result<Vec<u64>>>>,
+    started: Instant,
+) -> anyhow::Result<Run> {
     let mut all = Vec::new();
     for t in futures::future::join_all(tasks).await {
         all.extend(t??);
@@ -341,29 +349,11 @@ async fn raw_comparison(
     direct.drive("echo", 0.3).await?;
     via.drive("fast__echo", 0.3).await?;
     let half = opts.seconds / 2.0;
-    let measured = async |session: &RawSession, tool: &str, server: &Proc| {
-        let (server_before, own_before) = (server.cpu_us(), cpu_us(std::process::id()));
-        let run = session.drive(tool, half).await?;
-        Ok::<_, anyhow::Error>((run, server.cpu_us() - server_before, cpu_us(std::process::id()) - own_before))
-    };
-    let (d1, up1, cl1) = measured(&direct, "echo", upstream).await?;
-    let (g1, gw1, gcl1) = measured(&via, "fast__echo", gateway).await?;
-    let (g2, gw2, gcl2) = measured(&via, "fast__echo", gateway).await?;
-    let (d2, up2, cl2) = measured(&direct, "echo", upstream).await?;
-    let (direct_run, gateway_run) = (Run::merge(&d1, &d2), Run::merge(&g1, &g2));
-    Ok(Comparison {
-        scenario: "http-raw".to_string(),
-        sessions: RAW_CONNECTIONS,
-        p50_overhead_us: gateway_run.p50_us as i64 - direct_run.p50_us as i64,
-        p99_overhead_us: gateway_run.p99_us as i64 - direct_run.p99_us as i64,
-        throughput_ratio: gateway_run.calls_per_sec / direct_run.calls_per_sec,
-        gateway_cpu_us_per_call: (gw1 + gw2) as f64 / gateway_run.calls.max(1) as f64,
-        upstream_cpu_us_per_call: Some((up1 + up2) as f64 / direct_run.calls.max(1) as f64),
-        client_cpu_us_per_call: (cl1 + cl2) as f64 / direct_run.calls.max(1) as f64,
-        client_cpu_us_per_gateway_call: (gcl1 + gcl2) as f64 / gateway_run.calls.max(1) as f64,
-        direct: direct_run,
-        gateway: gateway_run,
-    })
+    let d1 = measured(upstream, direct.drive("echo", half)).await?;
+    let g1 = measured(gateway, via.drive("fast__echo", half)).await?;
+    let g2 = measured(gateway, via.drive("fast__echo", half)).await?;
+    let d2 = measured(upstream, direct.drive("echo", half)).await?;
+    Ok(Comparison::of("http-raw", RAW_CONNECTIONS, [d1, d2], [g1, g2], true))
 }
 
 /// An MCP session driven by hand over HTTP/1.1 (hyper), answers read to their end.
@@ -441,11 +431,7 @@ impl RawSession {
                 Ok::<_, anyhow::Error>(latencies)
             })
         });
-        let mut all = Vec::new();
-        for t in futures::future::join_all(tasks).await {
-            all.extend(t??);
-        }
-        Ok(Run::new(all, started.elapsed()))
+        gather(tasks, started).await
     }
 }
 
@@ -529,6 +515,54 @@ struct Comparison {
     /// CPU the benchmark's own clients spent per gateway call (always over HTTP: for stdio, this
     /// is what the clients alone cost before the gateway does anything).
     client_cpu_us_per_gateway_call: f64,
+}
+
+/// A run, with the CPU time its server and this process (the clients) spent during it.
+struct Measured {
+    run: Run,
+    server_cpu_us: u64,
+    client_cpu_us: u64,
+}
+
+async fn measured(server: &Proc, run: impl Future<Output = anyhow::Result<Run>>) -> anyhow::Result<Measured> {
+    let (server_before, own_before) = (server.cpu_us(), cpu_us(std::process::id()));
+    let run = run.await?;
+    Ok(Measured {
+        run,
+        server_cpu_us: server.cpu_us() - server_before,
+        client_cpu_us: cpu_us(std::process::id()) - own_before,
+    })
+}
+
+impl Comparison {
+    /// Two direct and two gateway runs of a scenario; `upstream_measured` when the direct runs'
+    /// server is the measured upstream process.
+    fn of(
+        scenario: &str,
+        sessions: usize,
+        direct: [Measured; 2],
+        gateway: [Measured; 2],
+        upstream_measured: bool,
+    ) -> Comparison {
+        let (direct_run, gateway_run) =
+            (Run::merge(&direct[0].run, &direct[1].run), Run::merge(&gateway[0].run, &gateway[1].run));
+        let per_call = |cpu: u64, run: &Run| cpu as f64 / run.calls.max(1) as f64;
+        let server = |m: &[Measured; 2]| m[0].server_cpu_us + m[1].server_cpu_us;
+        let client = |m: &[Measured; 2]| m[0].client_cpu_us + m[1].client_cpu_us;
+        Comparison {
+            scenario: scenario.to_string(),
+            sessions,
+            p50_overhead_us: gateway_run.p50_us as i64 - direct_run.p50_us as i64,
+            p99_overhead_us: gateway_run.p99_us as i64 - direct_run.p99_us as i64,
+            throughput_ratio: gateway_run.calls_per_sec / direct_run.calls_per_sec,
+            gateway_cpu_us_per_call: per_call(server(&gateway), &gateway_run),
+            upstream_cpu_us_per_call: upstream_measured.then(|| per_call(server(&direct), &direct_run)),
+            client_cpu_us_per_call: per_call(client(&direct), &direct_run),
+            client_cpu_us_per_gateway_call: per_call(client(&gateway), &gateway_run),
+            direct: direct_run,
+            gateway: gateway_run,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -671,32 +705,12 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             drive(&direct, "echo", payload, 0.3).await?;
             drive(&via, tool, payload, 0.3).await?;
             let half = opts.seconds / 2.0;
-            // A run, with the CPU time `server` and this process (the clients) spent during it.
-            let measured = async |path: &[Arc<Client>], tool: &str, server: &Proc| {
-                let (server_before, own_before) = (server.cpu_us(), cpu_us(std::process::id()));
-                let run = drive(path, tool, payload, half).await?;
-                Ok::<_, anyhow::Error>((run, server.cpu_us() - server_before, cpu_us(std::process::id()) - own_before))
-            };
-            let (d1, up1, cl1) = measured(&direct, "echo", &upstream).await?;
-            let (g1, gw1, gcl1) = measured(&via, tool, gateway).await?;
-            let (g2, gw2, gcl2) = measured(&via, tool, gateway).await?;
-            let (d2, up2, cl2) = measured(&direct, "echo", &upstream).await?;
-            let (gateway_cpu, upstream_cpu, client_cpu) = (gw1 + gw2, up1 + up2, cl1 + cl2);
-            let (direct_run, gateway_run) = (Run::merge(&d1, &d2), Run::merge(&g1, &g2));
-            comparisons.push(Comparison {
-                scenario: scenario.to_string(),
-                sessions: n,
-                p50_overhead_us: gateway_run.p50_us as i64 - direct_run.p50_us as i64,
-                p99_overhead_us: gateway_run.p99_us as i64 - direct_run.p99_us as i64,
-                throughput_ratio: gateway_run.calls_per_sec / direct_run.calls_per_sec,
-                gateway_cpu_us_per_call: gateway_cpu as f64 / gateway_run.calls.max(1) as f64,
-                upstream_cpu_us_per_call: (scenario != "stdio")
-                    .then(|| upstream_cpu as f64 / direct_run.calls.max(1) as f64),
-                client_cpu_us_per_call: client_cpu as f64 / direct_run.calls.max(1) as f64,
-                client_cpu_us_per_gateway_call: (gcl1 + gcl2) as f64 / gateway_run.calls.max(1) as f64,
-                direct: direct_run,
-                gateway: gateway_run,
-            });
+            let d1 = measured(&upstream, drive(&direct, "echo", payload, half)).await?;
+            let g1 = measured(gateway, drive(&via, tool, payload, half)).await?;
+            let g2 = measured(gateway, drive(&via, tool, payload, half)).await?;
+            let d2 = measured(&upstream, drive(&direct, "echo", payload, half)).await?;
+            // The stdio upstream of a direct run is one process per session, not `upstream`.
+            comparisons.push(Comparison::of(scenario, n, [d1, d2], [g1, g2], scenario != "stdio"));
             for c in direct.into_iter().chain(via) {
                 if let Ok(c) = Arc::try_unwrap(c) {
                     let _ = c.cancel().await;
