@@ -295,6 +295,11 @@ impl RawSession {
     }
 
     fn request_with(&self, body: &str, headers: &[(&str, &str)]) -> reqwest::blocking::Response {
+        self.post(body, headers).send().expect("request")
+    }
+
+    /// A POST of `body` on the session, with extra HTTP `headers`.
+    fn post(&self, body: &str, headers: &[(&str, &str)]) -> reqwest::blocking::RequestBuilder {
         let mut req = self
             .client
             .post(&self.url)
@@ -307,23 +312,13 @@ impl RawSession {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        req.body(body.to_string()).send().expect("request")
+        req.body(body.to_string())
     }
 
     /// Sends `body` and hangs up after `after`, before the answer comes.
     pub fn abandon(&self, body: &str, after: std::time::Duration) {
         super::blocking(|| {
-            let sent = self
-                .client
-                .post(&self.url)
-                .timeout(after)
-                .header("Content-Type", "application/json")
-                .header("Accept", "application/json, text/event-stream")
-                .header("Authorization", format!("Bearer {}", self.key))
-                .header("Mcp-Session-Id", self.session.as_deref().unwrap_or_default())
-                .header("MCP-Protocol-Version", "2025-06-18")
-                .body(body.to_string())
-                .send();
+            let sent = self.post(body, &[]).timeout(after).send();
             assert!(sent.is_err_and(|e| e.is_timeout()), "the answer came before the client hung up");
         })
     }

@@ -233,11 +233,8 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for NotificationTap<T> {
         if let Some(JsonRpcMessage::Notification(n)) = &message {
             match &n.notification {
                 ServerNotification::ProgressNotification(progress) => self.targets.progress.record(&progress.params),
-                ServerNotification::LoggingMessageNotification(log) => self.targets.relay_log(&log.params),
-                ServerNotification::ResourceUpdatedNotification(update) => {
-                    self.targets.relay_resource_update(&update.params)
-                }
-                _ => {}
+                // List changes reach rmcp's client handler, which acts on them.
+                other => self.targets.relay_own(other),
             }
         }
         message
@@ -301,19 +298,28 @@ impl RelayTargets {
     /// rmcp (see `http_call`), as the tap and the client handler do for the others.
     pub fn deliver(&self, notification: &ServerNotification) {
         match notification {
+            ServerNotification::ToolListChangedNotification(_) => self.list_changed(ListKind::Tools),
+            ServerNotification::PromptListChangedNotification(_) => self.list_changed(ListKind::Prompts),
+            ServerNotification::ResourceListChangedNotification(_) => self.list_changed(ListKind::Resources),
+            other => self.relay_own(other),
+        }
+    }
+
+    /// Relays a message the upstream sent of its own accord (a log message, a resource update) to
+    /// the session it can be attributed to.
+    fn relay_own(&self, notification: &ServerNotification) {
+        match notification {
             ServerNotification::LoggingMessageNotification(log) => self.relay_log(&log.params),
             ServerNotification::ResourceUpdatedNotification(update) => self.relay_resource_update(&update.params),
-            ServerNotification::ToolListChangedNotification(_) => {
-                (self.tools_changed)();
-                self.announce(ListKind::Tools);
-            }
-            ServerNotification::PromptListChangedNotification(_) => self.announce(ListKind::Prompts),
-            ServerNotification::ResourceListChangedNotification(_) => self.announce(ListKind::Resources),
             _ => {}
         }
     }
 
-    fn announce(&self, kind: ListKind) {
+    /// The upstream's list of `kind` changed: its tool cache goes, and the sessions are told.
+    fn list_changed(&self, kind: ListKind) {
+        if kind == ListKind::Tools {
+            (self.tools_changed)();
+        }
         let _ = self.events.send(ChangeEvent::Upstream { config_id: self.config_id, kind });
     }
 
@@ -436,15 +442,14 @@ impl ClientHandler for UpstreamClient {
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
         tracing::info!(server = %self.targets.server, "upstream tool list changed");
-        (self.targets.tools_changed)();
-        self.targets.announce(ListKind::Tools);
+        self.targets.list_changed(ListKind::Tools);
     }
 
     async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        self.targets.announce(ListKind::Prompts);
+        self.targets.list_changed(ListKind::Prompts);
     }
 
     async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        self.targets.announce(ListKind::Resources);
+        self.targets.list_changed(ListKind::Resources);
     }
 }
