@@ -31,9 +31,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::{FutureExt, StreamExt};
 use rmcp::model::{
-    CallToolRequest, ClientJsonRpcMessage, ClientRequest, GetMeta, JsonRpcRequest, JsonRpcVersion2_0,
-    ProgressNotification, ProgressNotificationParam, ProtocolVersion, RequestId, ServerJsonRpcMessage,
-    ServerNotification,
+    CallToolRequest, CallToolRequestMethod, CallToolRequestParams, ClientJsonRpcMessage, ClientRequest, GetMeta,
+    JsonRpcRequest, JsonRpcVersion2_0, ProgressNotification, ProgressNotificationParam, ProtocolVersion, RequestId,
+    ServerJsonRpcMessage, ServerNotification,
 };
 use rmcp::service::RequestContext;
 use rmcp::{Peer, RoleServer, Service};
@@ -166,23 +166,32 @@ impl Drop for Detached {
 /// type; anything else goes through rmcp's general parse, which buffers the message and tries
 /// each kind of message, then each kind of request, in turn.
 fn parse_request(body: &[u8]) -> Option<JsonRpcRequest<ClientRequest>> {
-    /// A tools/call request; `result` and `error` are read only to refuse a message that mixes
-    /// shapes, as the general parse does.
+    /// A tools/call request, read without buffering any part of it; `result` and `error` are read
+    /// only to refuse a message that mixes shapes, as the general parse does.
     #[derive(serde::Deserialize)]
     struct ToolCall {
         jsonrpc: JsonRpcVersion2_0,
         id: RequestId,
-        #[serde(flatten)]
-        request: CallToolRequest,
+        method: CallToolRequestMethod,
+        params: CallToolRequestParams,
         result: Option<serde::de::IgnoredAny>,
         error: Option<serde::de::IgnoredAny>,
     }
     match serde_json::from_slice::<ToolCall>(body) {
-        Ok(call) if call.result.is_none() && call.error.is_none() => Some(JsonRpcRequest {
-            jsonrpc: call.jsonrpc,
-            id: call.id,
-            request: ClientRequest::CallToolRequest(call.request),
-        }),
+        Ok(mut call) if call.result.is_none() && call.error.is_none() => {
+            // Where rmcp's parse puts `params._meta`: in the request's extensions.
+            let meta = call.params.meta.take();
+            let mut request = CallToolRequest::new(call.params);
+            request.method = call.method;
+            if let Some(meta) = meta {
+                request.extensions.insert(meta);
+            }
+            Some(JsonRpcRequest {
+                jsonrpc: call.jsonrpc,
+                id: call.id,
+                request: ClientRequest::CallToolRequest(request),
+            })
+        }
         _ => match serde_json::from_slice::<ClientJsonRpcMessage>(body) {
             Ok(ClientJsonRpcMessage::Request(request)) => Some(request),
             _ => None,
@@ -357,6 +366,9 @@ mod tests {
         let same = |body: &str| {
             let (fast, general) = (parse_request(body.as_bytes()), general(body));
             assert_eq!(format!("{fast:?}"), format!("{general:?}"), "{body}");
+            // Extensions print no contents: compare the request's `_meta` on its own.
+            let meta = |r: &Option<JsonRpcRequest<ClientRequest>>| r.as_ref().map(|r| r.request.get_meta().clone());
+            assert_eq!(meta(&fast), meta(&general), "{body}");
             fast
         };
         let call = same(
@@ -369,6 +381,11 @@ mod tests {
             Some(rmcp::model::ProgressToken(rmcp::model::NumberOrString::String("t".into())))
         );
         same(r#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"x"}}"#).expect("a tool call");
+        same(r#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"x","_meta":null},"extra":[1]}"#)
+            .expect("a tool call");
+        // A `_meta` that is not an object, or a call with no params, is what rmcp makes of it.
+        same(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","_meta":5}}"#);
+        same(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#);
         // Other requests take the general parse.
         assert!(matches!(
             same(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).map(|r| r.request),

@@ -158,7 +158,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     match tls {
         Some(tls) => {
             tracing::info!("data plane listening on https://{addr}");
-            axum::serve(tls::TlsListener::new(listener, tls)?, app).with_graceful_shutdown(shutdown).await?;
+            axum::serve(tls::TlsListener::new(listener, tls)?, PerConnection(app))
+                .with_graceful_shutdown(shutdown)
+                .await?;
         }
         None => {
             tracing::info!("data plane listening on http://{addr}");
@@ -166,7 +168,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
             let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+            axum::serve(listener, PerConnection(app)).with_graceful_shutdown(shutdown).await?;
         }
     }
     gateway.pool.shutdown().await;
@@ -174,6 +176,26 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         telemetry.shutdown().await;
     }
     Ok(())
+}
+
+/// Gives each accepted connection a clone of the router, which is final. axum's default rebuilds
+/// the router's route tables for every connection, and clients that open a connection per request
+/// (rmcp's do) would pay that on every call.
+#[derive(Clone)]
+struct PerConnection(axum::Router);
+
+impl<L: axum::serve::Listener> tower_service::Service<axum::serve::IncomingStream<'_, L>> for PerConnection {
+    type Response = axum::Router;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<axum::Router, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: axum::serve::IncomingStream<'_, L>) -> Self::Future {
+        std::future::ready(Ok(self.0.clone()))
+    }
 }
 
 /// Serves one MCP client over stdin/stdout with the key in `MCPGW_API_KEY`; returns when the client

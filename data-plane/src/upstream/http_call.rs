@@ -328,7 +328,6 @@ fn post(session: &HttpSession, headers: HashMap<HeaderName, HeaderValue>, body: 
     request
 }
 
-/// The call's end, if `message` is the answer to call `id`.
 /// The tool result answering call `id`, if `text` is one. Read straight into its type: the
 /// general parse buffers the message and tries each kind of message, then each kind of result
 /// (a tool result is the sixteenth), in turn. Anything else is left to it.
