@@ -311,7 +311,9 @@ fn reloads_during_a_steady_stream_of_calls_fail_none() {
     let (_, metrics) = dp.get("/metrics");
     let reloads: u64 =
         metrics.lines().find_map(|l| l.strip_prefix("mcpgw_reloads_total ")).and_then(|v| v.parse().ok()).unwrap();
-    assert!(reloads >= 20, "only {reloads} reloads seen");
+    // Each round of changes is one reload or more, unless it lands while the previous round is
+    // still settling (`reload::SETTLE`), when the two are read as one: most rounds, not all.
+    assert!(reloads >= 10, "only {reloads} reloads seen");
 }
 
 #[test]
@@ -736,6 +738,10 @@ fn progress_cancellation_and_list_changed_are_relayed() {
     // A call that sends nothing but its answer is answered with JSON; so is one whose client asked
     // for progress the tool never reports.
     let raw = RawSession::open(&dp.mcp_url(), &key);
+    // Until the session has handled `notifications/initialized` (answered 202 before it is), its
+    // requests are served by rmcp, which answers with an event stream; one answered request
+    // settles that.
+    raw.exchange_typed(&json!({"jsonrpc": "2.0", "id": 89, "method": "tools/list"}).to_string());
     for (id, meta) in [(90, json!({})), (91, json!({"progressToken": "unused"}))] {
         let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
             "name": "fx__echo", "arguments": {"message": "plain"}, "_meta": meta}});
