@@ -208,8 +208,9 @@ fn results_pass_through_whole_like_the_direct_path() {
         assert!(prompt.to_string().contains("Let's talk about rust"), "{prompt}");
     });
     // Every call is in the audit log, without its arguments by default.
-    let audit = std::fs::read_to_string(&dp.audit_log).unwrap();
-    let lines: Vec<Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = dp.audit_records(|l| {
+        l.iter().any(|l| l["tool"] == "media") && l.iter().any(|l| l["tool"] == "fail" && l["outcome"] == "error")
+    });
     let media = lines.iter().find(|l| l["tool"] == "media").expect("audited");
     assert_eq!(media["project"], "proj-whole");
     assert_eq!(media["server"], "fx");

@@ -8,11 +8,6 @@ use common::control_plane::ControlPlane;
 use common::data_plane::*;
 use serde_json::{Value, json};
 
-fn audit_lines(dp: &DataPlane) -> Vec<Value> {
-    let audit = std::fs::read_to_string(&dp.audit_log).unwrap_or_default();
-    audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
 fn guarded(name: &str, input: Value, output: Value) -> Value {
     let mut server = fixture_server(name);
     server["input_guardrails_policy"] = input;
@@ -73,9 +68,10 @@ fn a_blocked_input_never_reaches_the_upstream() {
         let result = call(&gw, "fx__echo", json!({"message": "order 1234-5678 ships today"})).await.unwrap();
         assert!(result.get("_meta").is_none(), "{result}");
     });
-    let lines = audit_lines(&dp);
-    let blocked = lines.iter().filter(|l| l["tool"] == "touch_file" && l["outcome"] == "blocked").count();
-    assert_eq!(blocked, attacks.len(), "{lines:?}");
+    let blocked =
+        |lines: &[Value]| lines.iter().filter(|l| l["tool"] == "touch_file" && l["outcome"] == "blocked").count();
+    let lines = dp.audit_records(|l| blocked(l) >= attacks.len());
+    assert_eq!(blocked(&lines), attacks.len(), "{lines:?}");
     let (_, metrics) = dp.get("/metrics");
     let line = format!(
         r#"mcpgw_guardrail_events_total{{server="fx",stage="input",detector="injection_attack",action="blocked"}} {}"#,
@@ -134,7 +130,12 @@ fn batched_calls_are_blocked_audited_and_counted_like_direct_ones() {
         assert_eq!(summary["failed_calls"], 1, "{batch}");
     });
     assert!(!attack.exists(), "the upstream ran a blocked batched call");
-    let lines = audit_lines(&dp);
+    let of = |lines: &[Value], tool: &str, outcome: &str| {
+        lines.iter().filter(|l| l["server"] == "fx" && l["tool"] == tool && l["outcome"] == outcome).count()
+    };
+    let lines = dp.audit_records(|l| {
+        of(l, "echo", "success") >= 2 && of(l, "touch_file", "blocked") >= 1 && of(l, "fail", "error") >= 1
+    });
     let record = |tool: &str, outcome: &str| {
         lines.iter().filter(|l| l["server"] == "fx" && l["tool"] == tool && l["outcome"] == outcome).collect::<Vec<_>>()
     };
@@ -251,8 +252,10 @@ fn poisoned_tools_are_hidden_and_poisoned_servers_blocked() {
     let (_, metrics) = dp.get("/metrics");
     assert!(metrics.contains(r#"server="tools",stage="integrity",detector="tool_poisoning",action="hidden""#));
     assert!(metrics.contains(r#"server="srv",stage="integrity",detector="tool_poisoning",action="server_blocked""#));
-    let lines = audit_lines(&dp);
-    assert!(lines.iter().any(|l| l["server"] == "tools" && l["tool"] == "helper" && l["outcome"] == "blocked"));
+    let helper_blocked = |lines: &[Value]| {
+        lines.iter().any(|l| l["server"] == "tools" && l["tool"] == "helper" && l["outcome"] == "blocked")
+    };
+    assert!(helper_blocked(&dp.audit_records(helper_blocked)));
 }
 
 #[test]

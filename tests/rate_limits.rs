@@ -48,10 +48,11 @@ fn the_tightest_limit_refuses_first_and_names_itself() {
     assert!(metrics.contains("mcpgw_rate_limited_total{project=\"proj-tight\",limit=\"tool\"} 2"), "{metrics}");
     assert!(metrics.contains("mcpgw_rate_limited_total{project=\"proj-tight\",limit=\"server\"} 2"), "{metrics}");
     // The upstream saw exactly the admitted calls.
-    let audit = std::fs::read_to_string(&dp.audit_log).unwrap_or_default();
-    let admitted = audit.lines().filter(|l| l.contains("\"outcome\":\"success\"")).count();
-    assert_eq!(admitted, 5, "{audit}");
-    assert_eq!(audit.matches("\"event\":\"rate_limited\"").count(), 4, "{audit}");
+    let admitted = |l: &[Value]| l.iter().filter(|l| l["outcome"] == "success").count();
+    let refused = |l: &[Value]| l.iter().filter(|l| l["event"] == "rate_limited").count();
+    let audit = dp.audit_records(|l| admitted(l) >= 5 && refused(l) >= 4);
+    assert_eq!(admitted(&audit), 5, "{audit:?}");
+    assert_eq!(refused(&audit), 4, "{audit:?}");
 }
 
 #[test]

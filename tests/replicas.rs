@@ -441,12 +441,21 @@ fn a_rate_limit_holds_across_replicas_and_per_replica_while_redis_is_down() {
     let counted: u64 =
         replicas.iter().map(|dp| metric(dp, "mcpgw_rate_limited_total{project=\"proj-limited\",limit=\"key\"} ")).sum();
     assert_eq!(counted, refused.len() as u64, "the refusals are counted");
-    let audited: usize = replicas
+    // Each replica's log, once it holds what its metrics count (it is written behind the calls).
+    let limited = |l: &[Value]| l.iter().filter(|r| r["event"] == "rate_limited").count();
+    let succeeded = |l: &[Value]| l.iter().filter(|r| r["tool"] == "echo" && r["outcome"] == "success").count();
+    let logs: Vec<Vec<Value>> = replicas
         .iter()
         .map(|dp| {
-            std::fs::read_to_string(&dp.audit_log).unwrap_or_default().matches("\"event\":\"rate_limited\"").count()
+            let refusals = metric(dp, "mcpgw_rate_limited_total{project=\"proj-limited\",limit=\"key\"} ") as usize;
+            let successes = metric(
+                dp,
+                "mcpgw_tool_calls_total{project=\"proj-limited\",server=\"fx\",tool=\"echo\",outcome=\"success\"} ",
+            ) as usize;
+            dp.audit_records(|l| limited(l) >= refusals && succeeded(l) >= successes)
         })
-        .sum();
+        .collect();
+    let audited: usize = logs.iter().map(|l| limited(l)).sum();
     assert_eq!(audited, refused.len(), "and audited");
     let reached: usize = replicas.iter().map(|dp| calls_in_audit(&dp.audit_log, &key)).sum();
     assert_eq!(reached, admitted, "refused calls never reached the upstream");

@@ -108,6 +108,20 @@ impl DataPlane {
         self.log.lock().unwrap().clone()
     }
 
+    /// The audit log's records once `complete` holds for them (the log is written behind the
+    /// calls, a few milliseconds later), or as they are after 5 s.
+    pub fn audit_records(&self, complete: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
+            let records: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            if complete(&records) || Instant::now() > deadline {
+                return records;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
