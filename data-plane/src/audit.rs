@@ -62,7 +62,7 @@ enum Entry {
 }
 
 /// The shortest time between two writes of the log.
-const WRITE_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+const WRITE_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Lines buffered before new ones are dropped (and counted in the log) rather than blocking calls.
 const QUEUE: usize = 10_000;
