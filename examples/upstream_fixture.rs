@@ -16,7 +16,8 @@
 //!
 //! `upstream_fixture` serves stdio; `upstream_fixture --http 127.0.0.1:0` serves streamable HTTP at
 //! `/mcp` (without `TCP_NODELAY`, as axum serves by default; `GET /connections` counts the
-//! connections opened to it) and prints `listening on http://ADDR` on stderr.
+//! connections opened to it) and prints `listening on http://ADDR` on stderr; with
+//! `--tls CERT KEY` (PEM files) it serves HTTPS and prints `listening on https://ADDR`.
 
 use std::sync::Arc;
 
@@ -343,7 +344,12 @@ async fn main() -> anyhow::Result<()> {
         Some(i) => {
             let addr = args.get(i + 1).map(String::as_str).unwrap_or("127.0.0.1:0");
             let listener = tokio::net::TcpListener::bind(addr).await?;
-            eprintln!("listening on http://{}", listener.local_addr()?);
+            let tls = match args.iter().position(|a| a == "--tls") {
+                Some(t) => Some(tls_acceptor(&args[t + 1], &args[t + 2])?),
+                None => None,
+            };
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            eprintln!("listening on {scheme}://{}", listener.local_addr()?);
             use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
             use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
             let service = StreamableHttpService::new(
@@ -351,16 +357,19 @@ async fn main() -> anyhow::Result<()> {
                 Arc::new(LocalSessionManager::default()),
                 StreamableHttpServerConfig::default(),
             );
-            // `GET /connections`: how many TCP connections clients have opened (to see them reused).
-            static CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
             let app = axum::Router::new().route_service("/mcp", service).route(
                 "/connections",
                 axum::routing::get(|| async { CONNECTIONS.load(std::sync::atomic::Ordering::SeqCst).to_string() }),
             );
-            let listener = axum::serve::ListenerExt::tap_io(listener, |_| {
-                CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            });
-            axum::serve(listener, app).await?;
+            match tls {
+                Some(acceptor) => axum::serve(TlsListener { tcp: listener, acceptor }, app).await?,
+                None => {
+                    let listener = axum::serve::ListenerExt::tap_io(listener, |_| {
+                        CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    });
+                    axum::serve(listener, app).await?
+                }
+            }
         }
         None => {
             let running = fixture.serve(rmcp::transport::io::stdio()).await?;
@@ -368,4 +377,44 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `GET /connections`: how many TCP connections clients have opened (to see them reused).
+static CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Connections that complete a TLS handshake (the others are dropped).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else { continue };
+            CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
 }

@@ -694,6 +694,68 @@ fn streamable_http_upstreams_with_configured_headers() {
     let _ = upstream.wait();
 }
 
+#[test]
+fn https_upstreams_are_verified_and_called_on_kept_connections() {
+    let dir = common::control_plane::tempdir::TempDir::new("mcpgw-https-upstream");
+    let certs = common::certs::certs(dir.path());
+    let mut upstream = common::proc::Reaped(
+        std::process::Command::new(fixture())
+            .args(["--http", "127.0.0.1:0", "--tls", certs.cert.to_str().unwrap(), certs.key.to_str().unwrap()])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(upstream.0.stderr.take().unwrap()));
+    let addr = loop {
+        let line = lines.next().expect("fixture log").unwrap();
+        if let Some(a) = line.strip_prefix("listening on ") {
+            break a.trim().replace("127.0.0.1", "localhost");
+        }
+    };
+    assert!(addr.starts_with("https://"), "{addr}");
+    let cp = ControlPlane::start();
+    let key = provision(
+        &cp,
+        "secure",
+        json!([{"server_name": "secure", "config": {"type": "http", "url": format!("{addr}/mcp")}}]),
+    );
+    // One data plane trusts the upstream's CA (as an operator would, through the trust store);
+    // the other does not.
+    let trusting = DataPlane::start(&cp, &[("SSL_CERT_FILE", certs.ca.to_str().unwrap())]);
+    let untrusting = DataPlane::start(&cp, &[]);
+    trusting.sync(&cp);
+    untrusting.sync(&cp);
+    common::tls();
+    let probe = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&certs.ca_pem).unwrap())
+        .build()
+        .unwrap();
+    runtime().block_on(async {
+        let connections = || async {
+            let text = probe.get(format!("{addr}/connections")).send().await.unwrap().text().await.unwrap();
+            text.parse::<usize>().unwrap()
+        };
+        let refused = connect(&untrusting.mcp_url(), &key).await.unwrap();
+        let before = connections().await;
+        let answer = call(&refused, "secure__echo", json!({"message": "unverified"})).await;
+        assert!(answer.as_ref().map_or(true, |r| r["isError"] == true), "an untrusted upstream was called: {answer:?}");
+
+        let c = connect(&trusting.mcp_url(), &key).await.unwrap();
+        assert_eq!(text(&call(&c, "secure__echo", json!({"message": "over tls"})).await.unwrap()), "over tls");
+        // Calls after the first reuse the TLS connections the first one opened (one handshake,
+        // not one per call).
+        let warm = connections().await;
+        for i in 0..30 {
+            let message = format!("t{i}");
+            assert_eq!(text(&call(&c, "secure__echo", json!({"message": message})).await.unwrap()), message);
+        }
+        // (The probe's own connection may be among them.)
+        let opened = connections().await - warm;
+        assert!(opened <= 2, "30 calls opened {opened} connections to the upstream");
+        assert!(warm > before, "the trusting data plane reached the upstream");
+    });
+}
+
 /// An rmcp client that records the notifications the gateway relays.
 #[derive(Clone, Default)]
 struct Recorder {

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::certs::{Certs, certs};
 use common::control_plane::{ControlPlane, SECRETS_KEY, tempdir::TempDir};
 use common::data_plane::{DataPlane, fixture_server, provision};
 use common::postgres::Cluster;
@@ -17,39 +18,6 @@ use serde_json::{Value, json};
 
 const TOKEN_OLD: &str = "dp-token-old-0123456789abcdef";
 const TOKEN_NEW: &str = "dp-token-new-0123456789abcdef";
-
-/// A test CA and a certificate it signed for 127.0.0.1 and localhost, as PEM files in `dir`.
-struct Certs {
-    ca: std::path::PathBuf,
-    ca_pem: Vec<u8>,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
-}
-
-fn certs(dir: &Path) -> Certs {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "mcpgw test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let paths = Certs {
-        ca: dir.join("ca.pem"),
-        ca_pem: ca_cert.pem().into_bytes(),
-        cert: dir.join("cert.pem"),
-        key: dir.join("key.pem"),
-    };
-    std::fs::write(&paths.ca, &paths.ca_pem).unwrap();
-    std::fs::write(&paths.cert, cert.pem()).unwrap();
-    std::fs::write(&paths.key, key.serialize_pem()).unwrap();
-    paths
-}
 
 /// A control-plane instance on `database_url` serving HTTPS with `certs` (on `listen`, or a free port).
 fn control_plane(dir: TempDir, database_url: &str, certs: &Certs) -> ControlPlane {

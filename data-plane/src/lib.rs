@@ -83,7 +83,7 @@ fn assemble(
         metrics: metrics.clone(),
         events: events.clone(),
         observer,
-        pooled: upstream::http_call::PooledHttp::default(),
+        pooled: upstream::http_call::PooledHttp::new().context("building the upstream TLS client")?,
     });
     let pool = Arc::new(UpstreamPool::new(settings));
     let audit = match config.audit_target() {

@@ -17,6 +17,7 @@ macro_rules! on_every_database {
     };
 }
 
+pub mod certs;
 pub mod control_plane;
 pub mod data_plane;
 pub mod postgres;

@@ -22,6 +22,7 @@ use axum::body::Bytes;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::http::{HeaderName, HeaderValue, Request, StatusCode, header};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -31,6 +32,7 @@ use rmcp::model::{
     ClientNotification, ClientResult, JsonRpcMessage, JsonRpcVersion2_0, NumberOrString, ProgressNotificationParam,
     ProgressToken, ServerJsonRpcMessage, ServerNotification, ServerRequest, ServerResult,
 };
+use rustls_platform_verifier::BuilderVerifierExt;
 use tokio::net::TcpStream;
 
 use super::relay::RelayTargets;
@@ -110,23 +112,40 @@ pub enum CallEnd {
     TooLarge(usize),
 }
 
-/// The pooled keep-alive client for upstream calls (plain HTTP).
+/// The pooled keep-alive client for upstream calls (HTTP and HTTPS).
 #[derive(Clone)]
 pub struct PooledHttp {
-    client: Client<QuickAckConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<QuickAckConnector>, Full<Bytes>>,
     next_id: Arc<AtomicU64>,
 }
 
-impl Default for PooledHttp {
-    fn default() -> Self {
+impl PooledHttp {
+    /// A client that verifies upstreams' certificates as the HTTP client rmcp uses does: the
+    /// platform's verifier and trust store (which on Linux also reads `SSL_CERT_FILE` and
+    /// `SSL_CERT_DIR`), with the process's crypto provider.
+    pub fn new() -> Result<Self, rustls::Error> {
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_platform_verifier()?
+            .with_no_client_auth();
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        // `https://` addresses reach the TLS layer above.
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(QuickAckConnector(connector));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_timer(TokioTimer::new())
-            .build(QuickAckConnector(connector));
-        PooledHttp { client, next_id: Arc::new(AtomicU64::new(1)) }
+            .build(connector);
+        Ok(PooledHttp { client, next_id: Arc::new(AtomicU64::new(1)) })
     }
 }
 
@@ -136,9 +155,10 @@ pub struct Sent {
 }
 
 impl PooledHttp {
-    /// Whether calls to `url` can go here (plain HTTP; TLS upstreams stay on rmcp's client).
+    /// Whether calls to `url` can go here (`http://` and `https://`).
     pub fn serves(url: &str) -> bool {
-        url.get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
+        let scheme = |s: &str| url.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s));
+        scheme("http://") || scheme("https://")
     }
 
     pub fn next_call(&self) -> Sent {
@@ -475,5 +495,35 @@ mod tests {
         ] {
             assert!(tool_answer(text.as_bytes(), &id).is_none(), "{text}");
         }
+    }
+
+    /// The pooled client refuses an upstream whose certificate it cannot verify (the TLS server
+    /// here answers every request, so a client that skipped verification would get an answer).
+    #[tokio::test]
+    async fn untrusted_upstream_certificates_are_refused() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().self_signed(&key).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(tls) = acceptor.accept(tcp).await else { continue };
+                let answer = hyper::service::service_fn(|_| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"{}"))))
+                });
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), answer));
+            }
+        });
+        let request = Request::get(format!("https://localhost:{port}/")).body(Full::default()).unwrap();
+        let refused = PooledHttp::new().unwrap().client.request(request).await.expect_err("an untrusted upstream");
+        let reason = error_chain(&refused);
+        assert!(reason.contains("certificate"), "{reason}");
     }
 }

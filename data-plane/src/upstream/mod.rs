@@ -616,7 +616,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             events: broadcast::channel(4).0,
             observer: Observer::new("test".into(), None, None),
-            pooled: http_call::PooledHttp::default(),
+            pooled: http_call::PooledHttp::new().unwrap(),
         })
     }
 

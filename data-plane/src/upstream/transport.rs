@@ -126,8 +126,8 @@ pub(super) async fn open(
                     client.serve(recorder).await
                 }
                 None => {
-                    // Calls to a plain-HTTP upstream go on pooled connections, on the session
-                    // rmcp opens (the tap records it).
+                    // Calls to an HTTP(S) upstream go on pooled connections, on the session rmcp
+                    // opens (the tap records it).
                     let tap = PooledHttp::serves(url).then(|| tap.clone());
                     let transport =
                         StreamableHttpClientTransport::with_client(TraceHeaders(settings.http.clone(), tap), config);
