@@ -25,6 +25,7 @@ use hyper::http::{HeaderName, HeaderValue, Request, StatusCode, header};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rmcp::ErrorData as McpError;
 use rmcp::model::{
@@ -117,6 +118,8 @@ pub enum CallEnd {
 pub struct PooledHttp {
     client: Client<HttpsConnector<QuickAckConnector>, Full<Bytes>>,
     next_id: Arc<AtomicU64>,
+    /// The proxies rmcp's client goes through (`HTTPS_PROXY`, `NO_PROXY`, ...).
+    proxies: Arc<Matcher>,
 }
 
 impl PooledHttp {
@@ -145,7 +148,7 @@ impl PooledHttp {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Ok(PooledHttp { client, next_id: Arc::new(AtomicU64::new(1)) })
+        Ok(PooledHttp { client, next_id: Arc::new(AtomicU64::new(1)), proxies: Arc::new(Matcher::from_system()) })
     }
 }
 
@@ -155,10 +158,12 @@ pub struct Sent {
 }
 
 impl PooledHttp {
-    /// Whether calls to `url` can go here (`http://` and `https://`).
-    pub fn serves(url: &str) -> bool {
+    /// Whether calls to `url` can go here: `http://` and `https://` addresses that rmcp's client
+    /// reaches directly (one it reaches through a proxy stays on it).
+    pub fn serves(&self, url: &str) -> bool {
         let scheme = |s: &str| url.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s));
-        scheme("http://") || scheme("https://")
+        (scheme("http://") || scheme("https://"))
+            && url.parse::<hyper::Uri>().is_ok_and(|uri| self.proxies.intercept(&uri).is_none())
     }
 
     pub fn next_call(&self) -> Sent {
@@ -525,5 +530,18 @@ mod tests {
         let refused = PooledHttp::new().unwrap().client.request(request).await.expect_err("an untrusted upstream");
         let reason = error_chain(&refused);
         assert!(reason.contains("certificate"), "{reason}");
+    }
+
+    #[test]
+    fn upstreams_behind_a_proxy_stay_on_rmcps_client() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut pooled = PooledHttp::new().unwrap();
+        pooled.proxies = Arc::new(Matcher::builder().https("http://proxy.internal:3128").no("localhost").build());
+        assert!(!pooled.serves("https://mcp.example.com/mcp"));
+        assert!(pooled.serves("https://localhost:8443/mcp"));
+        assert!(pooled.serves("http://mcp.example.com/mcp"));
+        assert!(!pooled.serves("ftp://mcp.example.com/mcp"));
+        pooled.proxies = Arc::new(Matcher::builder().build());
+        assert!(pooled.serves("HTTPS://mcp.example.com/mcp"));
     }
 }

@@ -11,7 +11,7 @@ use tokio::io::AsyncBufReadExt;
 
 use std::sync::Arc;
 
-use super::http_call::{PooledHttp, SessionTap};
+use super::http_call::SessionTap;
 use super::oauth::{AuthorizedHttp, Token};
 use super::relay::{NotificationTap, UpstreamClient};
 use super::stdio::ChildTransport;
@@ -128,7 +128,7 @@ pub(super) async fn open(
                 None => {
                     // Calls to an HTTP(S) upstream go on pooled connections, on the session rmcp
                     // opens (the tap records it).
-                    let tap = PooledHttp::serves(url).then(|| tap.clone());
+                    let tap = settings.pooled.serves(url).then(|| tap.clone());
                     let transport =
                         StreamableHttpClientTransport::with_client(TraceHeaders(settings.http.clone(), tap), config);
                     let recorder = NotificationTap { inner: transport, targets: client.targets.clone() };
