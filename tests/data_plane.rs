@@ -625,18 +625,7 @@ fn meta_tools_report_per_server_and_mask_secrets() {
 
 #[test]
 fn streamable_http_upstreams_with_configured_headers() {
-    let mut upstream = std::process::Command::new(fixture())
-        .args(["--http", "127.0.0.1:0"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(upstream.stderr.take().unwrap()));
-    let addr = loop {
-        let line = lines.next().expect("fixture log").unwrap();
-        if let Some(a) = line.strip_prefix("listening on ") {
-            break a.trim().to_string();
-        }
-    };
+    let (_upstream, addr) = http_fixture(&[], &[]);
     let cp = ControlPlane::start();
     let key = provision(
         &cp,
@@ -690,29 +679,15 @@ fn streamable_http_upstreams_with_configured_headers() {
         took.sort();
         assert!(took[15] < Duration::from_millis(30), "median call {:?} (stalled on delayed ACKs?)", took[15]);
     });
-    let _ = upstream.kill();
-    let _ = upstream.wait();
 }
 
 #[test]
 fn https_upstreams_are_verified_and_called_on_kept_connections() {
     let dir = common::control_plane::tempdir::TempDir::new("mcpgw-https-upstream");
     let certs = common::certs::certs(dir.path());
-    let mut upstream = common::proc::Reaped(
-        std::process::Command::new(fixture())
-            .args(["--http", "127.0.0.1:0", "--tls", certs.cert.to_str().unwrap(), certs.key.to_str().unwrap()])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(upstream.0.stderr.take().unwrap()));
-    let addr = loop {
-        let line = lines.next().expect("fixture log").unwrap();
-        if let Some(a) = line.strip_prefix("listening on ") {
-            break a.trim().replace("127.0.0.1", "localhost");
-        }
-    };
+    let (_upstream, addr) = http_fixture(&["--tls", certs.cert.to_str().unwrap(), certs.key.to_str().unwrap()], &[]);
     assert!(addr.starts_with("https://"), "{addr}");
+    let addr = addr.replace("127.0.0.1", "localhost");
     let cp = ControlPlane::start();
     let key = provision(
         &cp,

@@ -281,21 +281,7 @@ fn a_call_is_one_trace_from_the_client_through_the_gateway_to_the_upstream() {
     let mut receiver = Receiver::start();
     let dir = TempDir::new("mcpgw-otel");
     let calls = dir.path().join("calls.jsonl");
-    let mut upstream = Stopped(
-        std::process::Command::new(fixture())
-            .args(["--http", "127.0.0.1:0"])
-            .env("FIXTURE_CALL_LOG", &calls)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(upstream.0.stderr.take().unwrap()));
-    let addr = loop {
-        let line = lines.next().expect("fixture log").unwrap();
-        if let Some(a) = line.strip_prefix("listening on ") {
-            break a.trim().to_string();
-        }
-    };
+    let (_upstream, addr) = http_fixture(&[], &[("FIXTURE_CALL_LOG", calls.as_os_str())]);
     let cp = ControlPlane::start();
     let key = provision(
         &cp,
@@ -540,15 +526,6 @@ fn a_call_is_one_trace_from_the_client_through_the_gateway_to_the_upstream() {
 }
 
 /// A child process stopped when the test ends, passed or failed.
-struct Stopped(std::process::Child);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Metric names, with their kinds, and every label name of the samples in a `/metrics` page.
 fn exposition(text: &str) -> (HashMap<String, String>, std::collections::HashSet<String>) {
     let mut kinds = HashMap::new();

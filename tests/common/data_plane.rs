@@ -27,6 +27,27 @@ pub fn fixture() -> String {
     example("upstream_fixture")
 }
 
+/// The upstream fixture serving streamable HTTP on a free loopback port (with `extra` arguments such
+/// as `--tls CERT KEY`, and `env`), stopped when dropped, and the address it serves.
+pub fn http_fixture(extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> (super::proc::Reaped, String) {
+    let mut cmd = Command::new(fixture());
+    cmd.args(["--http", "127.0.0.1:0"]).args(extra).stderr(Stdio::piped());
+    for (name, value) in env {
+        cmd.env(name, value);
+    }
+    let mut child = super::proc::Reaped(cmd.spawn().expect("spawn the upstream fixture"));
+    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("fixture log").unwrap();
+        if let Some(a) = line.strip_prefix("listening on ") {
+            break a.trim().to_string();
+        }
+    };
+    // The rest of its log is read (and dropped), so that its writes never fail.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
 /// An example of this package, built by `cargo test`.
 pub fn example(name: &str) -> String {
     let exe = std::env::current_exe().expect("test exe");
