@@ -383,15 +383,9 @@ async fn main() -> anyhow::Result<()> {
 static CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(key)?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    let (cert, key) = (std::path::Path::new(cert), std::path::Path::new(key));
+    let config = shared::tls::server_config(Some(cert), Some(key))?.expect("a certificate and its key");
+    Ok(tokio_rustls::TlsAcceptor::from(config))
 }
 
 /// Connections that complete a TLS handshake (the others are dropped).

@@ -94,16 +94,6 @@ fn oauth_client(url: &str, login: &str, call: Option<(&str, Value)>) -> Result<V
     Ok(serde_json::from_slice(&out.stdout).expect("oauth client output"))
 }
 
-/// A child process stopped when the test ends, whether it passes or not.
-struct Stopped(Child);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A TCP relay in front of an HTTP upstream that keeps every byte the gateway sends it.
 fn recording_relay(target: String) -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
     use std::io::{Read, Write};
@@ -190,15 +180,8 @@ fn oauth_clients_sign_in_through_a_real_authorization_server() {
     let calls = dir.path().join("calls.jsonl");
     let server = json!({"server_name": "fx", "config": {"command": fixture(), "env": {"FIXTURE_CALL_LOG": calls}}});
     // An HTTP upstream behind a relay that records what the gateway sends it.
-    let mut http_upstream =
-        Stopped(Command::new(fixture()).args(["--http", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap());
-    let mut lines = BufReader::new(http_upstream.0.stderr.take().unwrap()).lines();
-    let upstream_addr = loop {
-        let line = lines.next().expect("fixture log").unwrap();
-        if let Some(a) = line.strip_prefix("listening on http://") {
-            break a.trim().to_string();
-        }
-    };
+    let (http_upstream, upstream_url) = http_fixture(&[], &[]);
+    let upstream_addr = upstream_url.strip_prefix("http://").expect("a plain-HTTP fixture").to_string();
     let (relay, upstream_saw) = recording_relay(upstream_addr);
     let web = json!({"server_name": "web", "config": {"type": "http", "url": format!("{relay}/mcp")}});
     for (project, config) in [("alpha", "cfg-alpha"), ("beta", "cfg-beta")] {

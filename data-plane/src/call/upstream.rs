@@ -1,6 +1,6 @@
 //! The upstream stage: the call sent to its server and its answer awaited, within the call's
 //! deadline, with cancellation, progress relayed in order before the answer, and the size cap.
-//! A plain-HTTP upstream's calls go on the gateway's pooled connections; others through rmcp.
+//! An HTTP(S) upstream's calls go on the gateway's pooled connections; others through rmcp.
 
 use std::sync::Arc;
 
@@ -105,7 +105,7 @@ async fn untraced(call: &ToolCall<'_>, mut request: CallToolRequestParams) -> Re
     within_cap(call, response)
 }
 
-/// [`untraced`] for a plain-HTTP upstream: the call goes on a pooled connection of the gateway's
+/// [`untraced`] for an HTTP(S) upstream: the call goes on a pooled connection of the gateway's
 /// own, on the session rmcp opened, with the same deadline, cancellation, progress and size cap.
 async fn pooled(
     call: &ToolCall<'_>,

@@ -97,6 +97,11 @@ impl SessionTap {
     }
 }
 
+/// A call in flight here: its id on the upstream session, for cancelling it.
+pub struct Sent {
+    pub id: NumberOrString,
+}
+
 /// Why a call could not be made here: the caller sends it through rmcp instead.
 #[derive(Debug)]
 pub enum NotSent {
@@ -150,14 +155,7 @@ impl PooledHttp {
             .build(connector);
         Ok(PooledHttp { client, next_id: Arc::new(AtomicU64::new(1)), proxies: Arc::new(Matcher::from_system()) })
     }
-}
 
-/// A call in flight here: its id on the upstream session, for cancelling it.
-pub struct Sent {
-    pub id: NumberOrString,
-}
-
-impl PooledHttp {
     /// Whether calls to `url` can go here: `http://` and `https://` addresses that rmcp's client
     /// reaches directly (one it reaches through a proxy stays on it).
     pub fn serves(&self, url: &str) -> bool {

@@ -64,7 +64,7 @@ pub struct UpstreamSettings {
     pub observer: Arc<Observer>,
     /// OAuth tokens for upstreams that need them.
     pub tokens: Arc<oauth::TokenSource>,
-    /// Tool calls to plain-HTTP upstreams, on kept-alive connections.
+    /// Tool calls to HTTP(S) upstreams, on kept-alive connections.
     pub pooled: http_call::PooledHttp,
 }
 
@@ -138,7 +138,7 @@ pub struct Upstream {
     pins: Mutex<HashMap<String, String>>,
     /// The server's OAuth settings, parsed once.
     oauth: std::sync::OnceLock<Result<Option<OAuthConfig>, String>>,
-    /// The MCP session rmcp holds with a plain-HTTP upstream, for calls on pooled connections.
+    /// The MCP session rmcp holds with an HTTP(S) upstream, for calls on pooled connections.
     session_tap: Arc<SessionTap>,
 }
 
@@ -217,8 +217,8 @@ impl Upstream {
         &self.targets
     }
 
-    /// The upstream's MCP session, when tool calls can go on a pooled connection (a plain-HTTP
-    /// upstream without OAuth, once rmcp has opened the session); otherwise calls go through rmcp.
+    /// The upstream's MCP session, when tool calls can go on a pooled connection (an HTTP(S)
+    /// upstream without OAuth or proxy, once rmcp has opened the session); otherwise calls go through rmcp.
     pub fn http_session(&self) -> Option<Arc<http_call::HttpSession>> {
         self.session_tap.current()
     }
