@@ -241,12 +241,16 @@ pub fn cli_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     shared::runtime::init_tracing(&cli.log_format);
     let rt = tokio::runtime::Runtime::new()?;
-    match cli.command {
+    // The server runs as a task on the workers, not on this thread: a future given to `block_on` itself
+    // is polled here, so every accepted connection would cost a wake-up of this thread and a hand-over
+    // back to a worker.
+    let server = match cli.command {
         Some(Command::Stdio) => {
             let key = std::env::var(shared::settings::ENV_API_KEY)
                 .map_err(|_| anyhow::anyhow!("set {} to the API key", shared::settings::ENV_API_KEY))?;
-            rt.block_on(serve_stdio(cli.config, key))
+            rt.spawn(serve_stdio(cli.config, key))
         }
-        _ => rt.block_on(serve(cli.config, shared::runtime::shutdown_signal())),
-    }
+        _ => rt.spawn(serve(cli.config, shared::runtime::shutdown_signal())),
+    };
+    rt.block_on(server)?
 }
