@@ -103,8 +103,12 @@ impl Direct {
         let mut context = RequestContext::new(id.clone(), self.peer.clone());
         std::mem::swap(&mut context.meta, message.request.get_meta_mut());
         context.extensions.insert(parts);
-        let (progress, mut notes) = mpsc::channel(PROGRESS_CAPACITY);
-        context.extensions.insert(ProgressInto(progress));
+        // Only a request with a progress token gets progress; without one the answer is all there is.
+        let progress = asks_for_progress(&context, &message.request).then(|| mpsc::channel(PROGRESS_CAPACITY));
+        let notes = progress.map(|(into, notes)| {
+            context.extensions.insert(ProgressInto(into));
+            notes
+        });
         let token = CancellationToken::new();
         context.ct = token.clone();
         // Registered before it runs, so that a cancellation sent right after it is not missed.
@@ -118,6 +122,7 @@ impl Direct {
             }
         };
         let mut answer = Detached(Some(Box::pin(AssertUnwindSafe(call).catch_unwind())));
+        let Some(mut notes) = notes else { return Ok(json(answer.await)) };
         // Progress comes before the answer: an answer alone is JSON, anything before it makes
         // the response an event stream, in the order the call sent it.
         let first = tokio::select! {
@@ -279,6 +284,14 @@ fn event_stream(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// Whether the client gave `request` a progress token (in `_meta`, which the context holds, or in
+/// a tool call's parameters).
+fn asks_for_progress(context: &RequestContext<RoleServer>, request: &ClientRequest) -> bool {
+    context.meta.get_progress_token().is_some()
+        || matches!(request, ClientRequest::CallToolRequest(call)
+            if call.params.meta.as_ref().is_some_and(|m| m.get_progress_token().is_some()))
 }
 
 /// Whether the request and its target are ones this module serves (see the module's comment).

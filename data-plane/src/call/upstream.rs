@@ -120,10 +120,19 @@ async fn pooled(
     if let Some(token) = &upstream_token {
         request.meta.get_or_insert_with(Default::default).set_progress_token(token.clone());
     }
-    let (notes_in, mut notes) = tokio::sync::mpsc::channel(256);
+    // A channel only when the client asked for progress (its sender's drop would wake this task).
+    let (notes_in, mut notes) = match &wants {
+        Some(_) => {
+            let (notes_in, notes) = tokio::sync::mpsc::channel(256);
+            (Some(notes_in), Some(notes))
+        }
+        None => (None, None),
+    };
     let mut on_progress = move |note| {
         // Progress is advisory: a client that does not keep up loses some.
-        let _ = notes_in.try_send(note);
+        if let Some(notes_in) = &notes_in {
+            let _ = notes_in.try_send(note);
+        }
     };
     let sink = wants.map(|(client_token, o)| (o.progress_sink(), client_token));
     let forward = async |note| {
@@ -139,7 +148,7 @@ async fn pooled(
     let outcome = loop {
         tokio::select! {
             biased;
-            Some(note) = notes.recv() => forward(note).await,
+            Some(note) = next_note(&mut notes) => forward(note).await,
             r = &mut sending => break r,
             _ = call.cancel.cancelled() => {
                 pooled.cancel(session.clone(), &sent, "cancelled by the client".into());
@@ -148,7 +157,7 @@ async fn pooled(
         }
     };
     // What the upstream reported before answering reaches the client before the answer.
-    while let Ok(note) = notes.try_recv() {
+    while let Some(note) = notes.as_mut().and_then(|notes| notes.try_recv().ok()) {
         forward(note).await;
     }
     let failed =
@@ -201,6 +210,16 @@ pub(crate) fn upstream_meta(client: Option<RequestMetaObject>) -> Option<Request
 async fn next_progress(route: &mut Option<ProgressRoute<'_>>) -> Option<ProgressNotificationParam> {
     match route {
         Some(route) => route.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next progress note of a pooled call, or never when its client did not ask for progress.
+async fn next_note(
+    notes: &mut Option<tokio::sync::mpsc::Receiver<ProgressNotificationParam>>,
+) -> Option<ProgressNotificationParam> {
+    match notes {
+        Some(notes) => notes.recv().await,
         None => std::future::pending().await,
     }
 }
