@@ -16,6 +16,7 @@ mod direct;
 mod gateway;
 mod guard;
 mod http;
+mod listen;
 mod meta_tools;
 mod metrics;
 // Public for the access-token fuzz target.
@@ -29,6 +30,7 @@ mod state;
 mod telemetry;
 mod tls;
 mod upstream;
+mod wake;
 
 use std::sync::Arc;
 
@@ -158,9 +160,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     match tls {
         Some(tls) => {
             tracing::info!("data plane listening on https://{addr}");
-            axum::serve(tls::TlsListener::new(listener, tls)?, PerConnection(app))
-                .with_graceful_shutdown(shutdown)
-                .await?;
+            listen::serve(tls::TlsListener::new(listener, tls)?, app, shutdown).await;
         }
         None => {
             tracing::info!("data plane listening on http://{addr}");
@@ -168,7 +168,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
             let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
                 let _ = tcp.set_nodelay(true);
             });
-            axum::serve(listener, PerConnection(app)).with_graceful_shutdown(shutdown).await?;
+            listen::serve(listener, app, shutdown).await;
         }
     }
     gateway.pool.shutdown().await;
@@ -176,26 +176,6 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         telemetry.shutdown().await;
     }
     Ok(())
-}
-
-/// Gives each accepted connection a clone of the router, which is final. axum's default rebuilds
-/// the router's route tables for every connection, and clients that open a connection per request
-/// (rmcp's do) would pay that on every call.
-#[derive(Clone)]
-struct PerConnection(axum::Router);
-
-impl<L: axum::serve::Listener> tower_service::Service<axum::serve::IncomingStream<'_, L>> for PerConnection {
-    type Response = axum::Router;
-    type Error = std::convert::Infallible;
-    type Future = std::future::Ready<Result<axum::Router, std::convert::Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: axum::serve::IncomingStream<'_, L>) -> Self::Future {
-        std::future::ready(Ok(self.0.clone()))
-    }
 }
 
 /// Serves one MCP client over stdin/stdout with the key in `MCPGW_API_KEY`; returns when the client

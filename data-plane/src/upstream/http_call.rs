@@ -7,26 +7,19 @@
 //! before it) read to its end. When the session is gone (`404`), the call goes through rmcp, which
 //! opens a new one.
 //!
-//! Connections are kept alive with `TCP_NODELAY` and quick ACKs: an upstream that leaves Nagle's
-//! algorithm on writes an answer in pieces and waits for the ACK of the first before sending the
-//! next, and a delayed ACK would hold every answer on a reused connection for 40 ms.
+//! The connections are this crate's own (`connections`): kept alive, and driven by the call's task.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::http::{HeaderName, HeaderValue, Request, StatusCode, header};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rmcp::ErrorData as McpError;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, CancelledNotification, CancelledNotificationParam, ClientJsonRpcMessage,
@@ -34,8 +27,8 @@ use rmcp::model::{
     ProgressToken, ServerJsonRpcMessage, ServerNotification, ServerRequest, ServerResult,
 };
 use rustls_platform_verifier::BuilderVerifierExt;
-use tokio::net::TcpStream;
 
+use super::connections::{Answer, Connections, QuickAckConnector};
 use super::relay::RelayTargets;
 
 /// The upstream session rmcp opened, and the headers it sends on it.
@@ -121,7 +114,7 @@ pub enum CallEnd {
 /// The pooled keep-alive client for upstream calls (HTTP and HTTPS).
 #[derive(Clone)]
 pub struct PooledHttp {
-    client: Client<HttpsConnector<QuickAckConnector>, Full<Bytes>>,
+    connections: Arc<Connections>,
     next_id: Arc<AtomicU64>,
     /// The proxies rmcp's client goes through (`HTTPS_PROXY`, `NO_PROXY`, ...).
     proxies: Arc<Matcher>,
@@ -149,11 +142,11 @@ impl PooledHttp {
             .https_or_http()
             .enable_http1()
             .wrap_connector(QuickAckConnector(connector));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Ok(PooledHttp { client, next_id: Arc::new(AtomicU64::new(1)), proxies: Arc::new(Matcher::from_system()) })
+        Ok(PooledHttp {
+            connections: Connections::new(connector),
+            next_id: Arc::new(AtomicU64::new(1)),
+            proxies: Arc::new(Matcher::from_system()),
+        })
     }
 
     /// Whether calls to `url` can go here: `http://` and `https://` addresses that rmcp's client
@@ -195,7 +188,7 @@ impl PooledHttp {
             Err(e) => return Ok(CallEnd::Failed(format!("the call could not be encoded: {e}"))),
         };
         let headers = crate::telemetry::with_meta_trace_headers(params.meta.as_ref(), session.headers.clone());
-        let response = match self.client.request(post(session, headers, body)).await {
+        let response = match self.connections.send(post(session, headers, body)).await {
             Ok(response) => response,
             Err(e) => return Ok(CallEnd::Failed(error_chain(&e))),
         };
@@ -250,9 +243,9 @@ impl PooledHttp {
     fn post_aside(&self, session: &HttpSession, message: &ClientJsonRpcMessage) {
         let Ok(body) = serde_json::to_vec(message) else { return };
         let request = post(session, session.headers.clone(), body);
-        let client = self.client.clone();
+        let connections = self.connections.clone();
         tokio::spawn(async move {
-            if let Ok(response) = client.request(request).await {
+            if let Ok(response) = connections.send(request).await {
                 // Read to the end, so the connection goes back to the pool.
                 let _ = Limited::new(response.into_body(), 64 * 1024).collect().await;
             }
@@ -262,7 +255,7 @@ impl PooledHttp {
     /// Reads an answer sent as server-sent events to its end.
     async fn read_events(
         &self,
-        body: hyper::body::Incoming,
+        body: Answer,
         call: Events<'_>,
         on_progress: &mut (dyn FnMut(ProgressNotificationParam) + Send),
     ) -> CallEnd {
@@ -392,78 +385,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Plain TCP connections that acknowledge at once (see the module's comment).
-#[derive(Clone)]
-pub struct QuickAckConnector(HttpConnector);
-
-impl tower_service::Service<hyper::http::Uri> for QuickAckConnector {
-    type Response = QuickAck;
-    type Error = <HttpConnector as tower_service::Service<hyper::http::Uri>>::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<QuickAck, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: hyper::http::Uri) -> Self::Future {
-        let connecting = self.0.call(uri);
-        Box::pin(async move { connecting.await.map(QuickAck) })
-    }
-}
-
-pub struct QuickAck(TokioIo<TcpStream>);
-
-impl Connection for QuickAck {
-    fn connected(&self) -> Connected {
-        self.0.connected()
-    }
-}
-
-impl hyper::rt::Read for QuickAck {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let read = Pin::new(&mut this.0).poll_read(cx, buf);
-        if read.is_ready() {
-            // Linux leaves quick-ACK mode on its own; back into it after every read.
-            let _ = this.0.inner().set_quickack(true);
-        }
-        read
-    }
-}
-
-impl hyper::rt::Write for QuickAck {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper_util::rt::TokioIo;
 
     fn general(text: &str, id: &NumberOrString) -> Option<CallEnd> {
         ending(serde_json::from_str::<ServerJsonRpcMessage>(text).ok()?, id)
@@ -525,7 +450,9 @@ mod tests {
             }
         });
         let request = Request::get(format!("https://localhost:{port}/")).body(Full::default()).unwrap();
-        let refused = PooledHttp::new().unwrap().client.request(request).await.expect_err("an untrusted upstream");
+        let Err(refused) = PooledHttp::new().unwrap().connections.send(request).await else {
+            panic!("an untrusted upstream was called");
+        };
         let reason = error_chain(&refused);
         assert!(reason.contains("certificate"), "{reason}");
     }

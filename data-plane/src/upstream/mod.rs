@@ -5,6 +5,7 @@
 //! when idle, plus that server's tool-discovery cache. The [`pool`] shares them per (config, server).
 
 pub mod callers;
+mod connections;
 pub(crate) mod http_call;
 pub mod oauth;
 pub mod observed;
