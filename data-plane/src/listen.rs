@@ -1,26 +1,28 @@
 //! The MCP listener's accept loop: each client connection is served by hyper on a task of its own,
-//! polled through a [`Relayed`] so that the wake-ups a call gives its own task (reading the
-//! request's body signals the connection's dispatcher, which runs in that task) cost no trip
-//! through the scheduler. On shutdown, connections finish what they are serving, then close.
+//! polled through [`Inlined`] so that the wake-ups a call gives its own task (reading the request's
+//! body signals the connection's dispatcher, which runs in that task) cost no trip through the
+//! scheduler. On shutdown, connections finish what they are serving, then close.
 
 use std::pin::pin;
+use std::time::Duration;
 
 use axum::Router;
 use axum::serve::Listener;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::wake::Relayed;
+use crate::wake::Inlined;
+
+/// A client that has not sent a request's headers by then (on a new connection, or after the last
+/// answer on a kept one) is disconnected.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `app` on `listener` until `shutdown` completes, then waits for open connections to end.
-pub async fn serve<L>(mut listener: L, app: Router, shutdown: impl Future<Output = ()>)
-where
-    L: Listener,
-{
-    // Dropping `stop` asks every connection to finish; each holds a `done` until it has.
-    let (stop, stopping) = watch::channel(());
-    let (done, finished) = watch::channel(());
+pub async fn serve<L: Listener>(mut listener: L, app: Router, shutdown: impl Future<Output = ()>) {
+    let connections = TaskTracker::new();
+    let stop = CancellationToken::new();
     let mut shutdown = pin!(shutdown);
     loop {
         let (io, _) = tokio::select! {
@@ -28,10 +30,13 @@ where
             () = &mut shutdown => break,
         };
         let service = TowerToHyperService::new(app.clone());
-        let (mut stopping, finished) = (stopping.clone(), finished.clone());
-        tokio::spawn(Relayed::new(async move {
-            let connection =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service).with_upgrades();
+        let stop = stop.clone();
+        connections.spawn(Inlined::new(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
             let mut connection = pin!(connection);
             let mut asked = false;
             loop {
@@ -42,16 +47,16 @@ where
                         }
                         break;
                     }
-                    _ = stopping.changed(), if !asked => {
+                    () = stop.cancelled(), if !asked => {
                         asked = true;
                         connection.as_mut().graceful_shutdown();
                     }
                 }
             }
-            drop(finished);
         }));
     }
     drop(listener);
-    drop((stop, stopping, finished));
-    done.closed().await;
+    stop.cancel();
+    connections.close();
+    connections.wait().await;
 }

@@ -4,7 +4,7 @@
 //! and, when a worker is parked, that worker is woken to take it (a futex wake and a thread
 //! switch). One call wakes its own task several times: reading the request's body signals hyper's
 //! connection, which runs in the same task; an upstream connection this task drives hands the answer
-//! to it. [`Relay`] polls the work again at once instead, and wakes the task only for what happens
+//! to it. [`Inline`] polls the work again at once instead, and wakes the task only for what happens
 //! between its polls.
 
 use std::pin::Pin;
@@ -17,66 +17,75 @@ use futures::task::AtomicWaker;
 /// Rounds one poll may take before it yields to other tasks after all.
 const ROUNDS: usize = 32;
 
-/// The waker work is polled with (see the module's comment).
+/// Polls work so that the wake-ups it gives itself during a poll are handled in that poll (see the
+/// module's comment). One task polls it at a time.
+pub struct Inline {
+    shared: Arc<Shared>,
+    /// The waker the work is polled with: `shared`'s.
+    waker: Waker,
+}
+
 #[derive(Default)]
-pub struct Relay {
+struct Shared {
     task: AtomicWaker,
     state: AtomicU8,
 }
 
-/// [`Relay::state`]: not being polled (wake-ups go to the task), being polled, being polled and
-/// woken since the poll began.
+/// [`Shared::state`]: not being polled (wake-ups go to the task), being polled, being polled and
+/// woken since the round began.
 const IDLE: u8 = 0;
 const POLLING: u8 = 1;
 const WOKEN: u8 = 2;
 
-impl Relay {
-    /// A relay and the waker to poll with through it.
-    pub fn new() -> (Arc<Relay>, Waker) {
-        let relay = Arc::new(Relay::default());
-        let waker = Waker::from(relay.clone());
-        (relay, waker)
+impl Inline {
+    pub fn new() -> Self {
+        let shared = Arc::new(Shared::default());
+        Inline { waker: Waker::from(shared.clone()), shared }
     }
 
-    /// Polls `work` with `waker` (this relay's) until it is ready or nothing woke it during the
-    /// poll; what wakes it later wakes the task of `cx`.
-    pub fn poll<T>(
-        &self,
-        cx: &mut Context<'_>,
-        waker: &Waker,
-        mut work: impl FnMut(&mut Context<'_>) -> Poll<T>,
-    ) -> Poll<T> {
-        self.task.register(cx.waker());
-        let mut inner = Context::from_waker(waker);
-        for _ in 0..ROUNDS {
-            self.state.store(POLLING, Ordering::SeqCst);
+    /// Polls `work` until it is ready or a round passes without it waking itself; what wakes it
+    /// later wakes the task of `cx`. A wake-up during a round that ends ready is not passed on: the
+    /// caller polls all of the work again before it waits on any of it.
+    pub fn poll<T>(&mut self, cx: &mut Context<'_>, mut work: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+        let state = &self.shared.state;
+        state.store(POLLING, Ordering::SeqCst);
+        self.shared.task.register(cx.waker());
+        let mut inner = Context::from_waker(&self.waker);
+        for round in 1.. {
             let polled = work(&mut inner);
-            // Fails only when a wake-up came during the poll: then the work goes round again.
-            let quiet = self.state.compare_exchange(POLLING, IDLE, Ordering::SeqCst, Ordering::SeqCst).is_ok();
-            if polled.is_ready() || quiet {
-                self.state.store(IDLE, Ordering::SeqCst);
+            if polled.is_ready() {
+                state.store(IDLE, Ordering::SeqCst);
                 return polled;
             }
+            // Fails only when a wake-up came during the round.
+            if state.compare_exchange(POLLING, IDLE, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                return Poll::Pending;
+            }
+            // Yields after all when the work keeps waking itself, or tokio asks tasks to yield.
+            if round == ROUNDS || !tokio::task::coop::has_budget_remaining() {
+                state.store(IDLE, Ordering::SeqCst);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            state.store(POLLING, Ordering::SeqCst);
         }
-        self.state.store(IDLE, Ordering::SeqCst);
-        cx.waker().wake_by_ref();
-        Poll::Pending
+        unreachable!("the rounds are bounded")
     }
 
     /// Forgets the task last registered, for work put aside (an idle connection must not wake the
     /// task that used it last).
     pub fn release(&self) {
-        self.task.take();
+        self.shared.task.take();
     }
 }
 
-impl Wake for Relay {
+impl Wake for Shared {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        // Marked as woken while a poll runs (which then goes round again); otherwise the task is
+        // Marked as woken while a round runs (which then goes round again); otherwise the task is
         // woken. One atomic step decides which, so no wake-up falls between the two.
         if let Err(IDLE) = self.state.compare_exchange(POLLING, WOKEN, Ordering::SeqCst, Ordering::SeqCst) {
             self.task.wake();
@@ -84,27 +93,26 @@ impl Wake for Relay {
     }
 }
 
-/// A future polled through a [`Relay`]: a task spawned as one does not reschedule itself for the
+/// A future polled through an [`Inline`]: a task spawned as one is not rescheduled for the
 /// wake-ups it gives itself.
-pub struct Relayed<F> {
+pub struct Inlined<F> {
     future: Pin<Box<F>>,
-    relay: Arc<Relay>,
-    waker: Waker,
+    inline: Inline,
 }
 
-impl<F: Future> Relayed<F> {
+impl<F: Future> Inlined<F> {
     pub fn new(future: F) -> Self {
-        let (relay, waker) = Relay::new();
-        Relayed { future: Box::pin(future), relay, waker }
+        Inlined { future: Box::pin(future), inline: Inline::new() }
     }
 }
 
-impl<F: Future> Future for Relayed<F> {
+impl<F: Future> Future for Inlined<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.get_mut();
-        this.relay.poll(cx, &this.waker, |inner| this.future.as_mut().poll(inner))
+        let future = &mut this.future;
+        this.inline.poll(cx, |inner| future.as_mut().poll(inner))
     }
 }
 
@@ -131,7 +139,7 @@ mod tests {
         // Wakes itself twice, then waits for someone else.
         let mut polls = 0;
         let slot = kept.clone();
-        let mut future = Relayed::new(std::future::poll_fn(move |cx| {
+        let mut future = Inlined::new(std::future::poll_fn(move |cx| {
             polls += 1;
             match polls {
                 1 | 2 => cx.waker().wake_by_ref(),
@@ -152,7 +160,7 @@ mod tests {
         let counting = Arc::new(Counting(AtomicUsize::new(0)));
         let task = Waker::from(counting.clone());
         let mut cx = Context::from_waker(&task);
-        let mut future = Relayed::new(std::future::poll_fn(|cx: &mut Context<'_>| -> Poll<()> {
+        let mut future = Inlined::new(std::future::poll_fn(|cx: &mut Context<'_>| -> Poll<()> {
             cx.waker().wake_by_ref();
             Poll::Pending
         }));
@@ -173,7 +181,7 @@ mod tests {
         });
         let ready = Arc::new(AtomicBool::new(true));
         let mut rounds = 0;
-        let counted = Relayed::new(std::future::poll_fn(move |cx| {
+        let counted = Inlined::new(std::future::poll_fn(move |cx| {
             if ready.swap(false, Ordering::SeqCst) {
                 rounds += 1;
                 if rounds == 100_000 {

@@ -7,9 +7,7 @@
 //! the task making a call polls the connection itself while it sends the request and reads the answer,
 //! and a wake-up one of them gives the other while they are polled stays inside that poll.
 //!
-//! Connections use `TCP_NODELAY` and quick ACKs: an upstream that leaves Nagle's algorithm on writes an
-//! answer in pieces and waits for the ACK of the first before sending the next, and a delayed ACK
-//! would hold every answer on a reused connection for 40 ms.
+//! Connections use `TCP_NODELAY` and quick ACKs (`quick_ack`).
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -23,15 +21,15 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::client::conn::http1;
 use hyper::http::{HeaderValue, Request, Response, Uri, header};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tower_service::Service;
 
-use crate::wake::Relay;
+use super::quick_ack::{QuickAck, QuickAckConnector};
+use crate::wake::Inline;
 
 /// An idle connection older than this is closed rather than used.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often idle connections are checked, to close those their upstream closed.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Idle connections kept per upstream origin; more are closed when their calls end.
 const IDLE_PER_ORIGIN: usize = 64;
 
@@ -66,7 +64,7 @@ impl Connections {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let pool = Arc::downgrade(&connections);
             runtime.spawn(async move {
-                let mut every = tokio::time::interval(IDLE_TIMEOUT / 2);
+                let mut every = tokio::time::interval(SWEEP_EVERY);
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     every.tick().await;
@@ -84,17 +82,22 @@ impl Connections {
 
     /// Sends `request` (with an absolute URI) on a kept connection to its origin, or a new one, and
     /// returns the answer. Its body drives the connection and gives it back when read to its end.
-    pub async fn send(self: &Arc<Self>, mut request: Request<Full<Bytes>>) -> Result<Response<Answer>, ExchangeError> {
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<Response<PooledBody>, ExchangeError> {
         let uri = request.uri().clone();
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(ExchangeError::Address(uri.to_string()));
         };
         let origin = format!("{scheme}://{authority}");
-        // On a connection of its own, a request names only its path; the host goes in `Host`.
-        let path = authority_less(&uri);
-        *request.uri_mut() = path;
+        // On a connection of its own, a request names only its path and query (origin form); the
+        // host goes in `Host`, without user info and with the port only when it is not the default.
+        let mut parts = hyper::http::uri::Parts::default();
+        parts.path_and_query = uri.path_and_query().cloned();
+        *request.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
         if !request.headers().contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+            && let Ok(host) = HeaderValue::from_str(&host_header(&uri))
         {
             request.headers_mut().insert(header::HOST, host);
         }
@@ -108,7 +111,7 @@ impl Connections {
             match std::future::poll_fn(|cx| link.driver.drive(cx, |cx| sent.as_mut().poll(cx))).await {
                 Ok(response) => {
                     let owner = Owner { connections: self.clone(), origin };
-                    return Ok(response.map(|body| Answer { body, link: Some(link), owner }));
+                    return Ok(response.map(|body| PooledBody { body, link: Some(link), owner }));
                 }
                 // Not sent: a kept connection closed while idle. Try the next one.
                 Err(mut e) if kept && e.message().is_some() => match e.take_message() {
@@ -131,9 +134,16 @@ impl Connections {
     }
 
     fn sweep(&self) {
-        let mut idle = self.idle();
-        for kept in idle.values_mut() {
+        // Checked outside the lock (calls check connections out and in meanwhile), then put back.
+        let mut swept = std::mem::take(&mut *self.idle());
+        for kept in swept.values_mut() {
             kept.retain_mut(|i| i.since.elapsed() <= IDLE_TIMEOUT && i.link.usable());
+        }
+        let mut idle = self.idle();
+        for (origin, kept) in swept {
+            let now = idle.entry(origin).or_default();
+            now.extend(kept);
+            now.truncate(IDLE_PER_ORIGIN);
         }
         idle.retain(|_, kept| !kept.is_empty());
     }
@@ -142,12 +152,11 @@ impl Connections {
         let mut connector = self.connector.clone();
         let io = connector.call(uri.clone()).await.map_err(ExchangeError::Connect)?;
         let (sender, conn) = http1::handshake(io).await.map_err(ExchangeError::Http)?;
-        let (relay, waker) = Relay::new();
-        Ok(Link { sender, driver: Driver { conn: Some(conn), relay, waker } })
+        Ok(Link { sender, driver: Driver { conn: Some(conn), inline: Inline::new() } })
     }
 
     fn checkin(&self, origin: String, link: Link) {
-        link.driver.relay.release();
+        link.driver.inline.release();
         let mut idle = self.idle();
         let kept = idle.entry(origin).or_default();
         kept.retain(|i| i.since.elapsed() <= IDLE_TIMEOUT);
@@ -157,10 +166,14 @@ impl Connections {
     }
 }
 
-/// `uri` without its scheme and authority: `/path?query`.
-fn authority_less(uri: &Uri) -> Uri {
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    path.parse().unwrap_or_else(|_| Uri::from_static("/"))
+/// The `Host` header for `uri`: its host, and its port unless that is the scheme's default.
+fn host_header(uri: &Uri) -> String {
+    let host = uri.host().unwrap_or_default();
+    let default = if uri.scheme_str() == Some("https") { 443 } else { 80 };
+    match uri.port_u16() {
+        Some(port) if port != default => format!("{host}:{port}"),
+        _ => host.to_string(),
+    }
 }
 
 /// One connection: its request sender, and the connection itself, polled by the task using it.
@@ -175,7 +188,7 @@ impl Link {
     fn usable(&mut self) -> bool {
         let sender = &mut self.sender;
         let ready = self.driver.drive(&mut Context::from_waker(Waker::noop()), |cx| sender.poll_ready(cx));
-        self.driver.relay.release();
+        self.driver.inline.release();
         matches!(ready, Poll::Ready(Ok(())))
     }
 }
@@ -183,8 +196,7 @@ impl Link {
 struct Driver {
     /// `None` once the connection has ended (closed, or failed: what was on it ends with the error).
     conn: Option<http1::Connection<Stream, Full<Bytes>>>,
-    relay: Arc<Relay>,
-    waker: Waker,
+    inline: Inline,
 }
 
 impl Driver {
@@ -193,7 +205,7 @@ impl Driver {
     /// being ready, the answer's head, or a part of its body.
     fn drive<T>(&mut self, cx: &mut Context<'_>, mut step: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
         let conn = &mut self.conn;
-        self.relay.poll(cx, &self.waker, |inner| {
+        self.inline.poll(cx, |inner| {
             if let Some(open) = conn.as_mut()
                 && Pin::new(open).poll(inner).is_ready()
             {
@@ -204,21 +216,21 @@ impl Driver {
     }
 }
 
-/// Where an answer's connection goes back to.
+/// Where a pooled body's connection goes back to.
 struct Owner {
     connections: Arc<Connections>,
     origin: String,
 }
 
-/// An answer's body. Reading it drives its connection; read to its end, the connection is kept for
+/// An answer's body on a pooled connection. Reading it drives its connection; read to its end, the connection is kept for
 /// the next request (dropped before, it is closed).
-pub struct Answer {
+pub struct PooledBody {
     body: Incoming,
     link: Option<Link>,
     owner: Owner,
 }
 
-impl Body for Answer {
+impl Body for PooledBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -244,79 +256,11 @@ impl Body for Answer {
     }
 }
 
-/// Plain TCP connections that acknowledge at once (see the module's comment).
-#[derive(Clone)]
-pub struct QuickAckConnector(pub HttpConnector);
-
-impl Service<Uri> for QuickAckConnector {
-    type Response = QuickAck;
-    type Error = <HttpConnector as Service<Uri>>::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<QuickAck, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.0.call(uri);
-        Box::pin(async move { connecting.await.map(QuickAck) })
-    }
-}
-
-pub struct QuickAck(TokioIo<TcpStream>);
-
-impl Connection for QuickAck {
-    fn connected(&self) -> Connected {
-        self.0.connected()
-    }
-}
-
-impl hyper::rt::Read for QuickAck {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let read = Pin::new(&mut this.0).poll_read(cx, buf);
-        if read.is_ready() {
-            // Linux leaves quick-ACK mode on its own; back into it after every read.
-            let _ = this.0.inner().set_quickack(true);
-        }
-        read
-    }
-}
-
-impl hyper::rt::Write for QuickAck {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use hyper_util::client::legacy::connect::HttpConnector;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -28,7 +28,8 @@ use rmcp::model::{
 };
 use rustls_platform_verifier::BuilderVerifierExt;
 
-use super::connections::{Answer, Connections, QuickAckConnector};
+use super::connections::{Connections, PooledBody};
+use super::quick_ack::QuickAckConnector;
 use super::relay::RelayTargets;
 
 /// The upstream session rmcp opened, and the headers it sends on it.
@@ -153,8 +154,11 @@ impl PooledHttp {
     /// reaches directly (one it reaches through a proxy stays on it).
     pub fn serves(&self, url: &str) -> bool {
         let scheme = |s: &str| url.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s));
+        // An address with user info (`user:password@`) stays on rmcp's client, which sends it as
+        // Basic credentials.
+        let plain = |uri: &hyper::Uri| uri.authority().is_some_and(|a| !a.as_str().contains('@'));
         (scheme("http://") || scheme("https://"))
-            && url.parse::<hyper::Uri>().is_ok_and(|uri| self.proxies.intercept(&uri).is_none())
+            && url.parse::<hyper::Uri>().is_ok_and(|uri| plain(&uri) && self.proxies.intercept(&uri).is_none())
     }
 
     pub fn next_call(&self) -> Sent {
@@ -255,7 +259,7 @@ impl PooledHttp {
     /// Reads an answer sent as server-sent events to its end.
     async fn read_events(
         &self,
-        body: Answer,
+        body: PooledBody,
         call: Events<'_>,
         on_progress: &mut (dyn FnMut(ProgressNotificationParam) + Send),
     ) -> CallEnd {
@@ -458,7 +462,7 @@ mod tests {
     }
 
     #[test]
-    fn upstreams_behind_a_proxy_stay_on_rmcps_client() {
+    fn upstreams_behind_a_proxy_or_with_user_info_stay_on_rmcps_client() {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut pooled = PooledHttp::new().unwrap();
         pooled.proxies = Arc::new(Matcher::builder().https("http://proxy.internal:3128").no("localhost").build());
@@ -466,6 +470,7 @@ mod tests {
         assert!(pooled.serves("https://localhost:8443/mcp"));
         assert!(pooled.serves("http://mcp.example.com/mcp"));
         assert!(!pooled.serves("ftp://mcp.example.com/mcp"));
+        assert!(!pooled.serves("https://user:secret@mcp.example.com/mcp"));
         pooled.proxies = Arc::new(Matcher::builder().build());
         assert!(pooled.serves("HTTPS://mcp.example.com/mcp"));
     }

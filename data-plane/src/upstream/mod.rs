@@ -10,6 +10,7 @@ pub(crate) mod http_call;
 pub mod oauth;
 pub mod observed;
 pub mod pool;
+mod quick_ack;
 pub mod relay;
 pub(crate) mod stdio;
 mod transport;
