@@ -93,9 +93,7 @@ impl Connections {
         let origin = format!("{scheme}://{authority}");
         // On a connection of its own, a request names only its path and query (origin form); the
         // host goes in `Host`, without user info and with the port only when it is not the default.
-        let mut parts = hyper::http::uri::Parts::default();
-        parts.path_and_query = uri.path_and_query().cloned();
-        *request.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
+        *request.uri_mut() = origin_form(&uri);
         if !request.headers().contains_key(header::HOST)
             && let Ok(host) = HeaderValue::from_str(&host_header(&uri))
         {
@@ -164,6 +162,13 @@ impl Connections {
             kept.push(Idle { link, since: Instant::now() });
         }
     }
+}
+
+/// `uri`'s path and query alone: `/path?query`, `/` when it has neither.
+fn origin_form(uri: &Uri) -> Uri {
+    let mut parts = hyper::http::uri::Parts::default();
+    parts.path_and_query = uri.path_and_query().cloned();
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 /// The `Host` header for `uri`: its host, and its port unless that is the scheme's default.
@@ -308,6 +313,20 @@ mod tests {
             }
         });
         (port, accepted)
+    }
+
+    #[test]
+    fn requests_name_their_target_and_host_as_the_upstream_expects() {
+        let target = |u: &str| origin_form(&u.parse().unwrap()).to_string();
+        assert_eq!(target("http://h:8080/mcp?x=1"), "/mcp?x=1");
+        assert_eq!(target("http://h?key=abc"), "/?key=abc");
+        assert_eq!(target("https://h"), "/");
+        let host = |u: &str| host_header(&u.parse().unwrap());
+        assert_eq!(host("http://h:80/mcp"), "h");
+        assert_eq!(host("https://h:443/mcp"), "h");
+        assert_eq!(host("https://h:80/mcp"), "h:80");
+        assert_eq!(host("http://h:8080/mcp"), "h:8080");
+        assert_eq!(host("http://[::1]:9000/mcp"), "[::1]:9000");
     }
 
     #[tokio::test]
