@@ -1510,3 +1510,32 @@ fn oauth_authorization_code_with_pkce_is_completed_by_the_callback_and_kept_aliv
     let (code, body) = cp.call("POST", "/api/v1/configs/cfg-authcode/servers/nope/oauth/authorize", None);
     assert_eq!(code, 404, "{body}");
 }
+
+/// On SIGTERM the data plane stops accepting connections at once, lets the calls in flight finish
+/// (here one on a pooled connection to an HTTP upstream), then exits cleanly.
+#[test]
+fn sigterm_lets_calls_in_flight_finish_then_exits() {
+    let (_upstream, addr) = http_fixture(&[], &[]);
+    let cp = ControlPlane::start();
+    let key = provision(
+        &cp,
+        "drain",
+        json!([{"server_name": "remote", "config": {"type": "http", "url": format!("{addr}/mcp")}}]),
+    );
+    let mut dp = DataPlane::start(&cp, &[]);
+    dp.sync(&cp);
+    let listening = dp.mcp_url().trim_start_matches("http://").trim_end_matches("/mcp").to_string();
+    runtime().block_on(async {
+        let c = connect(&dp.mcp_url(), &key).await.unwrap();
+        assert_eq!(text(&call(&c, "remote__echo", json!({"message": "warm"})).await.unwrap()), "warm");
+        let slow = tokio::spawn(async move { call(&c, "remote__sleep_ms", json!({"ms": 1500})).await });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(dp.pid().to_string()).status();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(std::net::TcpStream::connect(&listening).is_err(), "still accepting connections after SIGTERM");
+        let slow = slow.await.unwrap().expect("the call in flight was cut off");
+        assert_ne!(slow["isError"], true, "{slow}");
+    });
+    let status = dp.exit_within(Duration::from_secs(10)).expect("the data plane did not exit");
+    assert!(status.success(), "{status}");
+}

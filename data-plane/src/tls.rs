@@ -16,6 +16,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TlsListener {
     ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,
+    /// The task that accepts TCP connections and starts their handshakes; it owns the socket.
+    accepting: tokio::task::AbortHandle,
+}
+
+impl Drop for TlsListener {
+    /// Stops listening at once (as dropping a plain listener does), not at the next connection.
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
 }
 
 impl TlsListener {
@@ -23,7 +32,7 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let (tx, ready) = mpsc::channel(64);
-        tokio::spawn(async move {
+        let accepting = tokio::spawn(async move {
             loop {
                 let (stream, peer) = match tcp.accept().await {
                     Ok(accepted) => accepted,
@@ -45,12 +54,9 @@ impl TlsListener {
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 });
-                if tx.is_closed() {
-                    return;
-                }
             }
         });
-        Ok(TlsListener { ready, local })
+        Ok(TlsListener { ready, local, accepting: accepting.abort_handle() })
     }
 }
 

@@ -147,6 +147,18 @@ impl DataPlane {
         self.child.id()
     }
 
+    /// How the process ended, if it did within `limit`.
+    pub fn exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// GET a plain endpoint (`/healthz`, `/readyz`, `/metrics`): status and body.
     pub fn get(&self, path: &str) -> (u16, String) {
         super::blocking(|| {
