@@ -220,17 +220,22 @@ pub fn cli_main() -> anyhow::Result<()> {
 
     let cli = Cli::parse();
     shared::runtime::init_tracing(&cli.log_format);
-    let rt = tokio::runtime::Runtime::new()?;
-    // The server runs as a task on the workers, not on this thread: a future given to `block_on` itself
-    // is polled here, so every accepted connection would cost a wake-up of this thread and a hand-over
-    // back to a worker.
-    let server = match cli.command {
+    match cli.command {
         Some(Command::Stdio) => {
             let key = std::env::var(shared::settings::ENV_API_KEY)
                 .map_err(|_| anyhow::anyhow!("set {} to the API key", shared::settings::ENV_API_KEY))?;
-            rt.spawn(serve_stdio(cli.config, key))
+            // One client, one request at a time for the most part: a single thread serves it without
+            // handing its messages between threads (clients often start one such process each).
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(serve_stdio(cli.config, key))
         }
-        _ => rt.spawn(serve(cli.config, shared::runtime::shutdown_signal())),
-    };
-    rt.block_on(server)?
+        _ => {
+            let rt = tokio::runtime::Runtime::new()?;
+            // The server runs as a task on the workers, not on this thread: a future given to
+            // `block_on` itself is polled here, so every accepted connection would cost a wake-up of
+            // this thread and a hand-over back to a worker.
+            let server = rt.spawn(serve(cli.config, shared::runtime::shutdown_signal()));
+            rt.block_on(server)?
+        }
+    }
 }

@@ -60,7 +60,7 @@ impl Options {
                 "--scenarios" => {
                     o.scenarios = it
                         .next()
-                        .context("--scenarios http,http-traced-100%,http-traced-1%,stdio,guardrails-1KiB")?
+                        .context("--scenarios http,http-traced-100%,http-traced-1%,stdio,stdio-stdio,guardrails-1KiB")?
                         .split(',')
                         .map(String::from)
                         .collect()
@@ -69,7 +69,7 @@ impl Options {
                 "--no-large" => o.large = false,
                 "-h" | "--help" => {
                     println!(
-                        "mcpgw-bench [--seconds 3] [--levels 1,16,64] [--scenarios http,http-traced-100%,http-traced-1%,stdio,guardrails-1KiB,http-raw,replicas] [--json] [--no-large]"
+                        "mcpgw-bench [--seconds 3] [--levels 1,16,64] [--scenarios http,http-traced-100%,http-traced-1%,stdio,stdio-stdio,guardrails-1KiB,http-raw,replicas] [--json] [--no-large]"
                     );
                     std::process::exit(0);
                 }
@@ -203,10 +203,6 @@ impl Proc {
         };
         (field("VmHWM:"), field("VmRSS:"))
     }
-
-    fn cpu_us(&self) -> u64 {
-        cpu_us(self.child.id())
-    }
 }
 
 /// CPU time (user + system) process `pid` used so far, in microseconds (Linux, 100 ticks per second).
@@ -279,6 +275,22 @@ async fn connect(url: &str, key: Option<&str>) -> anyhow::Result<Client> {
         config = config.auth_header(k.to_string());
     }
     Ok(().serve(StreamableHttpClientTransport::from_config(config)).await?)
+}
+
+/// A session through a gateway of its own run over stdio (`data-plane stdio`), and that process's
+/// id.
+async fn connect_gateway_stdio(dir: &Path, snapshot: &Path, key: &str) -> anyhow::Result<(Client, u32)> {
+    let mut cmd = tokio::process::Command::new(sibling("data-plane")?);
+    cmd.arg("stdio")
+        .env("MCPGW_API_KEY", key)
+        .env("MCPGW_DATA_DIR", dir)
+        .env("MCPGW_SNAPSHOT_PATH", snapshot)
+        .env("MCPGW_AUDIT_LOG", dir.join(format!("audit-stdio-{}.jsonl", uuid::Uuid::new_v4())))
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null());
+    let transport = rmcp::transport::TokioChildProcess::new(cmd)?;
+    let pid = transport.id().context("the gateway process has no id")?;
+    Ok((().serve(transport).await?, pid))
 }
 
 async fn connect_stdio(exe: &Path) -> anyhow::Result<Client> {
@@ -525,11 +537,17 @@ struct Measured {
 }
 
 async fn measured(server: &Proc, run: impl Future<Output = anyhow::Result<Run>>) -> anyhow::Result<Measured> {
-    let (server_before, own_before) = (server.cpu_us(), cpu_us(std::process::id()));
+    measured_in(&[server.child.id()], run).await
+}
+
+/// [`measured`] with the server's CPU summed over the processes `servers`.
+async fn measured_in(servers: &[u32], run: impl Future<Output = anyhow::Result<Run>>) -> anyhow::Result<Measured> {
+    let server_cpu = || servers.iter().map(|&pid| cpu_us(pid)).sum::<u64>();
+    let (server_before, own_before) = (server_cpu(), cpu_us(std::process::id()));
     let run = run.await?;
     Ok(Measured {
         run,
-        server_cpu_us: server.cpu_us() - server_before,
+        server_cpu_us: server_cpu() - server_before,
         client_cpu_us: cpu_us(std::process::id()) - own_before,
     })
 }
@@ -664,11 +682,12 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         None
     };
     let mut comparisons = Vec::new();
-    let scenarios: [(&str, &str, usize); 5] = [
+    let scenarios: [(&str, &str, usize); 6] = [
         ("http", "http__echo", 16),
         ("http-traced-100%", "http__echo", 16),
         ("http-traced-1%", "http__echo", 16),
         ("stdio", "stdio__echo", 16),
+        ("stdio-stdio", "stdio__echo", 16),
         ("guardrails-1KiB", "guarded__echo", 1024),
     ];
     for (scenario, tool, payload) in scenarios {
@@ -682,7 +701,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         };
         let gateway_url = format!("{}/mcp", gateway.addr);
         for &n in &opts.levels {
-            let direct: Vec<Arc<Client>> = if scenario == "stdio" {
+            let direct: Vec<Arc<Client>> = if scenario.starts_with("stdio") {
                 futures::future::try_join_all((0..n).map(|_| connect_stdio(&me)))
                     .await?
                     .into_iter()
@@ -695,22 +714,27 @@ async fn run(opts: Options) -> anyhow::Result<()> {
                     .map(Arc::new)
                     .collect()
             };
-            let via: Vec<Arc<Client>> =
-                futures::future::try_join_all((0..n).map(|_| connect(&gateway_url, Some(&key))))
+            // `stdio-stdio`: each session starts a gateway over stdio, as a desktop client does.
+            let (via, gateways): (Vec<Arc<Client>>, Vec<u32>) = if scenario == "stdio-stdio" {
+                futures::future::try_join_all((0..n).map(|_| connect_gateway_stdio(&dir, &snapshot, &key)))
                     .await?
                     .into_iter()
-                    .map(Arc::new)
-                    .collect();
+                    .map(|(client, pid)| (Arc::new(client), pid))
+                    .unzip()
+            } else {
+                let clients = futures::future::try_join_all((0..n).map(|_| connect(&gateway_url, Some(&key)))).await?;
+                (clients.into_iter().map(Arc::new).collect(), vec![gateway.child.id()])
+            };
             // Warm up both paths, then alternate.
             drive(&direct, "echo", payload, 0.3).await?;
             drive(&via, tool, payload, 0.3).await?;
             let half = opts.seconds / 2.0;
             let d1 = measured(&upstream, drive(&direct, "echo", payload, half)).await?;
-            let g1 = measured(gateway, drive(&via, tool, payload, half)).await?;
-            let g2 = measured(gateway, drive(&via, tool, payload, half)).await?;
+            let g1 = measured_in(&gateways, drive(&via, tool, payload, half)).await?;
+            let g2 = measured_in(&gateways, drive(&via, tool, payload, half)).await?;
             let d2 = measured(&upstream, drive(&direct, "echo", payload, half)).await?;
             // The stdio upstream of a direct run is one process per session, not `upstream`.
-            comparisons.push(Comparison::of(scenario, n, [d1, d2], [g1, g2], scenario != "stdio"));
+            comparisons.push(Comparison::of(scenario, n, [d1, d2], [g1, g2], !scenario.starts_with("stdio")));
             for c in direct.into_iter().chain(via) {
                 if let Ok(c) = Arc::try_unwrap(c) {
                     let _ = c.cancel().await;
