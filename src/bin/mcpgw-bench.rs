@@ -69,7 +69,7 @@ impl Options {
                 "--no-large" => o.large = false,
                 "-h" | "--help" => {
                     println!(
-                        "mcpgw-bench [--seconds 3] [--levels 1,16,64] [--scenarios http,http-traced-100%,http-traced-1%,stdio,stdio-stdio,guardrails-1KiB,http-raw,replicas] [--json] [--no-large]"
+                        "mcpgw-bench [--seconds 3] [--levels 1,16,64] [--scenarios http,http-traced-100%,http-traced-1%,stdio,stdio-stdio,guardrails-1KiB,http-raw,stdio-raw,replicas] [--json] [--no-large]"
                     );
                     std::process::exit(0);
                 }
@@ -366,6 +366,37 @@ async fn raw_comparison(
     let g2 = measured(gateway, via.drive("fast__echo", half)).await?;
     let d2 = measured(upstream, direct.drive("echo", half)).await?;
     Ok(Comparison::of("http-raw", RAW_CONNECTIONS, [d1, d2], [g1, g2], true))
+}
+
+/// `stdio-raw`: the stdio scenario at 16 sessions with the near-free client on the gateway's side,
+/// so that both sides' clients cost about the same (rmcp over pipes directly, raw HTTP/1.1 on kept
+/// connections through the gateway) and the ratio shows what the gateway's stdio path costs.
+async fn stdio_raw_comparison(
+    opts: &Options,
+    me: &Path,
+    gateway: &Proc,
+    gateway_url: &str,
+    key: &str,
+) -> anyhow::Result<Comparison> {
+    let direct: Vec<Arc<Client>> = futures::future::try_join_all((0..RAW_CONNECTIONS).map(|_| connect_stdio(me)))
+        .await?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let via = RawSession::open(gateway_url, Some(key)).await?;
+    drive(&direct, "echo", 16, 0.3).await?;
+    via.drive("stdio__echo", 0.3).await?;
+    let half = opts.seconds / 2.0;
+    let d1 = measured_in(&[], drive(&direct, "echo", 16, half)).await?;
+    let g1 = measured(gateway, via.drive("stdio__echo", half)).await?;
+    let g2 = measured(gateway, via.drive("stdio__echo", half)).await?;
+    let d2 = measured_in(&[], drive(&direct, "echo", 16, half)).await?;
+    for c in direct {
+        if let Ok(c) = Arc::try_unwrap(c) {
+            let _ = c.cancel().await;
+        }
+    }
+    Ok(Comparison::of("stdio-raw", RAW_CONNECTIONS, [d1, d2], [g1, g2], false))
 }
 
 /// An MCP session driven by hand over HTTP/1.1 (hyper), answers read to their end.
@@ -745,6 +776,9 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     drop(traced);
     if wanted("http-raw") {
         comparisons.push(raw_comparison(&opts, &fast, &fast_url, &gateway, &gateway_url, &key).await?);
+    }
+    if wanted("stdio-raw") {
+        comparisons.push(stdio_raw_comparison(&opts, &me, &gateway, &gateway_url, &key).await?);
     }
     let (peak_rss_kib, _) = gateway.memory_kib();
     let replicas = if opts.scenarios.is_empty() || opts.scenarios.iter().any(|s| s == "replicas") {
