@@ -51,7 +51,7 @@ impl Inline {
         state.store(POLLING, Ordering::SeqCst);
         self.shared.task.register(cx.waker());
         let mut inner = Context::from_waker(&self.waker);
-        for round in 1.. {
+        for _ in 0..ROUNDS {
             let polled = work(&mut inner);
             if polled.is_ready() {
                 state.store(IDLE, Ordering::SeqCst);
@@ -61,15 +61,16 @@ impl Inline {
             if state.compare_exchange(POLLING, IDLE, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
                 return Poll::Pending;
             }
-            // Yields after all when the work keeps waking itself, or tokio asks tasks to yield.
-            if round == ROUNDS || !tokio::task::coop::has_budget_remaining() {
-                state.store(IDLE, Ordering::SeqCst);
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
+            // Woken: round again, unless tokio asks tasks to yield.
+            if !tokio::task::coop::has_budget_remaining() {
+                break;
             }
             state.store(POLLING, Ordering::SeqCst);
         }
-        unreachable!("the rounds are bounded")
+        // Still waking itself: yield to other tasks after all.
+        state.store(IDLE, Ordering::SeqCst);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// Forgets the task last registered, for work put aside (an idle connection must not wake the

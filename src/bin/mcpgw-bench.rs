@@ -60,7 +60,7 @@ impl Options {
                 "--scenarios" => {
                     o.scenarios = it
                         .next()
-                        .context("--scenarios http,http-traced-100%,http-traced-1%,stdio,stdio-stdio,guardrails-1KiB")?
+                        .context("--scenarios http,http-traced-100%,http-traced-1%,stdio,stdio-stdio,guardrails-1KiB,http-raw,stdio-raw,replicas")?
                         .split(',')
                         .map(String::from)
                         .collect()

@@ -191,12 +191,8 @@ impl Drop for DataPlane {
     fn drop(&mut self) {
         // SIGTERM first so the gateway stops its upstream process groups, then make sure.
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if self.exit_within(Duration::from_secs(10)).is_some() {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -108,8 +108,8 @@ impl Connections {
             let mut sent = std::pin::pin!(sent);
             match std::future::poll_fn(|cx| link.driver.drive(cx, |cx| sent.as_mut().poll(cx))).await {
                 Ok(response) => {
-                    let owner = Owner { connections: self.clone(), origin };
-                    return Ok(response.map(|body| PooledBody { body, link: Some(link), owner }));
+                    let connections = self.clone();
+                    return Ok(response.map(|body| PooledBody { body, link: Some(link), connections, origin }));
                 }
                 // Not sent: a kept connection closed while idle. Try the next one.
                 Err(mut e) if kept && e.message().is_some() => match e.take_message() {
@@ -157,7 +157,6 @@ impl Connections {
         link.driver.inline.release();
         let mut idle = self.idle();
         let kept = idle.entry(origin).or_default();
-        kept.retain(|i| i.since.elapsed() <= IDLE_TIMEOUT);
         if kept.len() < IDLE_PER_ORIGIN {
             kept.push(Idle { link, since: Instant::now() });
         }
@@ -221,18 +220,13 @@ impl Driver {
     }
 }
 
-/// Where a pooled body's connection goes back to.
-struct Owner {
-    connections: Arc<Connections>,
-    origin: String,
-}
-
-/// An answer's body on a pooled connection. Reading it drives its connection; read to its end, the connection is kept for
-/// the next request (dropped before, it is closed).
+/// An answer's body on a pooled connection. Reading it drives its connection; read to its end,
+/// the connection goes back to `connections` for the next request (dropped before, it is closed).
 pub struct PooledBody {
     body: Incoming,
     link: Option<Link>,
-    owner: Owner,
+    connections: Arc<Connections>,
+    origin: String,
 }
 
 impl Body for PooledBody {
@@ -250,8 +244,7 @@ impl Body for PooledBody {
             && link.driver.conn.is_some()
             && !link.sender.is_closed()
         {
-            let owner = &this.owner;
-            owner.connections.checkin(owner.origin.clone(), link);
+            this.connections.checkin(std::mem::take(&mut this.origin), link);
         }
         Poll::Ready(frame)
     }
